@@ -1,0 +1,1 @@
+"""vestige analyses: experiments composed of probes (unlearning, audit, interventions, report, CLI, bench)."""

@@ -1,0 +1,3 @@
+"""Benchmark entries; each module registers its cases with ``analyses.bench.benchmark``."""
+
+from analyses.benches import hooks  # noqa: F401

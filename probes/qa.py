@@ -1,0 +1,121 @@
+"""Question answering on completion prompts: greedy accuracy and teacher-forced answer log-probability.
+
+The DESIGN.md contract: correct when the greedy continuation, stripped, starts with the answer
+(case-insensitive); the answer's log-probability is summed over its tokens under teacher forcing.
+Batches are left-padded with padding-aware positions, so batched = one at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+from jaxtyping import Float
+from tqdm.auto import tqdm
+
+from probes.data import QA
+from probes.model import Model
+from probes.results import Result
+
+
+def answer_ids(model: Model, prompt: str, answer: str) -> tuple[list[int], list[int]]:
+    """Token ids of the prompt and of the answer as it continues the prompt (a space between them
+    unless the prompt ends with white space)."""
+    tok = model.tokenizer
+    sep = "" if prompt[-1:].isspace() else " "
+    p = tok(prompt, add_special_tokens=True)["input_ids"]
+    a = tok(sep + answer, add_special_tokens=False)["input_ids"]
+    return p, a
+
+
+def is_correct(completion: str, answer: str) -> bool:
+    return completion.strip().lower().startswith(answer.strip().lower())
+
+
+@torch.no_grad()
+def answer_logprobs(
+    model: Model, prompts: Sequence[str], answers: Sequence[str], *, batch_size: int = 16
+) -> Float[torch.Tensor, " n"]:
+    """Summed log p(answer tokens | prompt) under teacher forcing, fp32, on the CPU."""
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        pairs = [
+            answer_ids(model, p, a)
+            for p, a in zip(
+                prompts[start : start + batch_size], answers[start : start + batch_size], strict=True
+            )
+        ]
+        ids, mask = model.pad([p + a for p, a in pairs], padding_side="left")
+        logp = torch.log_softmax(model.forward(ids, mask).logits.float(), dim=-1)
+        width = ids.shape[1]
+        for i, (_, a) in enumerate(pairs):
+            pos = torch.arange(width - len(a) - 1, width - 1, device=ids.device)
+            tgt = torch.tensor(a, device=ids.device)
+            out.append(logp[i, pos, tgt].sum().cpu())
+    return torch.stack(out) if out else torch.zeros(0)
+
+
+@dataclass(frozen=True)
+class QAScores(Result):
+    """Per-item greedy completions, correctness and answer log-probabilities."""
+
+    prompts: tuple[str, ...]
+    answers: tuple[str, ...]
+    completions: tuple[str, ...]
+    correct: tuple[bool, ...]
+    logprobs: tuple[float, ...]
+
+    @property
+    def accuracy(self) -> float:
+        return sum(self.correct) / len(self.correct) if self.correct else float("nan")
+
+    @property
+    def mean_logprob(self) -> float:
+        return sum(self.logprobs) / len(self.logprobs) if self.logprobs else float("nan")
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "prompt": self.prompts,
+                "answer": self.answers,
+                "completion": self.completions,
+                "correct": self.correct,
+                "logprob": self.logprobs,
+            }
+        )
+
+    def summary(self) -> dict[str, float]:
+        return {"accuracy": self.accuracy, "mean_logprob": self.mean_logprob, "n": len(self.prompts)}
+
+
+def score_qa(
+    model: Model,
+    items: Sequence[QA],
+    *,
+    batch_size: int = 16,
+    max_new_tokens: int | None = None,
+    prefix: str = "",
+    progress: bool = False,
+) -> QAScores:
+    """Greedy accuracy and answer log-probability of ``items`` (``prefix`` is prepended to every prompt,
+    e.g. an adversarial instruction or the concept's text)."""
+    prompts = [prefix + q.prompt for q in items]
+    answers = [q.answer for q in items]
+    if max_new_tokens is None:
+        max_new_tokens = (
+            max((len(answer_ids(model, p, a)[1]) for p, a in zip(prompts, answers)), default=1) + 2
+        )
+    completions: list[str] = []
+    starts = range(0, len(prompts), batch_size)
+    for start in tqdm(starts, desc="qa", disable=not progress, leave=False):
+        completions += model.generate(prompts[start : start + batch_size], max_new_tokens, batch_size)
+    logprobs = answer_logprobs(model, prompts, answers, batch_size=batch_size)
+    return QAScores(
+        prompts=tuple(prompts),
+        answers=tuple(answers),
+        completions=tuple(completions),
+        correct=tuple(is_correct(c, a) for c, a in zip(completions, answers)),
+        logprobs=tuple(float(x) for x in logprobs),
+    )

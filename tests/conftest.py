@@ -1,0 +1,53 @@
+"""Shared fixtures: the embedded SmolLM2 and the gpt2-small architecture with seeded weights.
+
+Tests never download: HF_HUB_OFFLINE is set before transformers is imported.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def smol():
+    """SmolLM2-135M-Instruct (embedded GGUF, dequantized once and cached)."""
+    from probes.model import load_model
+
+    return load_model("smollm2-135m", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def gpt2():
+    """gpt2-small architecture (default GPT2Config), seeded weights, SmolLM2 tokenizer."""
+    from probes.model import load_model
+
+    return load_model("gpt2-seeded", device="cpu", seed=0)
+
+
+@pytest.fixture(scope="session")
+def real_gpt2():
+    """Real gpt2-small weights, only when they are in the local HuggingFace cache."""
+    from probes.errors import ModelLoadError
+    from probes.model import load_model
+
+    try:
+        return load_model("gpt2", device="cpu")
+    except ModelLoadError as e:
+        pytest.skip(
+            f"real gpt2-small weights are not in the local HuggingFace cache (offline run): {e.problem}"
+        )
+
+
+@pytest.fixture(params=["gpt2", "smol"])
+def any_model(request):
+    """Each test that takes this runs on the gpt2-small architecture and on SmolLM2."""
+    return request.getfixturevalue(request.param)

@@ -1,0 +1,37 @@
+"""The bench harness: ratios against a same-run baseline, bench.json schema."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from analyses.bench import BENCHMARKS, BenchContext, Case, benchmark, run_benchmarks
+
+
+def test_harness_ratio_and_schema(tmp_path):
+    @benchmark("_test_sleep_ratio", target=1.5)
+    def _sleepy(ctx):
+        return Case(lambda: time.sleep(0.01), lambda: time.sleep(0.02), "sleep 10 ms vs 20 ms")
+
+    try:
+        ctx = BenchContext("gpt2-seeded", "cpu")  # the case needs no model: none is loaded
+        res = run_benchmarks(tmp_path, ["_test_sleep_ratio"], ctx=ctx, repeats=3, progress=False)
+    finally:
+        BENCHMARKS.pop("_test_sleep_ratio")
+    assert "model" not in ctx.__dict__
+    assert 1.6 < res[0].ratio < 2.6
+    assert not res[0].passed
+    rows = json.loads((tmp_path / "bench.json").read_text())
+    assert set(rows[0]) >= {"name", "ratio", "target", "baseline_s", "candidate_s", "device"}
+
+
+@pytest.mark.slow
+def test_hook_overhead_bench_runs_on_smollm2(tmp_path, smol):
+    ctx = BenchContext("smollm2-135m", "cpu")
+    ctx.__dict__["model"] = smol
+    res = run_benchmarks(tmp_path, ["hook_overhead_resid_cache"], ctx=ctx, repeats=3, progress=False)
+    assert res[0].baseline_s > 0 and res[0].candidate_s > 0
+    # Not a timed assertion: a sanity bound so that a pathological slowdown (e.g. caching every hook) shows.
+    assert res[0].ratio < 3.0
