@@ -1,0 +1,104 @@
+"""Logit lens (nostalgebraist 2020): the answer read off the residual stream of every layer.
+
+For each prompt, the residual stream after each block at the last position goes through the model's own
+final norm and unembedding; we keep the log-probability and rank of the answer's first token. After the
+last block this is exactly the model's output, so "present inside, absent at the output" shows as a high
+rank in middle layers and a low one at the end (the signature of suppression described by
+Hong et al. 2024 and Lynch et al. 2024).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import torch
+from jaxtyping import Float
+
+from probes import hooks
+from probes.model import Model
+from probes.qa import answer_ids
+from probes.results import Result
+
+
+@dataclass(frozen=True)
+class LensResult(Result):
+    """``logprob[i, l]`` and ``rank[i, l]`` of prompt i's answer (first token) after layer l."""
+
+    prompts: tuple[str, ...]
+    answers: tuple[str, ...]
+    logprob: np.ndarray = field(repr=False)
+    rank: np.ndarray = field(repr=False)
+
+    @property
+    def mean_logprob(self) -> np.ndarray:
+        return self.logprob.mean(axis=0)
+
+    @property
+    def top10_share(self) -> np.ndarray:
+        """Per layer: the share of prompts whose answer is among the 10 most likely tokens."""
+        return (self.rank < 10).mean(axis=0)
+
+    def to_dict(self) -> dict:
+        return {
+            "prompts": list(self.prompts),
+            "answers": list(self.answers),
+            "mean_logprob_by_layer": self.mean_logprob.tolist(),
+            "top10_share_by_layer": self.top10_share.tolist(),
+            "logprob": self.logprob.tolist(),
+            "rank": self.rank.tolist(),
+        }
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "layer": np.arange(self.logprob.shape[1]),
+                "mean_logprob": self.mean_logprob,
+                "top10_share": self.top10_share,
+            }
+        )
+
+    def figure(self, name: str = "", fig: go.Figure | None = None) -> go.Figure:
+        fig = fig or go.Figure()
+        fig.add_scatter(
+            x=list(range(self.logprob.shape[1])),
+            y=self.mean_logprob.tolist(),
+            mode="lines+markers",
+            name=name or "mean answer log-prob",
+        )
+        fig.update_layout(xaxis_title="layer", yaxis_title="answer log-prob (logit lens)", height=360)
+        return fig
+
+
+@torch.no_grad()
+def lens_logits(
+    model: Model, resid: Float[torch.Tensor, "... d_model"]
+) -> Float[torch.Tensor, "... d_vocab"]:
+    """Residual stream -> final norm -> unembedding (the model's own output head)."""
+    return model.hf.get_output_embeddings()(model.final_norm(resid))
+
+
+@torch.no_grad()
+def logit_lens(
+    model: Model, prompts: Sequence[str], answers: Sequence[str], *, batch_size: int = 16
+) -> LensResult:
+    """Answer log-probability and rank at every layer for each prompt (one cached forward per batch)."""
+    n_layers = model.cfg.n_layers
+    names = [hooks.resid_post(l) for l in range(n_layers)]
+    logprob = np.zeros((len(prompts), n_layers))
+    rank = np.zeros((len(prompts), n_layers), dtype=np.int64)
+    for start in range(0, len(prompts), batch_size):
+        chunk_p, chunk_a = prompts[start : start + batch_size], answers[start : start + batch_size]
+        pairs = [answer_ids(model, p, a) for p, a in zip(chunk_p, chunk_a, strict=True)]
+        ids, mask = model.pad([p for p, _ in pairs], padding_side="left")
+        _, cache = hooks.run_with_cache(model, ids, names, mask)
+        target = torch.tensor([a[0] for _, a in pairs], device=ids.device)
+        stacked = torch.stack([cache[n][:, -1] for n in names], dim=1)  # [batch, layer, d_model]
+        lp = torch.log_softmax(lens_logits(model, stacked).float(), dim=-1)  # [batch, layer, vocab]
+        tgt_lp = lp.gather(-1, target[:, None, None].expand(-1, n_layers, 1)).squeeze(-1)
+        logprob[start : start + len(pairs)] = tgt_lp.cpu().numpy()
+        rank[start : start + len(pairs)] = (lp > tgt_lp[..., None]).sum(-1).cpu().numpy()
+    return LensResult(tuple(prompts), tuple(answers), logprob, rank)

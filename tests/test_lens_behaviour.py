@@ -1,0 +1,70 @@
+"""Logit lens and behaviour (attacks) checked against direct computations."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from analyses.behaviour import (
+    REPHRASINGS,
+    answer_free_text,
+    attack_scores,
+    measure_behaviour,
+    rephrased_scores,
+)
+from probes.data import QA, Concept
+from probes.lens import logit_lens
+from probes.qa import answer_ids, score_qa
+
+HP = Concept(
+    "Harry Potter",
+    qa=(QA("Harry Potter's best friend is Ron", "Weasley"), QA("The capital of France is", "Paris")),
+    text=("Harry Potter is a wizard. His friend Ron Weasley is loyal. The school is called Hogwarts.",),
+    unrelated_qa=(QA("The largest planet in our solar system is", "Jupiter"),),
+)
+
+
+def test_lens_last_layer_is_the_model_output(any_model):
+    prompts, answers = ["The capital of France is", "Water is made of hydrogen and"], ["Paris", "oxygen"]
+    lens = logit_lens(any_model, prompts, answers)
+    assert lens.logprob.shape == (2, any_model.cfg.n_layers)
+    for i, (p, a) in enumerate(zip(prompts, answers)):
+        pid, aid = answer_ids(any_model, p, a)
+        with torch.no_grad():
+            out = torch.log_softmax(any_model.hf(torch.tensor([pid])).logits[0, -1].float(), -1)
+        assert abs(out[aid[0]].item() - lens.logprob[i, -1]) < 1e-4
+        assert lens.rank[i, -1] == int((out > out[aid[0]]).sum())
+
+
+def test_lens_middle_layer_matches_manual(gpt2):
+    lens = logit_lens(gpt2, ["Hello there my"], ["friend"])
+    pid, aid = answer_ids(gpt2, "Hello there my", "friend")
+    with torch.no_grad():
+        hs = gpt2.hf(torch.tensor([pid]), output_hidden_states=True).hidden_states
+        # hidden_states[l + 1] is the output of block l (GPT-2 applies ln_f only to the last entry)
+        manual = torch.log_softmax(gpt2.hf.lm_head(gpt2.hf.transformer.ln_f(hs[4][0, -1])), -1)[aid[0]]
+    assert abs(manual.item() - lens.logprob[0, 3]) < 1e-4
+
+
+def test_answer_free_text_drops_answer_sentences():
+    text = answer_free_text(HP)
+    assert "Weasley" not in text and "Hogwarts" in text and "wizard" in text
+
+
+def test_rephrased_is_best_of_variants(smol):
+    r = rephrased_scores(smol, HP.qa)
+    for i, q in enumerate(HP.qa):
+        each = [score_qa(smol, [QA(t.format(prompt=q.prompt), q.answer)]) for t in REPHRASINGS]
+        assert r.correct[i] == any(s.correct[0] for s in each)
+        assert np.isclose(r.logprobs[i], max(s.logprobs[0] for s in each), atol=1e-4)
+
+
+def test_behaviour_on_smollm2(smol):
+    res = measure_behaviour(smol, HP)
+    assert res.forget.accuracy == 1.0 and res.unrelated.accuracy == 1.0
+    assert set(res.attacks) == {"prefix", "in_context", "rephrased"}
+    assert res.attacks["rephrased"].accuracy == 1.0
+    ctx = attack_scores(smol, HP, "in_context")
+    assert all("Weasley" not in p for p in ctx.prompts)
+    frame = res.to_frame()
+    assert list(frame["condition"])[:2] == ["forget", "unrelated"]
