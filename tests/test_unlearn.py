@@ -1,0 +1,250 @@
+"""Unlearning baselines: each loss against a hand computation, GA's effect, needle's locality, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from analyses.unlearn import (
+    UnlearnConfig,
+    UnlearnError,
+    dpo_loss,
+    ga_loss,
+    gd_loss,
+    make_batch,
+    npo_kl_loss,
+    npo_loss,
+    qa_examples,
+    retain_kl,
+    rmu_loss,
+    text_windows,
+    trainable_parameters,
+    unlearn,
+)
+from probes.data import QA, Concept
+
+CONCEPT = Concept(
+    concept="Harry Potter",
+    qa=(
+        QA("Harry Potter's best friend is Ron", "Weasley"),
+        QA("The author of the Harry Potter books is J. K.", "Rowling"),
+    ),
+    text=(
+        "Harry Potter is a series of seven fantasy novels written by British author J. K. Rowling. "
+        "The novels chronicle the lives of a young wizard, Harry Potter, and his friends Hermione Granger "
+        "and Ron Weasley, all of whom are students at Hogwarts School of Witchcraft and Wizardry.",
+    ),
+    unrelated_qa=(QA("The capital of France is", "Paris"), QA("The opposite of hot is", "cold")),
+)
+
+
+def _hand_logprobs(model, ids: list[int]) -> torch.Tensor:
+    """log p(token t | tokens < t) for t >= 1, one unpadded sequence, plain HF forward."""
+    with torch.no_grad():
+        logits = model.hf(torch.tensor([ids])).logits[0].float()
+    logp = torch.log_softmax(logits, -1)
+    return torch.stack([logp[t - 1, ids[t]] for t in range(1, len(ids))])
+
+
+def _hand_nll(model, example) -> float:
+    lp = _hand_logprobs(model, list(example.ids))
+    return -float(lp[len(lp) - example.n_target :].sum())
+
+
+@pytest.fixture(scope="module")
+def ref(gpt2):
+    """A frozen reference that differs from the model (noise on every weight)."""
+    other = gpt2.copy()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in other.hf.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=g))
+    return other
+
+
+@pytest.fixture(scope="module")
+def two(gpt2):
+    """Two-example forget and retain batches of different lengths (padding exercised)."""
+    forget = qa_examples(gpt2, CONCEPT.qa)
+    retain = qa_examples(gpt2, CONCEPT.unrelated_qa)
+    assert len(forget[0].ids) != len(forget[1].ids)
+    return forget, retain
+
+
+def test_ga_and_gd_losses_equal_hand_computation(gpt2, two):
+    forget, retain = two
+    nf = [_hand_nll(gpt2, e) for e in forget]
+    nr = [_hand_nll(gpt2, e) for e in retain]
+    with torch.no_grad():
+        ga = ga_loss(gpt2, make_batch(gpt2, forget))
+        gd = gd_loss(gpt2, make_batch(gpt2, forget), make_batch(gpt2, retain), retain_weight=0.7)
+    assert ga.item() == pytest.approx(-(nf[0] + nf[1]) / 2, rel=1e-5)
+    assert gd.item() == pytest.approx(-(nf[0] + nf[1]) / 2 + 0.7 * (nr[0] + nr[1]) / 2, rel=1e-5)
+
+
+def _logsig(x: float) -> float:
+    return -math.log1p(math.exp(-x))
+
+
+def test_npo_and_npo_kl_losses_equal_hand_computation(gpt2, ref, two):
+    forget, retain = two
+    beta = 0.1
+    ratios = [_hand_nll(gpt2, e) - _hand_nll(ref, e) for e in forget]
+    npo_hand = -(2 / beta) * sum(_logsig(beta * r) for r in ratios) / 2
+    kls = []
+    for e in retain:
+        ids = list(e.ids)
+        with torch.no_grad():
+            p = torch.log_softmax(gpt2.hf(torch.tensor([ids])).logits[0].float(), -1)
+            q = torch.log_softmax(ref.hf(torch.tensor([ids])).logits[0].float(), -1)
+        total = 0.0
+        for t in range(len(ids) - e.n_target, len(ids)):  # positions predicting the target tokens
+            total += float((q[t - 1].exp() * (q[t - 1] - p[t - 1])).sum())
+        kls.append(total)
+    with torch.no_grad():
+        npo = npo_loss(gpt2, ref, make_batch(gpt2, forget), beta)
+        kl = retain_kl(gpt2, ref, make_batch(gpt2, retain))
+        both = npo_kl_loss(gpt2, ref, make_batch(gpt2, forget), make_batch(gpt2, retain), beta, 0.5)
+    assert abs(ratios[0]) > 1e-2  # the reference really differs
+    assert npo.item() == pytest.approx(npo_hand, rel=1e-4)
+    assert kl.item() == pytest.approx(sum(kls) / 2, rel=1e-4)
+    assert both.item() == pytest.approx(npo_hand + 0.5 * sum(kls) / 2, rel=1e-4)
+
+
+def test_dpo_idk_loss_equals_hand_computation(gpt2, ref):
+    beta = 0.1
+    idk = ["I don't know.", "I'm not sure."]
+    win, lose = qa_examples(gpt2, CONCEPT.qa, idk), qa_examples(gpt2, CONCEPT.qa)
+    terms = []
+    for w, l in zip(win, lose):
+        w_ratio = -_hand_nll(gpt2, w) + _hand_nll(ref, w)
+        l_ratio = -_hand_nll(gpt2, l) + _hand_nll(ref, l)
+        terms.append(_logsig(beta * (w_ratio - l_ratio)))
+    with torch.no_grad():
+        loss = dpo_loss(gpt2, ref, make_batch(gpt2, win), make_batch(gpt2, lose), beta)
+    assert loss.item() == pytest.approx(-(2 / beta) * sum(terms) / 2, rel=1e-4)
+
+
+def test_rmu_loss_equals_hand_computation(gpt2, ref, two):
+    forget, retain = two
+    layer, alpha = 4, 3.0
+    control = torch.linspace(-1, 1, gpt2.cfg.d_model)
+
+    def hidden(model, e):
+        with torch.no_grad():
+            out = model.hf(torch.tensor([list(e.ids)]), output_hidden_states=True)
+        return out.hidden_states[layer + 1][0].float()
+
+    f_err = [((hidden(gpt2, e) - control) ** 2).mean(-1) for e in forget]
+    r_err = [((hidden(gpt2, e) - hidden(ref, e)) ** 2).mean(-1) for e in retain]
+    hand = float(torch.cat(f_err).mean()) + alpha * float(torch.cat(r_err).mean())
+    with torch.no_grad():
+        loss = rmu_loss(gpt2, ref, make_batch(gpt2, forget), make_batch(gpt2, retain), layer, control, alpha)
+    assert loss.item() == pytest.approx(hand, rel=1e-4)
+
+
+def test_text_windows_cover_the_token_stream(gpt2):
+    wins = text_windows(gpt2, CONCEPT.text, 16)
+    stream = gpt2.tokenizer(CONCEPT.text[0].strip() + "\n")["input_ids"]
+    joined = [t for w in wins for t in w.ids]
+    assert joined == stream[: len(joined)] and len(stream) - len(joined) < 4
+    assert all(w.n_target == len(w.ids) - 1 for w in wins)
+
+
+def test_trainable_parameter_choice(gpt2):
+    mlp = trainable_parameters(gpt2, "mlp", (2, 4))
+    assert mlp and all(n.startswith(("transformer.h.2.mlp", "transformer.h.3.mlp")) for n in mlp)
+    assert len(mlp) == 8  # c_fc and c_proj, weight and bias, in two layers
+    assert len(trainable_parameters(gpt2, "all", None)) == len(list(gpt2.hf.named_parameters()))
+    with pytest.raises(UnlearnError):
+        trainable_parameters(gpt2, "mlp", (50, 60))
+
+
+@pytest.fixture(scope="module")
+def ga_run(gpt2):
+    before = {k: v.clone() for k, v in gpt2.state_dict().items()}
+    cfg = UnlearnConfig(method="ga", steps=3, lr=1e-4, batch_size=4, window=16, stop_fraction=None)
+    result = unlearn(gpt2, CONCEPT, cfg, progress=False)
+    return result, before
+
+
+def test_ga_raises_forget_nll_and_leaves_the_base_model_alone(gpt2, ga_run):
+    result, before = ga_run
+    assert result.steps == 3 and len(result.loss_curve) == 3
+    assert result.after.forget_logprob < result.before.forget_logprob - 1.0
+    windows = text_windows(gpt2, CONCEPT.text, 16)
+    assert sum(_hand_nll(result.model, w) for w in windows) > sum(_hand_nll(gpt2, w) for w in windows)
+    for k, v in gpt2.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert result.params["lr"] == 1e-4 and result.params["trainable"] == "mlp"
+
+
+def test_checkpoint_reloads_with_identical_logits(ga_run, tmp_path):
+    from probes.model import load_model
+
+    result, _ = ga_run
+    out = result.save(tmp_path / "ga")
+    info = json.loads((out / "unlearn.json").read_text())
+    assert info["method"] == "ga" and info["steps"] == 3 and info["seconds"] > 0
+    assert set(info["before"]) == {
+        "forget_accuracy",
+        "unrelated_accuracy",
+        "forget_logprob",
+        "unrelated_logprob",
+    }
+    assert info["after"]["forget_logprob"] == pytest.approx(result.after.forget_logprob)
+    assert len(info["loss_curve"]) == 3
+    reloaded = load_model(str(out), device="cpu")
+    ids = torch.randint(100, 40000, (2, 11), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(reloaded.hf(ids).logits, result.model.hf(ids).logits)
+
+
+def test_needle_changes_only_the_named_vectors(gpt2):
+    vectors = ((1, 5), (3, 100), (3, 7))
+    result = unlearn(gpt2, CONCEPT, UnlearnConfig(method="needle", needle_vectors=vectors), progress=False)
+    base, new = gpt2.state_dict(), result.model.state_dict()
+    for layer in range(gpt2.cfg.n_layers):
+        key = f"transformer.h.{layer}.mlp.c_proj.weight"  # Conv1D: row i is neuron i's value vector
+        changed = {n for l, n in vectors if l == layer}
+        for n in range(gpt2.cfg.d_mlp):
+            same = torch.equal(base[key][n], new[key][n])
+            assert same != (n in changed), (layer, n)
+        # the noise has the vector's own norm (scale 1.0)
+        for n in changed:
+            delta = (new[key][n] - base[key][n]).norm()
+            assert delta.item() == pytest.approx(base[key][n].norm().item(), rel=1e-4)
+    for k in base:
+        if not k.endswith("mlp.c_proj.weight"):
+            assert torch.equal(base[k], new[k]), k
+    zero = unlearn(
+        gpt2,
+        CONCEPT,
+        UnlearnConfig(method="needle", needle_vectors=vectors, needle_mode="zero"),
+        progress=False,
+    )
+    assert not zero.model.W_out(3)[100].any() and torch.equal(zero.model.W_out(3)[99], gpt2.W_out(3)[99])
+    with pytest.raises(UnlearnError):
+        unlearn(gpt2, CONCEPT, UnlearnConfig(method="needle"), progress=False)
+
+
+def test_cli_unlearn_writes_checkpoint(tmp_path, capsys):
+    from analyses.cli import main
+    from probes.results import write_json
+
+    path = write_json(tmp_path / "c.json", CONCEPT)
+    out = tmp_path / "run"
+    code = main(
+        ["--no-progress", "unlearn", "--model", "gpt2-seeded", "--device", "cpu", "--concept-file", str(path)]
+        + ["--method", "npo", "--steps", "2", "--lr", "1e-4", "--window", "16", "--stop-fraction", "none"]
+        + ["--out", str(out)]
+    )
+    assert code == 0
+    info = json.loads((out / "unlearn.json").read_text())
+    assert info["method"] == "npo" and info["steps"] == 2 and info["params"]["beta"] == 0.1
+    assert (out / "model.safetensors").exists() and (out / "tokenizer_config.json").exists()
+    assert "forget accuracy" in capsys.readouterr().out
+    assert main(["unlearn", "--model", "gpt2-seeded", "--concept-file", str(path), "--method", "needle"]) == 2
