@@ -91,7 +91,21 @@ def _run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = [_add_info, _add_bench]
+# ---- unlearn (logic in analyses/unlearn_cmd.py) --------------------------------------------------------
+def _add_unlearn(sub) -> None:
+    from analyses.unlearn_cmd import add_unlearn
+
+    add_unlearn(sub, _add_model_args)
+    sub.choices["unlearn"].set_defaults(run=_run_unlearn)
+
+
+def _run_unlearn(args: argparse.Namespace) -> int:
+    from analyses.unlearn_cmd import run_unlearn
+
+    return run_unlearn(args, _load)
+
+
+COMMANDS = [_add_info, _add_bench, _add_unlearn]
 
 
 def build_parser() -> argparse.ArgumentParser:
