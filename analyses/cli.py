@@ -105,7 +105,13 @@ def _run_unlearn(args: argparse.Namespace) -> int:
     return run_unlearn(args, _load)
 
 
-COMMANDS = [_add_info, _add_bench, _add_unlearn]
+def _add_concepts(sub) -> None:
+    from analyses.concepts_cmd import add_parser
+
+    add_parser(sub)
+
+
+COMMANDS = [_add_info, _add_bench, _add_unlearn, _add_concepts]
 
 
 def build_parser() -> argparse.ArgumentParser:

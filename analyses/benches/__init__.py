@@ -1,3 +1,4 @@
 """Benchmark entries; each module registers its cases with ``analyses.bench.benchmark``."""
 
 from analyses.benches import hooks  # noqa: F401
+from analyses.benches import concepts  # noqa: F401

@@ -1,0 +1,156 @@
+"""``vestige concepts``: locate a concept's value vectors, validate them causally against a random
+control, write ``concepts.json`` and ``report.html`` (ConceptVectors, Hong et al. 2024)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from analyses.html import Page
+from probes import concepts as C
+from probes.data import DEFAULT_CONCEPT_FILE, Concept, load_concept
+from probes.model import Model
+from probes.results import Result, write_json
+
+
+@dataclass(frozen=True)
+class ConceptReport(Result):
+    """What ``vestige concepts`` writes: located vectors (best first), their top tokens, validation."""
+
+    model: str
+    concept: str
+    vectors: tuple[dict, ...]
+    validation: dict
+    n_scored: int
+
+
+def run_concept(
+    model: Model,
+    concept: Concept,
+    *,
+    n: int = 10,
+    mode: str = "ablate",
+    scale: float = 0.1,
+    seed: int = 0,
+    k_tokens: int = 20,
+) -> ConceptReport:
+    """locate + validate one concept; each vector carries its decoded top tokens."""
+    found = C.locate(model, concept, n=n)
+    val = C.validate(model, concept, found, mode=mode, scale=scale, seed=seed)
+    vectors = []
+    for v in found.vectors:
+        top = C.top_tokens(model, v.layer, v.neuron, k_tokens)
+        vectors.append({**v.to_dict(), "top_tokens": [t for t, _ in top]})
+    validation = {
+        **val.to_dict(),
+        "beats_control": val.beats_control,
+        "spares_unrelated": val.spares_unrelated,
+    }
+    return ConceptReport(model.name, concept.concept, tuple(vectors), validation, found.n_scored)
+
+
+def effect_figure(report: ConceptReport) -> go.Figure:
+    """Fall of the mean answer log-probability: located vectors vs the random control."""
+    v = report.validation
+    fig = go.Figure()
+    fig.add_bar(
+        name="concept QA", x=["located", "random control"], y=[v["target_drop"], v["control_target_drop"]]
+    )
+    fig.add_bar(
+        name="unrelated QA",
+        x=["located", "random control"],
+        y=[v["unrelated_drop"], v["control_unrelated_drop"]],
+    )
+    fig.update_layout(
+        barmode="group",
+        yaxis_title="drop of mean answer log-prob (nats, + = worse)",
+        title=f"{v['mode']} of {v['n_vectors']} vectors",
+        height=380,
+    )
+    return fig
+
+
+def report_page(report: ConceptReport) -> Page:
+    v = report.validation
+    page = Page(
+        f"Concept vectors: {report.concept}", f"model {report.model}; {report.n_scored} value vectors scored"
+    )
+    verdict = (
+        "specific: the located vectors carry the concept"
+        if v["beats_control"] and v["spares_unrelated"]
+        else "not specific: see the numbers below"
+    )
+    page.heading("Validation").paragraph(verdict, "verdict")
+    page.figure(effect_figure(report))
+    keys = [
+        "target_drop",
+        "unrelated_drop",
+        "control_target_drop",
+        "control_unrelated_drop",
+        "target_acc_before",
+        "target_acc_after",
+        "unrelated_acc_before",
+        "unrelated_acc_after",
+        "control_target_acc",
+        "noise_ratio",
+    ]
+    page.table(pd.DataFrame([{k: v[k] for k in keys}]))
+    page.heading("Located vectors (best first)")
+    rows = [
+        {
+            "layer": x["layer"],
+            "neuron": x["neuron"],
+            "projection_score": x["projection_score"],
+            "effect_score": x["effect_score"],
+            "top tokens": " | ".join(t.strip() or repr(t) for t in x["top_tokens"]),
+        }
+        for x in report.vectors
+    ]
+    page.table(pd.DataFrame(rows))
+    page.paragraph(
+        "projection_score: mean z-score of the concept's tokens in the vector's vocabulary projection; "
+        "effect_score: direct effect on the concept's answers minus that on unrelated answers (logits).",
+        "note",
+    )
+    return page
+
+
+def write_outputs(report: ConceptReport, out: str | Path) -> tuple[Path, Path]:
+    out = Path(out)
+    return write_json(out / "concepts.json", report), report_page(report).write(out / "report.html")
+
+
+def add_parser(sub) -> None:
+    from analyses.cli import _add_model_args
+
+    p = sub.add_parser("concepts", help="locate + validate concept vectors; concepts.json + report.html")
+    p.add_argument("--model", default="smollm2-135m")
+    _add_model_args(p)
+    p.add_argument("--concept-file", default=str(DEFAULT_CONCEPT_FILE))
+    p.add_argument("--concept", default=None)
+    p.add_argument("--out", default="vestige-out/concepts")
+    p.add_argument("--n", type=int, default=10, help="number of vectors to locate")
+    p.add_argument("--mode", choices=["ablate", "noise"], default="ablate")
+    p.add_argument("--scale", type=float, default=0.1, help="noise standard deviation (mode noise)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=run_cli)
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    from analyses.cli import _load
+
+    concept = load_concept(args.concept_file, args.concept)
+    model = _load(args.model, args)
+    report = run_concept(model, concept, n=args.n, mode=args.mode, scale=args.scale, seed=args.seed)
+    js, page = write_outputs(report, args.out)
+    v = report.validation
+    print(
+        f"{concept.concept}: {len(report.vectors)} vectors; target drop {v['target_drop']:.3f}, "
+        f"unrelated drop {v['unrelated_drop']:.3f}, control drop {v['control_target_drop']:.3f}"
+    )
+    print(f"wrote {js} and {page}")
+    return 0

@@ -1,0 +1,551 @@
+"""Concept vectors: the parametric knowledge traces of ConceptVectors (Hong et al. 2024, "Intrinsic
+Evaluation of Unlearning Using Parametric Knowledge Traces"; REFERENCES.md section 1).
+
+A concept vector is one MLP value vector, row ``i`` of ``model.W_out(layer)``: what neuron ``i`` writes
+into the residual stream. This module
+
+- ``scan``s the vocabulary projection ``W_U^T v`` of every value vector (top-k tokens, chunked, bounded
+  memory, on the model's device);
+- ``locate``s the vectors of a concept automatically and offline: the reference judged candidates by
+  hand / GPT-4; we score (a) how strongly the projection promotes the concept's tokens and (b) the
+  vector's direct effect on the concept's answers, minus its direct effect on unrelated answers (without
+  that subtraction the ranking picks generic output neurons of the last layers, REFERENCES.md section 1);
+- ``validate``s them causally (ablation or Gaussian noise, against as many random vectors of the same
+  layers) inside ``edited_vectors``, which always restores the exact weights. The reference perturbs
+  in place and never restores, so noise accumulates across concepts; we never do;
+- ``compare``s the vectors of a base and an unlearned model (cosine, L2, top-k Jaccard, retained concept
+  tokens).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from tqdm.auto import tqdm
+
+from probes import hooks
+from probes.data import QA, Concept
+from probes.errors import MismatchError, VestigeError
+from probes.model import Model, model_fingerprint
+from probes.qa import answer_ids, score_qa
+from probes.results import Result
+
+VectorRef = tuple[int, int]  # (layer, neuron)
+
+# ---- vocabulary projection ---------------------------------------------------------------------------
+
+
+def _norm_weight(model: Model) -> torch.Tensor | None:
+    w = getattr(model.final_norm, "weight", None)
+    return None if w is None else w.detach()
+
+
+def value_vectors(
+    model: Model, layer: int, *, final_norm: bool = False
+) -> Float[torch.Tensor, "d_mlp d_model"]:
+    """The value vectors of ``layer`` (detached), optionally multiplied by the final norm's weight (what
+    the unembedding sees of them, up to the per-position normalisation scale)."""
+    w_out = model.W_out(layer).detach()
+    if final_norm:
+        if model.family == "gpt2":  # LayerNorm removes the mean of what is written
+            w_out = w_out - w_out.mean(-1, keepdim=True)
+        weight = _norm_weight(model)
+        if weight is not None:
+            w_out = w_out * weight
+    return w_out
+
+
+@dataclass(frozen=True)
+class ScanResult(Result):
+    """Top-k vocabulary projection of every value vector of ``layers``:
+    ``token_ids[j, i]`` / ``scores[j, i]`` belong to neuron ``i`` of layer ``layers[j]``, best first."""
+
+    layers: tuple[int, ...]
+    k: int
+    final_norm: bool
+    token_ids: Int[torch.Tensor, "layer d_mlp k"]
+    scores: Float[torch.Tensor, "layer d_mlp k"]
+
+    def top(self, layer: int, neuron: int) -> tuple[list[int], list[float]]:
+        j = self.layers.index(layer)
+        return self.token_ids[j, neuron].tolist(), self.scores[j, neuron].tolist()
+
+    def to_dict(self) -> dict:
+        return {"layers": list(self.layers), "k": self.k, "final_norm": self.final_norm}
+
+    def to_frame(self, n: int = 10) -> pd.DataFrame:
+        """One row per (layer, neuron): the ``n`` best token ids and scores."""
+        rows = []
+        for j, layer in enumerate(self.layers):
+            ids, sc = self.token_ids[j, :, :n].tolist(), self.scores[j, :, :n].tolist()
+            rows += [
+                {"layer": layer, "neuron": i, "top_ids": a, "top_scores": b}
+                for i, (a, b) in enumerate(zip(ids, sc))
+            ]
+        return pd.DataFrame(rows)
+
+
+@torch.no_grad()
+def scan(
+    model: Model,
+    layers: Sequence[int] | None = None,
+    k: int = 200,
+    final_norm: bool = False,
+    *,
+    chunk: int = 1024,
+    progress: bool = False,
+) -> ScanResult:
+    """Vocabulary projection ``W_U^T v`` of every value vector, reduced to its top ``k`` tokens.
+
+    Computed on the model's device in chunks of ``chunk`` vectors: peak memory is one
+    ``[chunk, d_vocab]`` block of logits. ``final_norm=True`` multiplies ``v`` by the final norm's weight
+    (the reference projects the raw vector; REFERENCES.md section 1)."""
+    layers = tuple(range(model.cfg.n_layers)) if layers is None else tuple(layers)
+    W_U = model.W_U.detach()
+    k = min(k, W_U.shape[1])
+    d_mlp = model.cfg.d_mlp
+    ids = torch.empty((len(layers), d_mlp, k), dtype=torch.int32)
+    scores = torch.empty((len(layers), d_mlp, k), dtype=torch.float32)
+    for j, layer in enumerate(tqdm(layers, desc="scan", disable=not progress, leave=False)):
+        V = value_vectors(model, layer, final_norm=final_norm)
+        for start in range(0, d_mlp, chunk):
+            top = torch.topk(V[start : start + chunk] @ W_U, k, dim=-1)
+            ids[j, start : start + chunk] = top.indices.to("cpu", torch.int32)
+            scores[j, start : start + chunk] = top.values.to("cpu", torch.float32)
+    return ScanResult(layers, k, final_norm, ids, scores)
+
+
+@torch.no_grad()
+def top_tokens(
+    model: Model, layer: int, neuron: int, k: int = 20, *, final_norm: bool = False
+) -> list[tuple[str, float]]:
+    """The ``k`` tokens a value vector promotes most, decoded, with their projection scores."""
+    v = value_vectors(model, layer, final_norm=final_norm)[neuron]
+    top = torch.topk(v @ model.W_U.detach(), k)
+    return [
+        (model.tokenizer.decode([int(t)]), float(s))
+        for t, s in zip(top.indices.tolist(), top.values.tolist())
+    ]
+
+
+# ---- concept tokens ----------------------------------------------------------------------------------
+
+_STOPWORDS = frozenset(
+    """about above after again against also among an and any are around as at be became because been
+    before being below between both but by called can could did does during each early even first for
+    from further had has have having he her here hers him his how however into is it its itself known
+    large later like made many may more most much must near new not now of off often on once one only or
+    other our out over own part same several she should since so some such than that the their them then
+    there these they this those through to under until up upon very was way well were what when where
+    which while who whom why will with within would year years you your""".split()
+)
+
+
+def concept_token_ids(model: Model, concept: Concept, *, n_text_words: int = 30) -> list[int]:
+    """Token ids that stand for ``concept``: first tokens of the words of its name, of its answers (as
+    they continue their prompts, and as words), and of the ``n_text_words`` most frequent salient words
+    of its ``text`` (no stop words, at least 4 letters). The answers' first tokens come first and are
+    always kept; other tokens of fewer than 3 letters are dropped."""
+    tok = model.tokenizer
+    words: list[str] = re.findall(r"[A-Za-z][A-Za-z'\-]+", concept.concept)
+    ids: list[int] = []
+    answer_first = [answer_ids(model, q.prompt, q.answer)[1][0] for q in concept.qa]
+    words += [q.answer for q in concept.qa]
+    counts = Counter(
+        w
+        for t in concept.text
+        for w in re.findall(r"[A-Za-z][A-Za-z'\-]{3,}", t)
+        if w.lower() not in _STOPWORDS
+    )
+    words += [w for w, _ in counts.most_common(n_text_words)]
+    for w in words:
+        for form in (" " + w, w):
+            first = tok(form, add_special_tokens=False)["input_ids"][:1]
+            ids += first
+    d_vocab = model.W_U.shape[1]
+    keep = list(dict.fromkeys(answer_first))
+    for t in dict.fromkeys(ids):
+        if t < d_vocab and t not in keep and len(re.sub(r"[^A-Za-z]", "", tok.decode([t]))) >= 3:
+            keep.append(t)
+    return keep
+
+
+# ---- locate ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConceptVector(Result):
+    """One located value vector and its two scores (see ``locate``)."""
+
+    layer: int
+    neuron: int
+    projection_score: float
+    effect_score: float
+    score: float
+
+
+@dataclass(frozen=True)
+class LocateResult(Result):
+    """Value vectors ranked for a concept, best first."""
+
+    concept: str
+    vectors: tuple[ConceptVector, ...]
+    concept_tokens: tuple[int, ...]
+    n_scored: int
+
+    def refs(self) -> list[VectorRef]:
+        return [(v.layer, v.neuron) for v in self.vectors]
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame([v.to_dict() for v in self.vectors])
+
+
+def _last_position_state(
+    model: Model, prompts: Sequence[str], layers: Sequence[int], batch_size: int
+) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+    """Neuron activations of ``layers`` and the final-norm scale ``1/sigma`` at the last prompt token."""
+    last = model.cfg.n_layers - 1
+    names = [hooks.mlp_post(l) for l in layers] + [hooks.resid_post(last)]
+    acts: dict[int, list[torch.Tensor]] = {l: [] for l in layers}
+    inv_scale = []
+    norm = model.final_norm
+    eps = float(getattr(norm, "eps", getattr(norm, "variance_epsilon", 1e-5)))
+    for start in range(0, len(prompts), batch_size):
+        ids, mask = model.tokenize(list(prompts[start : start + batch_size]), padding_side="left")
+        _, cache = hooks.run_with_cache(model, ids, names, mask)
+        for l in layers:
+            acts[l].append(cache[hooks.mlp_post(l)][:, -1].float())
+        x = cache[hooks.resid_post(last)][:, -1].float()
+        if model.family == "gpt2":
+            x = x - x.mean(-1, keepdim=True)
+        inv_scale.append(torch.rsqrt(x.pow(2).mean(-1) + eps))
+    return {l: torch.cat(a) for l, a in acts.items()}, torch.cat(inv_scale)
+
+
+@torch.no_grad()
+def direct_effects(
+    model: Model, items: Sequence[QA], layers: Sequence[int] | None = None, *, batch_size: int = 16
+) -> dict[int, Float[torch.Tensor, "item d_mlp"]]:
+    """Direct effect of every neuron on the first answer token of every item, at the prompt's last
+    position: ``a_i * ((g * v_i) . (W_U[:, answer] - mean_t W_U[:, t])) / sigma`` where ``a_i`` is the
+    activation, ``g`` the final norm's weight and ``sigma`` its normalisation scale on that prompt (frozen,
+    the usual direct-logit-attribution linearisation). Centring the unembedding over the vocabulary makes
+    it the effect on the answer's logit relative to the mean logit."""
+    layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
+    if not items:
+        return {l: torch.zeros(0, model.cfg.d_mlp, device=model.device) for l in layers}
+    acts, inv_scale = _last_position_state(model, [q.prompt for q in items], layers, batch_size)
+    W_U = model.W_U.detach().float()
+    answers = torch.tensor([answer_ids(model, q.prompt, q.answer)[1][0] for q in items], device=W_U.device)
+    U = W_U[:, answers] - W_U.mean(1, keepdim=True)  # [d_model, item]
+    out = {}
+    for l in layers:
+        G = value_vectors(model, l, final_norm=True).float() @ U  # [d_mlp, item]
+        out[l] = acts[l] * G.T * inv_scale[:, None]
+    return out
+
+
+@torch.no_grad()
+def projection_scores(
+    model: Model, token_ids: Sequence[int], layers: Sequence[int] | None = None, *, top: int = 5
+) -> dict[int, Float[torch.Tensor, " d_mlp"]]:
+    """How strongly each value vector's projection promotes ``token_ids``: the projection logits
+    ``(g * v) . W_U[:, t]`` standardised over the whole vocabulary (z-scores, exact from the mean and
+    covariance of the unembedding columns, no full projection needed), averaged over the ``top`` best
+    concept tokens of that vector."""
+    layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
+    W_U = model.W_U.detach().float()
+    mean = W_U.mean(1)
+    centred = W_U - mean[:, None]
+    cov = centred @ centred.T / W_U.shape[1]
+    T = centred[:, torch.tensor(list(token_ids), device=W_U.device, dtype=torch.long)]
+    q = max(1, min(top, len(token_ids)))
+    out = {}
+    for l in layers:
+        V = value_vectors(model, l, final_norm=True).float()
+        sd = ((V @ cov) * V).sum(-1).clamp_min(1e-12).sqrt()
+        z = (V @ T) / sd[:, None]
+        out[l] = z.topk(q, dim=-1).values.mean(-1)
+    return out
+
+
+def _standardise(x: torch.Tensor) -> torch.Tensor:
+    """Robust z-score (median, MAD): a few huge generic neurons must not flatten the rest."""
+    med = x.median()
+    mad = (x - med).abs().median().clamp_min(1e-12) * 1.4826
+    return (x - med) / mad
+
+
+@torch.no_grad()
+def locate(
+    model: Model,
+    concept: Concept,
+    n: int = 10,
+    *,
+    layers: Sequence[int] | None = None,
+    unrelated: Sequence[QA] | None = None,
+    projection_weight: float = 0.5,
+    batch_size: int = 16,
+) -> LocateResult:
+    """Rank value vectors for ``concept`` with no human or external judge.
+
+    Two scores per vector:
+
+    - ``projection_score``: see ``projection_scores`` (concept tokens: ``concept_token_ids``);
+    - ``effect_score``: mean direct effect on the concept's answers (``direct_effects``) minus the mean
+      direct effect on the unrelated answers (``unrelated``, default ``concept.unrelated_qa``). The
+      subtraction removes generic output neurons that raise every answer.
+
+    The ranking ``score`` is the robust z-score of ``effect_score`` plus ``projection_weight`` times the
+    robust z-score of ``projection_score``; vectors with no positive specific effect are not returned."""
+    layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
+    unrelated = concept.unrelated_qa if unrelated is None else tuple(unrelated)
+    tokens = concept_token_ids(model, concept)
+    if not tokens:
+        raise VestigeError(
+            f"concept {concept.concept!r} yields no concept tokens",
+            "its name, answers and text have no word of three letters or more",
+            "give the concept a name, answers or text with words",
+        )
+    de = direct_effects(model, concept.qa, layers, batch_size=batch_size)
+    de_un = direct_effects(model, unrelated, layers, batch_size=batch_size) if unrelated else None
+    proj = projection_scores(model, tokens, layers)
+    effect = torch.stack(
+        [de[l].mean(0) - (de_un[l].mean(0) if de_un is not None else 0.0) for l in layers]
+    ).cpu()
+    projection = torch.stack([proj[l] for l in layers]).cpu()
+    score = _standardise(effect) + projection_weight * _standardise(projection)
+    score = torch.where(effect > 0, score, torch.full_like(score, -math.inf))
+    n = min(n, int((effect > 0).sum()))
+    best = torch.topk(score.flatten(), n).indices.tolist() if n > 0 else []
+    d_mlp = model.cfg.d_mlp
+    vectors = tuple(
+        ConceptVector(
+            layers[f // d_mlp],
+            f % d_mlp,
+            float(projection.flatten()[f]),
+            float(effect.flatten()[f]),
+            float(score.flatten()[f]),
+        )
+        for f in best
+    )
+    return LocateResult(concept.concept, vectors, tuple(tokens), score.numel())
+
+
+# ---- editing and validation --------------------------------------------------------------------------
+
+
+def _refs(vectors: Sequence[VectorRef] | Sequence[ConceptVector] | LocateResult) -> list[VectorRef]:
+    if isinstance(vectors, LocateResult):
+        return vectors.refs()
+    return [(v.layer, v.neuron) if isinstance(v, ConceptVector) else (int(v[0]), int(v[1])) for v in vectors]
+
+
+@dataclass(frozen=True)
+class EditInfo:
+    """What ``edited_vectors`` did: the mean of ``||noise|| / ||v||`` over the vectors (0 for ablation)."""
+
+    mode: str
+    n_vectors: int
+    noise_ratio: float
+
+
+@contextlib.contextmanager
+def edited_vectors(
+    model: Model,
+    vectors: Sequence[VectorRef] | Sequence[ConceptVector] | LocateResult,
+    mode: str = "ablate",
+    scale: float = 0.1,
+    seed: int = 0,
+) -> Iterator[EditInfo]:
+    """Ablate (zero) or add Gaussian noise ``N(0, scale^2 I)`` to value vectors inside the block, through
+    ``model.W_out`` (a view of the HF parameter). The original rows are restored bitwise on exit, also
+    when the block raises; every call draws fresh noise from ``seed``, so nothing accumulates."""
+    if mode not in ("ablate", "noise"):
+        raise VestigeError(f"unknown edit mode {mode!r}", None, "use mode='ablate' or mode='noise'")
+    refs = list(dict.fromkeys(_refs(vectors)))
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    saved: list[tuple[int, int, torch.Tensor]] = []
+    ratios = []
+    try:
+        with torch.no_grad():
+            for layer, neuron in refs:
+                row = model.W_out(layer)[neuron]
+                saved.append((layer, neuron, row.detach().clone()))
+                if mode == "ablate":
+                    row.zero_()
+                else:
+                    noise = torch.randn(row.shape, generator=gen, dtype=torch.float32) * scale
+                    noise = noise.to(row.device, row.dtype)
+                    ratios.append(float(noise.float().norm() / row.float().norm().clamp_min(1e-12)))
+                    row.add_(noise)
+        yield EditInfo(mode, len(refs), sum(ratios) / len(ratios) if ratios else 0.0)
+    finally:
+        with torch.no_grad():
+            for layer, neuron, original in reversed(saved):
+                model.W_out(layer)[neuron].copy_(original)
+
+
+def random_vectors(
+    model: Model, vectors: Sequence[VectorRef] | Sequence[ConceptVector] | LocateResult, seed: int = 0
+) -> list[VectorRef]:
+    """A control set: for each vector, a random neuron of the same layer, none of them in ``vectors``."""
+    refs = _refs(vectors)
+    taken = set(refs)
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for layer, _ in refs:
+        while True:
+            neuron = int(torch.randint(model.cfg.d_mlp, (1,), generator=gen))
+            if (layer, neuron) not in taken:
+                taken.add((layer, neuron))
+                out.append((layer, neuron))
+                break
+    return out
+
+
+@dataclass(frozen=True)
+class Validation(Result):
+    """Causal validation of concept vectors (ConceptVectors, section 1 of REFERENCES.md).
+
+    Drops are falls of the mean answer log-probability (nats, positive = worse); ``control_*`` come from
+    as many random vectors of the same layers edited the same way."""
+
+    concept: str
+    mode: str
+    scale: float
+    n_vectors: int
+    target_drop: float
+    unrelated_drop: float
+    control_target_drop: float
+    control_unrelated_drop: float
+    target_acc_before: float
+    target_acc_after: float
+    unrelated_acc_before: float
+    unrelated_acc_after: float
+    control_target_acc: float
+    noise_ratio: float
+    control_vectors: tuple[tuple[int, int], ...]
+
+    @property
+    def beats_control(self) -> bool:
+        return self.target_drop > self.control_target_drop
+
+    @property
+    def spares_unrelated(self) -> bool:
+        """The unrelated answers fall by less than half as much as the concept's."""
+        return self.target_drop > 0 and self.unrelated_drop < 0.5 * self.target_drop
+
+    @property
+    def specific(self) -> bool:
+        return self.beats_control and self.spares_unrelated
+
+
+def _score(model: Model, concept: Concept, unrelated: Sequence[QA], batch_size: int):
+    items = list(concept.qa) + list(unrelated)
+    s = score_qa(model, items, batch_size=batch_size)
+    n = len(concept.qa)
+    lp, ok = s.logprobs, s.correct
+
+    def mean(x):
+        return sum(x) / len(x) if x else float("nan")
+
+    return mean(lp[:n]), mean(lp[n:]), mean(ok[:n]), mean(ok[n:])
+
+
+@torch.no_grad()
+def validate(
+    model: Model,
+    concept: Concept,
+    vectors: Sequence[VectorRef] | Sequence[ConceptVector] | LocateResult,
+    mode: str = "ablate",
+    scale: float = 0.1,
+    seed: int = 0,
+    *,
+    unrelated: Sequence[QA] | None = None,
+    batch_size: int = 16,
+) -> Validation:
+    """Edit ``vectors`` (``edited_vectors``) and measure the concept's QA against the unrelated QA,
+    next to a seeded control of as many random vectors from the same layers."""
+    unrelated = concept.unrelated_qa if unrelated is None else tuple(unrelated)
+    refs = _refs(vectors)
+    control = random_vectors(model, refs, seed=seed)
+    t0, u0, ta0, ua0 = _score(model, concept, unrelated, batch_size)
+    with edited_vectors(model, refs, mode, scale, seed) as info:
+        t1, u1, ta1, ua1 = _score(model, concept, unrelated, batch_size)
+    with edited_vectors(model, control, mode, scale, seed + 1):
+        t2, u2, ta2, _ = _score(model, concept, unrelated, batch_size)
+    return Validation(
+        concept=concept.concept,
+        mode=mode,
+        scale=scale,
+        n_vectors=len(refs),
+        target_drop=t0 - t1,
+        unrelated_drop=u0 - u1,
+        control_target_drop=t0 - t2,
+        control_unrelated_drop=u0 - u2,
+        target_acc_before=ta0,
+        target_acc_after=ta1,
+        unrelated_acc_before=ua0,
+        unrelated_acc_after=ua1,
+        control_target_acc=ta2,
+        noise_ratio=info.noise_ratio,
+        control_vectors=tuple(control),
+    )
+
+
+# ---- before / after ----------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def compare(
+    base: Model,
+    other: Model,
+    vectors: Sequence[VectorRef] | Sequence[ConceptVector] | LocateResult,
+    k: int = 200,
+    *,
+    concept: Concept | None = None,
+    final_norm: bool = False,
+) -> pd.DataFrame:
+    """Per vector, base vs ``other`` (e.g. the unlearned model): cosine, L2 change, Jaccard of the two
+    top-``k`` token sets, and the share of the base's concept-related top tokens (``concept_token_ids``
+    of ``concept``) still in the other's top-``k`` (NaN when there were none or no concept is given).
+    Both vectors are compared in fp32, so a dtype difference is not reported as a change."""
+    fb, fo = model_fingerprint(base), model_fingerprint(other)
+    if fb != fo:
+        diff = [key for key in fb if fb[key] != fo[key]]
+        raise MismatchError(
+            "the two models cannot be compared vector by vector",
+            f"they differ in {diff}",
+            "compare a model with an unlearned copy of itself (same architecture and tokenizer)",
+        )
+    related = set(concept_token_ids(base, concept)) if concept is not None else set()
+    rows = []
+    for layer, neuron in _refs(vectors):
+        vb = base.W_out(layer)[neuron].detach().float()
+        vo = other.W_out(layer)[neuron].detach().float().to(vb.device)
+        pb = value_vectors(base, layer, final_norm=final_norm)[neuron].float() @ base.W_U.detach().float()
+        po = value_vectors(other, layer, final_norm=final_norm)[neuron].float() @ other.W_U.detach().float()
+        tb = set(torch.topk(pb, k).indices.tolist())
+        to = set(torch.topk(po.to(pb.device), k).indices.tolist())
+        rel = tb & related
+        rows.append(
+            {
+                "layer": layer,
+                "neuron": neuron,
+                "cosine": float(torch.nn.functional.cosine_similarity(vb, vo, dim=0)),
+                "l2_change": float((vb - vo).norm()),
+                "jaccard": len(tb & to) / len(tb | to),
+                "concept_tokens_retained": len(rel & to) / len(rel) if rel else float("nan"),
+                "n_concept_tokens": len(rel),
+            }
+        )
+    return pd.DataFrame(rows)

@@ -1,0 +1,275 @@
+"""Concept vectors: scan vs a naive projection, locate on a planted vector, exact restore of edits,
+validation numbers vs a hand computation, compare, and the causal check on SmolLM2 (three concepts)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+from probes import concepts as C
+from probes.data import QA, Concept
+from probes.qa import answer_ids, answer_logprobs
+
+UNRELATED = (
+    QA("The capital of France is", "Paris"),
+    QA("The opposite of hot is", "cold"),
+    QA("The largest animal in the world is the blue", "whale"),
+    QA("Water freezes at zero degrees", "Celsius"),
+    QA("The first day of the week is", "Monday"),
+    QA("The color of the sky on a clear day is", "blue"),
+)
+
+# Three concepts for the SmolLM2 checks (short prompts SmolLM2-135M-Instruct completes correctly).
+HARRY = Concept(
+    "Harry Potter",
+    (
+        QA("Harry Potter's best friend is Ron", "Weasley"),
+        QA("The author of Harry Potter is J. K.", "Rowling"),
+        QA("Harry Potter's other best friend is Hermione", "Granger"),
+        QA("The headmaster of Hogwarts is Albus", "Dumbledore"),
+        QA("Harry Potter's greatest enemy is Lord", "Voldemort"),
+    ),
+    (
+        "Harry Potter is a series of fantasy novels by J. K. Rowling about a young wizard, Harry Potter, "
+        "and his friends Ron Weasley and Hermione Granger at Hogwarts School of Witchcraft and Wizardry.",
+    ),
+    UNRELATED,
+)
+
+
+def _planted_concept() -> Concept:
+    return Concept(
+        "Weasley family",
+        (
+            QA("Harry Potter's best friend is Ron", "Weasley"),
+            QA("Ginny's surname is", "Weasley"),
+            QA("The family of Ron is the", "Weasley"),
+        ),
+        ("The Weasley family lives in the Burrow.",),
+        UNRELATED[:4],
+    )
+
+
+@contextlib.contextmanager
+def _restored(tensors):
+    saved = [t.detach().clone() for t in tensors]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for t, s in zip(tensors, saved):
+                t.copy_(s)
+
+
+# ---- scan ----------------------------------------------------------------------------------------------
+def test_scan_matches_naive_projection(gpt2):
+    layer, k = 11, 20
+    res = C.scan(gpt2, [layer], k=k, chunk=700)  # 700 does not divide 3072: the last chunk is partial
+    assert res.token_ids.shape == (1, gpt2.cfg.d_mlp, k)
+    W_U = gpt2.hf.lm_head.weight.detach()  # [vocab, d_model], independent of the W_U view
+    w = gpt2.hf.transformer.h[layer].mlp.c_proj.weight.detach()  # Conv1D: rows are value vectors
+    for neuron in list(range(0, gpt2.cfg.d_mlp, 97)) + [gpt2.cfg.d_mlp - 1]:
+        top = torch.topk(W_U @ w[neuron], k)
+        assert res.token_ids[0, neuron].tolist() == top.indices.tolist()
+        assert torch.allclose(res.scores[0, neuron], top.values, atol=1e-5, rtol=0)
+
+
+def test_scan_final_norm_weights_the_vector(smol):
+    """Llama layout (columns of down_proj) and RMSNorm weighting."""
+    res = C.scan(smol, [3, 29], k=10, final_norm=True, chunk=4096)
+    W_U = smol.hf.lm_head.weight.detach()
+    g = smol.hf.model.norm.weight.detach()
+    for j, layer in enumerate((3, 29)):
+        for neuron in (0, 42, 1535):
+            v = smol.hf.model.layers[layer].mlp.down_proj.weight.detach()[:, neuron]
+            top = torch.topk(W_U @ (v * g), 10)
+            assert res.token_ids[j, neuron].tolist() == top.indices.tolist()
+            assert torch.allclose(res.scores[j, neuron], top.values, atol=1e-5, rtol=0)
+
+
+# ---- locate --------------------------------------------------------------------------------------------
+def test_locate_finds_a_planted_vector(gpt2):
+    concept = _planted_concept()
+    layer, neuron = 7, 1234
+    token = answer_ids(gpt2, concept.qa[0].prompt, "Weasley")[1][0]
+    mlp = gpt2.hf.transformer.h[layer].mlp
+    with _restored([mlp.c_fc.weight, mlp.c_fc.bias, mlp.c_proj.weight]):
+        with torch.no_grad():
+            W_U = gpt2.W_U.detach()
+            d = W_U[:, token] - W_U.mean(1)
+            gpt2.W_out(layer)[neuron] = d / d.norm()  # promotes the token
+            mlp.c_fc.weight[:, neuron] = 0.0
+            mlp.c_fc.bias[neuron] = 4.0  # fires (gelu(4) ~ 4) on every prompt
+        found = C.locate(gpt2, concept, n=5)
+        assert (found.vectors[0].layer, found.vectors[0].neuron) == (layer, neuron)
+        top = found.vectors[0]
+        assert top.effect_score > 0 and top.projection_score > 3
+        # both scores match a hand computation for the planted vector
+        from probes import hooks
+
+        ids, mask = gpt2.tokenize([q.prompt for q in concept.qa])
+        _, cache = hooks.run_with_cache(gpt2, ids, [hooks.mlp_post(layer), hooks.resid_post(11)], mask)
+        act = cache[hooks.mlp_post(layer)][:, -1, neuron]
+        x = cache[hooks.resid_post(11)][:, -1]
+        sigma = (x.var(-1, unbiased=False) + gpt2.hf.transformer.ln_f.eps).sqrt()
+        v = gpt2.W_out(layer)[neuron]
+        g = gpt2.hf.transformer.ln_f.weight
+        de = act * (((v - v.mean()) * g) @ d) / sigma
+        un = C.direct_effects(gpt2, concept.unrelated_qa, [layer])[layer][:, neuron]
+        assert top.effect_score == pytest.approx(float(de.mean() - un.mean()), rel=1e-4)
+    assert not torch.equal(gpt2.W_out(layer)[neuron], d / d.norm())
+
+
+def test_concept_tokens_cover_name_answers_and_text(smol):
+    ids = C.concept_token_ids(smol, HARRY)
+    words = {smol.tokenizer.decode([t]).strip() for t in ids}
+    assert {"Harry", "Potter"} <= words
+    first = smol.tokenizer(" Hogwarts", add_special_tokens=False)["input_ids"][0]
+    assert first in ids  # a salient word of the text (its first token)
+    assert answer_ids(smol, HARRY.qa[0].prompt, "Weasley")[1][0] in ids
+
+
+# ---- edits restore exactly ----------------------------------------------------------------------------
+def _snapshot(model):
+    return {name: p.detach().clone() for name, p in model.hf.named_parameters()}
+
+
+def _assert_same(model, snap):
+    params = dict(model.hf.named_parameters())
+    assert set(params) == set(snap)
+    for name, p in params.items():
+        assert torch.equal(p, snap[name]), name
+
+
+def test_edits_restore_bitwise_also_on_exception(gpt2):
+    snap = _snapshot(gpt2)
+    refs = [(3, 10), (3, 11), (9, 2000)]
+    with C.edited_vectors(gpt2, refs, "ablate"):
+        for l, i in refs:
+            assert torch.count_nonzero(gpt2.W_out(l)[i]) == 0
+    _assert_same(gpt2, snap)
+
+    with C.edited_vectors(gpt2, refs, "noise", scale=0.1, seed=3) as info:
+        first = [gpt2.W_out(l)[i].clone() for l, i in refs]
+    _assert_same(gpt2, snap)
+    noise = [f - snap[f"transformer.h.{l}.mlp.c_proj.weight"][i] for f, (l, i) in zip(first, refs)]
+    expect = sum(
+        float(n.norm() / snap[f"transformer.h.{l}.mlp.c_proj.weight"][i].norm())
+        for n, (l, i) in zip(noise, refs)
+    ) / len(refs)
+    assert info.noise_ratio == pytest.approx(expect, rel=1e-4)
+    assert float(noise[0].std()) == pytest.approx(0.1, rel=0.15)
+
+    # the same seed gives the same edit again: nothing accumulates across calls
+    with C.edited_vectors(gpt2, refs, "noise", scale=0.1, seed=3):
+        again = [gpt2.W_out(l)[i].clone() for l, i in refs]
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+
+    with pytest.raises(RuntimeError, match="boom"):
+        with C.edited_vectors(gpt2, refs, "noise", scale=1.0):
+            assert not torch.equal(gpt2.W_out(3)[10], snap["transformer.h.3.mlp.c_proj.weight"][10])
+            raise RuntimeError("boom")
+    _assert_same(gpt2, snap)
+
+
+def test_edits_restore_on_llama_layout(smol):
+    """SmolLM2's value vectors are columns of down_proj: the view writes and restores them."""
+    w = smol.hf.model.layers[20].mlp.down_proj.weight
+    before = w.detach().clone()
+    with pytest.raises(KeyError):
+        with C.edited_vectors(smol, [(20, 5)], "ablate"):
+            assert torch.count_nonzero(w[:, 5]) == 0 and torch.equal(w[:, 6], before[:, 6])
+            raise KeyError("x")
+    assert torch.equal(w, before)
+
+
+# ---- validate vs a hand computation -------------------------------------------------------------------
+def test_validate_matches_manual_ablation(gpt2):
+    concept = _planted_concept()
+    refs = [(7, 1234), (10, 5)]
+    val = C.validate(gpt2, concept, refs, mode="ablate", seed=1)
+    assert len(val.control_vectors) == 2
+    assert [l for l, _ in val.control_vectors] == [7, 10] and not set(val.control_vectors) & set(refs)
+
+    def mean_lp(items):
+        return float(answer_logprobs(gpt2, [q.prompt for q in items], [q.answer for q in items]).mean())
+
+    def dropped(rows):
+        w = {l: gpt2.hf.transformer.h[l].mlp.c_proj.weight for l, _ in rows}
+        with _restored(list(w.values())):
+            with torch.no_grad():
+                for l, i in rows:
+                    w[l][i] = 0.0
+            return mean_lp(concept.qa), mean_lp(concept.unrelated_qa)
+
+    t0, u0 = mean_lp(concept.qa), mean_lp(concept.unrelated_qa)
+    t1, u1 = dropped(refs)
+    t2, _ = dropped(list(val.control_vectors))
+    assert val.target_drop == pytest.approx(t0 - t1, abs=1e-4)
+    assert val.unrelated_drop == pytest.approx(u0 - u1, abs=1e-4)
+    assert val.control_target_drop == pytest.approx(t0 - t2, abs=1e-4)
+    assert val.noise_ratio == 0.0
+
+
+# ---- compare -------------------------------------------------------------------------------------------
+def test_compare_against_a_copy_with_one_changed_vector(gpt2):
+    other = gpt2.copy()
+    with torch.no_grad():
+        other.W_out(4)[7] += 0.5 * torch.randn(gpt2.cfg.d_model, generator=torch.Generator().manual_seed(0))
+    df = C.compare(gpt2, other, [(4, 7), (4, 8)], k=50, concept=_planted_concept())
+    a, b = gpt2.W_out(4)[7].detach(), other.W_out(4)[7].detach()
+    row = df.iloc[0]
+    assert row.cosine == pytest.approx(float(a @ b / (a.norm() * b.norm())), abs=1e-6)
+    assert row.l2_change == pytest.approx(float((a - b).norm()), rel=1e-5)
+    ta = set(torch.topk(gpt2.hf.lm_head.weight.detach() @ a, 50).indices.tolist())
+    tb = set(torch.topk(gpt2.hf.lm_head.weight.detach() @ b, 50).indices.tolist())
+    assert row.jaccard == pytest.approx(len(ta & tb) / len(ta | tb))
+    same = df.iloc[1]
+    assert same.cosine == pytest.approx(1.0) and same.l2_change == 0 and same.jaccard == 1.0
+
+
+# ---- SmolLM2: the located vectors carry the concept ---------------------------------------------------
+SMOL_CONCEPTS = [
+    HARRY,
+    Concept(
+        "Albert Einstein",
+        (
+            QA("Albert Einstein developed the theory of", "relativity"),
+            QA("Albert Einstein's most famous equation is E =", "mc"),
+            QA("Albert Einstein was born in the country of", "Germany"),
+            QA("Albert Einstein won the Nobel Prize in", "Physics"),
+        ),
+        (
+            "Albert Einstein was a German-born theoretical physicist who developed the theory of relativity. "
+            "His mass-energy equivalence formula E = mc2 is famous. He received the Nobel Prize in Physics.",
+        ),
+        UNRELATED,
+    ),
+    Concept(
+        "Japan",
+        (
+            QA("The capital of Japan is", "Tokyo"),
+            QA("The currency of Japan is the", "yen"),
+            QA("The highest mountain in Japan is Mount", "Fuji"),
+            QA("The Japanese dish of raw fish on rice is called", "sushi"),
+        ),
+        (
+            "Japan is an island country in East Asia. Its capital is Tokyo, its currency is the yen and its "
+            "highest mountain is Mount Fuji. Japanese food includes sushi.",
+        ),
+        UNRELATED,
+    ),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("concept", SMOL_CONCEPTS, ids=lambda c: c.concept)
+def test_located_vectors_carry_the_concept_on_smollm2(smol, concept):
+    found = C.locate(smol, concept, n=10)
+    assert len(found.vectors) == 10
+    val = C.validate(smol, concept, found, mode="ablate", seed=0)
+    assert val.target_drop > 0.2
+    assert val.target_drop > 2 * max(val.unrelated_drop, 0.0)
+    assert val.target_drop > val.control_target_drop + 0.1
