@@ -1,0 +1,162 @@
+"""The audit report: one self-contained HTML page (plotly.js embedded once, all model text escaped).
+
+Order: the verdict and evidence table first, then behaviour before / after / attacked, concept vectors
+(cosine, Jaccard, top tokens before and after), the logit lens, recovery before and after ablating the
+traces, and the interventions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from analyses.audit import VERDICT_RULE, AuditResult
+from analyses.html import Page
+
+
+def _label(r: AuditResult, label: str | None) -> str:
+    return label or r.concept
+
+
+def verdict_table(results: Sequence[AuditResult], labels: Sequence[str]) -> pd.DataFrame:
+    rows = []
+    for r, lab in zip(results, labels):
+        b = r.behaviour
+        rec = r.recovery["unlearned"]
+        abl = r.recovery["unlearned_after_ablation"]
+        rows.append(
+            {
+                "model": lab,
+                "concept": r.concept,
+                "verdict": r.verdict,
+                "forget acc base": b["forget_accuracy"]["base"],
+                "forget acc unlearned": b["forget_accuracy"]["unlearned"],
+                "unrelated acc base": b["unrelated_accuracy"]["base"],
+                "unrelated acc unlearned": b["unrelated_accuracy"]["unlearned"],
+                "vector cosine": r.concept_vectors["mean_cosine"],
+                "vector Jaccard": r.concept_vectors["mean_jaccard"],
+                "best attack acc": max(
+                    (v for k, v in rec.items() if k != "none" and v == v), default=float("nan")
+                ),
+                "best attack acc after ablation": max(
+                    (v for k, v in abl.items() if k != "none" and v == v), default=float("nan")
+                ),
+                "patch-back acc": r.interventions["patch_vectors_from_base"]["forget_accuracy"],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _behaviour_figure(results, labels) -> go.Figure:
+    fig = go.Figure()
+    conds = ["base"] + [f"unlearned: {lab}" for lab in labels]
+    first = results[0]
+    fig.add_bar(
+        name="base",
+        x=["forget", "unrelated"],
+        y=[first.behaviour["forget_accuracy"]["base"], first.behaviour["unrelated_accuracy"]["base"]],
+    )
+    for r, lab in zip(results, labels):
+        fig.add_bar(
+            name=lab,
+            x=["forget", "unrelated"],
+            y=[r.behaviour["forget_accuracy"]["unlearned"], r.behaviour["unrelated_accuracy"]["unlearned"]],
+        )
+    del conds
+    fig.update_layout(barmode="group", yaxis_title="QA accuracy", yaxis_range=[0, 1.05], height=340)
+    return fig
+
+
+def _recovery_figure(results, labels) -> go.Figure:
+    fig = go.Figure()
+    for r, lab in zip(results, labels):
+        for who, dash in (("unlearned", "unlearned"), ("unlearned_after_ablation", "after ablating traces")):
+            rec = r.recovery[who]
+            fig.add_bar(name=f"{lab} — {dash}", x=list(rec), y=[rec[k] for k in rec])
+    fig.update_layout(
+        barmode="group",
+        yaxis_title="forget-QA accuracy",
+        yaxis_range=[0, 1.05],
+        height=380,
+        xaxis_title="attack",
+    )
+    return fig
+
+
+def _vector_figure(results, labels) -> go.Figure:
+    fig = go.Figure()
+    for r, lab in zip(results, labels):
+        comp = r.concept_vectors["compare"]
+        names = [f"L{c['layer']}.{c['neuron']}" for c in comp]
+        fig.add_bar(name=f"{lab} cosine", x=names, y=[c["cosine"] for c in comp])
+        fig.add_bar(name=f"{lab} Jaccard", x=names, y=[c["jaccard"] for c in comp])
+    fig.update_layout(barmode="group", yaxis_title="base vs unlearned", yaxis_range=[0, 1.05], height=360)
+    return fig
+
+
+def _lens_figure(results, labels) -> go.Figure:
+    fig = go.Figure()
+    base = results[0].logit_lens["base"]["mean_logprob_by_layer"]
+    fig.add_scatter(y=base, mode="lines+markers", name="base")
+    for r, lab in zip(results, labels):
+        fig.add_scatter(y=r.logit_lens["unlearned"]["mean_logprob_by_layer"], mode="lines+markers", name=lab)
+    fig.update_layout(xaxis_title="layer", yaxis_title="answer log-prob (logit lens)", height=360)
+    return fig
+
+
+def _top_tokens_table(r: AuditResult) -> pd.DataFrame:
+    rows = []
+    for t in r.concept_vectors["top_tokens"]:
+        rows.append(
+            {
+                "vector": f"L{t['layer']}.{t['neuron']}",
+                "top tokens before": " · ".join(tok for tok, _ in t["top_before"]),
+                "top tokens after": " · ".join(tok for tok, _ in t["top_after"]),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def audit_report(
+    results: Sequence[AuditResult], labels: Sequence[str] | None = None, title: str = "vestige audit"
+) -> Page:
+    """Build the report page for one or several audits (e.g. one per unlearning method)."""
+    labels = [_label(r, lab) for r, lab in zip(results, labels or [None] * len(results))]
+    concepts = sorted({r.concept for r in results})
+    page = Page(
+        title, subtitle=f"concept: {', '.join(concepts)} — is the knowledge removed or only suppressed?"
+    )
+    page.heading("Verdict")
+    page.table(verdict_table(results, labels))
+    page.paragraph("Rule: " + VERDICT_RULE, cls="note")
+    for r, lab in zip(results, labels):
+        page.paragraph(f"{lab}: {r.verdict} — " + "; ".join(r.reasons), cls=r.verdict)
+    page.heading("Behaviour before, after and under attack")
+    page.figure(_behaviour_figure(results, labels))
+    page.heading("Recovery: attacks before and after ablating the traces")
+    page.figure(_recovery_figure(results, labels))
+    page.heading("Concept vectors (located on the base model)")
+    page.figure(_vector_figure(results, labels))
+    for r, lab in zip(results, labels):
+        page.paragraph(f"{lab}: top tokens of each vector before and after unlearning")
+        page.table(_top_tokens_table(r))
+    page.heading("Logit lens: the answer inside the model")
+    page.figure(_lens_figure(results, labels))
+    page.heading("Interventions in the unlearned model")
+    rows = []
+    for r, lab in zip(results, labels):
+        iv = r.interventions
+        rows.append(
+            {
+                "model": lab,
+                "ablate vectors: forget acc": iv["ablate_vectors"]["none"],
+                "noise vectors: forget acc": iv["noise_vectors"]["forget_accuracy"],
+                "noise ||n||/||v||": iv["noise_vectors"]["noise_ratio"],
+                "patch base vectors: forget acc": iv["patch_vectors_from_base"]["forget_accuracy"],
+                "patch base vectors: unrelated acc": iv["patch_vectors_from_base"]["unrelated_accuracy"],
+            }
+        )
+    page.table(pd.DataFrame(rows))
+    return page
