@@ -301,8 +301,10 @@ def locate(
 
     - ``projection_score``: see ``projection_scores`` (concept tokens: ``concept_token_ids``);
     - ``effect_score``: mean direct effect on the concept's answers (``direct_effects``) minus the mean
-      direct effect on the unrelated answers (``unrelated``, default ``concept.unrelated_qa``). The
-      subtraction removes generic output neurons that raise every answer.
+      *absolute* direct effect on the unrelated answers (``unrelated``, default ``concept.unrelated_qa``).
+      The subtraction removes generic output neurons that move every answer (REFERENCES.md section 1);
+      the absolute value also removes neurons that push unrelated answers down (measured on SmolLM2,
+      Japan: target drop 2.12 vs 1.42 nats with the signed mean, unrelated drop about equal).
 
     The ranking ``score`` is the robust z-score of ``effect_score`` plus ``projection_weight`` times the
     robust z-score of ``projection_score``; vectors with no positive specific effect are not returned."""
@@ -319,7 +321,7 @@ def locate(
     de_un = direct_effects(model, unrelated, layers, batch_size=batch_size) if unrelated else None
     proj = projection_scores(model, tokens, layers)
     effect = torch.stack(
-        [de[l].mean(0) - (de_un[l].mean(0) if de_un is not None else 0.0) for l in layers]
+        [de[l].mean(0) - (de_un[l].abs().mean(0) if de_un is not None else 0.0) for l in layers]
     ).cpu()
     projection = torch.stack([proj[l] for l in layers]).cpu()
     score = _standardise(effect) + projection_weight * _standardise(projection)

@@ -15,6 +15,7 @@ Writes the per-concept table (CSV, rewritten atomically after every concept) and
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import sys
@@ -28,9 +29,20 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from probes import concepts as C  # noqa: E402
-from probes.data import DEFAULT_CONCEPT_FILE, load_concepts  # noqa: E402
+from probes.data import DEFAULT_CONCEPT_FILE, Concept, load_concepts  # noqa: E402
 from probes.model import load_model  # noqa: E402
+from probes.qa import score_qa  # noqa: E402
 from probes.results import atomic_write_text, write_json  # noqa: E402
+
+
+def verified(model, concept: Concept) -> Concept:
+    """The concept with only the QA and unrelated QA items the model answers correctly."""
+    s = score_qa(model, list(concept.qa) + list(concept.unrelated_qa))
+    ok = s.correct
+    n = len(concept.qa)
+    qa = tuple(q for q, c in zip(concept.qa, ok[:n]) if c)
+    un = tuple(q for q, c in zip(concept.unrelated_qa, ok[n:]) if c)
+    return dataclasses.replace(concept, qa=qa, unrelated_qa=un)
 
 
 def summarise(frame: pd.DataFrame) -> dict:
@@ -62,6 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument(
+        "--verified-only",
+        action="store_true",
+        help="keep only QA items the model answers correctly (for an unverified candidate file); concepts "
+        "left with fewer than --min-qa items are skipped",
+    )
+    p.add_argument("--min-qa", type=int, default=4)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -72,6 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for i, concept in enumerate(concepts):
         t0 = time.perf_counter()
+        if args.verified_only:
+            concept = verified(model, concept)
+            if len(concept.qa) < args.min_qa or not concept.unrelated_qa:
+                print(f"[{i + 1}/{len(concepts)}] {concept.concept}: skipped ({len(concept.qa)} verified QA)")
+                continue
         found = C.locate(model, concept, n=args.n)
         val = C.validate(model, concept, found, mode=args.mode, scale=args.scale, seed=args.seed)
         rows.append(
