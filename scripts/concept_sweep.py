@@ -78,9 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         "--verified-only",
         action="store_true",
         help="keep only QA items the model answers correctly (for an unverified candidate file); concepts "
-        "left with fewer than --min-qa items are skipped",
+        "left with fewer than --min-qa / --min-unrelated items are skipped",
     )
     p.add_argument("--min-qa", type=int, default=4)
+    p.add_argument("--min-unrelated", type=int, default=4)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         if args.verified_only:
             concept = verified(model, concept)
-            if len(concept.qa) < args.min_qa or not concept.unrelated_qa:
+            if len(concept.qa) < args.min_qa or len(concept.unrelated_qa) < args.min_unrelated:
                 print(f"[{i + 1}/{len(concepts)}] {concept.concept}: skipped ({len(concept.qa)} verified QA)")
                 continue
         found = C.locate(model, concept, n=args.n)

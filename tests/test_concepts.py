@@ -273,3 +273,38 @@ def test_located_vectors_carry_the_concept_on_smollm2(smol, concept):
     assert val.target_drop > 0.2
     assert val.target_drop > 2 * max(val.unrelated_drop, 0.0)
     assert val.target_drop > val.control_target_drop + 0.1
+
+
+# ---- the command ---------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_concepts_command_writes_json_and_report(smol, tmp_path, monkeypatch):
+    import json
+
+    import analyses.cli as cli
+
+    concept = SMOL_CONCEPTS[2]
+    raw = {
+        "concept": "Japan <b>",
+        "qa": [{"prompt": q.prompt, "answer": q.answer} for q in concept.qa],
+        "text": list(concept.text),
+        "unrelated_qa": [{"prompt": q.prompt, "answer": q.answer} for q in concept.unrelated_qa],
+    }
+    (tmp_path / "c.json").write_text(json.dumps([raw]))
+    monkeypatch.setattr(cli, "_load", lambda spec, args: smol)
+    rc = cli.main(
+        ["concepts", "--concept-file", str(tmp_path / "c.json"), "--n", "3", "--out", str(tmp_path)]
+    )
+    assert rc == 0
+    out = json.loads((tmp_path / "concepts.json").read_text())
+    assert len(out["vectors"]) == 3
+    assert {"layer", "neuron", "projection_score", "effect_score"} <= set(out["vectors"][0])
+    scores = [v["score"] for v in out["vectors"]]
+    assert scores == sorted(scores, reverse=True)
+    val = out["validation"]
+    assert {"target_drop", "unrelated_drop", "control_target_drop"} <= set(val)
+    assert all(isinstance(val[k], float) for k in ("target_drop", "unrelated_drop", "control_target_drop"))
+    html = (tmp_path / "report.html").read_text()
+    from plotly.offline import get_plotlyjs
+
+    assert html.count(get_plotlyjs()) == 1  # plotly.js embedded once
+    assert "Japan &lt;b&gt;" in html and "Japan <b>" not in html  # text from the file is escaped
