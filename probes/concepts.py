@@ -35,7 +35,7 @@ from probes import hooks
 from probes.data import QA, Concept
 from probes.errors import MismatchError, VestigeError
 from probes.model import Model, model_fingerprint
-from probes.qa import answer_ids, score_qa
+from probes.qa import answer_ids, answer_logprobs, score_qa
 from probes.results import Result
 
 VectorRef = tuple[int, int]  # (layer, neuron)
@@ -451,11 +451,17 @@ class Validation(Result):
         return self.beats_control and self.spares_unrelated
 
 
-def _score(model: Model, concept: Concept, unrelated: Sequence[QA], batch_size: int):
+def _score(model: Model, concept: Concept, unrelated: Sequence[QA], batch_size: int, accuracy: bool):
     items = list(concept.qa) + list(unrelated)
-    s = score_qa(model, items, batch_size=batch_size)
     n = len(concept.qa)
-    lp, ok = s.logprobs, s.correct
+    if accuracy:
+        s = score_qa(model, items, batch_size=batch_size)
+        lp, ok = s.logprobs, s.correct
+    else:  # teacher-forced log-probabilities only: no greedy decoding
+        lp = answer_logprobs(
+            model, [q.prompt for q in items], [q.answer for q in items], batch_size=batch_size
+        )
+        lp, ok = lp.tolist(), []
 
     def mean(x):
         return sum(x) / len(x) if x else float("nan")
@@ -474,17 +480,19 @@ def validate(
     *,
     unrelated: Sequence[QA] | None = None,
     batch_size: int = 16,
+    accuracy: bool = True,
 ) -> Validation:
     """Edit ``vectors`` (``edited_vectors``) and measure the concept's QA against the unrelated QA,
-    next to a seeded control of as many random vectors from the same layers."""
+    next to a seeded control of as many random vectors from the same layers. ``accuracy=False`` skips
+    greedy decoding (accuracies are then NaN) and measures only the answer log-probabilities."""
     unrelated = concept.unrelated_qa if unrelated is None else tuple(unrelated)
     refs = _refs(vectors)
     control = random_vectors(model, refs, seed=seed)
-    t0, u0, ta0, ua0 = _score(model, concept, unrelated, batch_size)
+    t0, u0, ta0, ua0 = _score(model, concept, unrelated, batch_size, accuracy)
     with edited_vectors(model, refs, mode, scale, seed) as info:
-        t1, u1, ta1, ua1 = _score(model, concept, unrelated, batch_size)
+        t1, u1, ta1, ua1 = _score(model, concept, unrelated, batch_size, accuracy)
     with edited_vectors(model, control, mode, scale, seed + 1):
-        t2, u2, ta2, _ = _score(model, concept, unrelated, batch_size)
+        t2, u2, ta2, _ = _score(model, concept, unrelated, batch_size, accuracy)
     return Validation(
         concept=concept.concept,
         mode=mode,

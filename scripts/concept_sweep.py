@@ -58,8 +58,8 @@ def summarise(frame: pd.DataFrame) -> dict:
         "specific": int(frame["specific"].sum()),
         "specific_share": float(frame["specific"].mean()) if n else float("nan"),
         **med,
-        "median_target_acc_before": float(statistics.median(frame["target_acc_before"])),
-        "median_target_acc_after": float(statistics.median(frame["target_acc_after"])),
+        "median_target_acc_before": float(frame["target_acc_before"].median()),
+        "median_target_acc_after": float(frame["target_acc_after"].median()),
     }
 
 
@@ -82,6 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--min-qa", type=int, default=4)
     p.add_argument("--min-unrelated", type=int, default=4)
+    p.add_argument(
+        "--no-accuracy",
+        dest="accuracy",
+        action="store_false",
+        help="measure answer log-probabilities only (no greedy decoding after the edits; faster)",
+    )
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -98,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[{i + 1}/{len(concepts)}] {concept.concept}: skipped ({len(concept.qa)} verified QA)")
                 continue
         found = C.locate(model, concept, n=args.n)
-        val = C.validate(model, concept, found, mode=args.mode, scale=args.scale, seed=args.seed)
+        val = C.validate(
+            model, concept, found, mode=args.mode, scale=args.scale, seed=args.seed, accuracy=args.accuracy
+        )
         rows.append(
             {
                 "concept": concept.concept,
