@@ -1,0 +1,292 @@
+"""Retrieval heads, masking, knowledge conflicts, patching and pruning (issue heads)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from probes import conflict, heads, hooks, retrieval
+from probes.data import QA
+
+NEEDLES = [
+    retrieval.Needle(
+        "The secret ingredient of the village soup is smoked paprika from Hungary.",
+        "What is the secret ingredient of the village soup?",
+        "smoked paprika",
+    ),
+    retrieval.Needle(
+        "Professor Lindqvist keeps her spare key under a blue ceramic frog.",
+        "Where does Professor Lindqvist keep her spare key?",
+        "a blue ceramic frog",
+    ),
+]
+HAYSTACK = (
+    "A small garden asks for less than most people fear. The first lesson is patience. Seeds do not care "
+    "about our schedules. Soil is the real subject of gardening. Good soil is dark and crumbly. It holds "
+    "water without becoming a swamp. Compost feeds the soil slowly. Mulch keeps the weeds down. "
+)
+QAS = [
+    QA("The Eiffel Tower is in the city of", "Paris", "city"),
+    QA("The Colosseum is in the city of", "Rome", "city"),
+    QA("Big Ben is in the city of", "London", "city"),
+    QA("The Brandenburg Gate is in the city of", "Berlin", "city"),
+    QA("The Statue of Liberty is in the city of", "New York", "city"),
+    QA("Harry Potter's best friend is Ron", "Weasley", "surname"),
+    QA("The author of Harry Potter is J. K.", "Rowling", "surname"),
+    QA("Harry Potter's other best friend is Hermione", "Granger", "surname"),
+    QA("The theory of relativity was developed by Albert", "Einstein", "surname"),
+    QA("The largest planet in the solar system is", "Jupiter", "planet"),
+    QA("The planet closest to the Sun is", "Mercury", "planet"),
+    QA("The red planet is", "Mars", "planet"),
+    QA("The planet with the most famous rings is", "Saturn", "planet"),
+]
+
+
+# ---- needle harness ------------------------------------------------------------------------------------
+def test_needle_span_and_depth(gpt2):
+    for chat in (True, False):
+        tests = retrieval.build_tests(gpt2, NEEDLES, HAYSTACK, [120], [0.0, 0.5, 1.0], chat=chat)
+        assert len(tests) == 6
+        for t in tests:
+            s, e = t.span
+            assert gpt2.tokenizer.decode(list(t.ids[s:e])).strip().lower() == t.needle.answer.lower()
+            assert 120 <= len(t.ids) < 120 + 80  # context plus question template
+        # Depth 0 puts the needle first, depth 1 last (sentence boundaries).
+        starts = [t.span[0] for t in tests if t.needle is NEEDLES[0]]
+        assert starts[0] < starts[1] < starts[2]
+
+
+def test_rouge1_recall():
+    assert retrieval.rouge1_recall("smoked paprika", "It is smoked Paprika from Hungary") == 1.0
+    assert retrieval.rouge1_recall("a blue ceramic frog", "under a blue rock") == 0.5
+    assert retrieval.rouge1_recall("smoked paprika", "") == 0.0
+
+
+def test_needle_file_is_checked(tmp_path):
+    bad = tmp_path / "needles.json"
+    bad.write_text(json.dumps([{"needle": "The key is red.", "question": "Which key?", "answer": "blue"}]))
+    with pytest.raises(retrieval.HaystackError, match="does not occur"):
+        retrieval.load_needles(bad)
+
+
+# ---- retrieval score vs a naive loop over full attention patterns --------------------------------------
+def _naive_scores(model, ids, tokens, span):
+    """Recompute the whole sequence at every step; take the last row of every full attention pattern."""
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    hits = torch.zeros(L, H)
+    argmax = []
+    names = hooks.all_layers(hooks.attn_pattern, L)
+    seq = list(ids)
+    start, end = span
+    for tok in tokens:
+        logits, cache = hooks.run_with_cache(model, torch.tensor([seq]), names)
+        assert int(logits[0, -1].argmax()) == tok  # the cached decoding is greedy decoding
+        argmax.append(torch.stack([cache[n][0, :, -1].argmax(-1) for n in names]))
+        for layer in range(L):
+            row = cache[names[layer]][0, :, -1]  # [heads, keys]
+            for h in range(H):
+                j = int(row[h].argmax())
+                if start <= j < end and seq[j] == tok:
+                    hits[layer, h] += 1.0 / (end - start)
+        seq.append(tok)
+    return hits, argmax
+
+
+@pytest.fixture(scope="module")
+def sharp_gpt2(gpt2):
+    """The gpt2-small architecture with queries scaled up, so attention rows have clear maxima."""
+    model = gpt2.copy()
+    d = model.cfg.d_model
+    with torch.no_grad():
+        for block in model.hf.transformer.h:
+            block.attn.c_attn.weight[:, :d] *= 30
+    return model
+
+
+def test_retrieval_score_equals_naive_loop_gpt2(sharp_gpt2):
+    model = sharp_gpt2
+    test = retrieval.build_tests(model, NEEDLES[:1], HAYSTACK, [60], [0.5], chat=False)[0]
+    tokens, _ = retrieval.decode(model, test.ids, 5)
+    rows: list[torch.Tensor] = []
+    fast_tokens, fast = retrieval.decode(model, test.ids, 5, span=test.span, argmax_out=rows)
+    assert fast_tokens == tokens
+    naive, naive_rows = _naive_scores(model, test.ids, tokens, test.span)
+    # Every step's argmax key per head, read from the cached single query row, equals the full pattern's.
+    assert all(torch.equal(a, b) for a, b in zip(rows, naive_rows, strict=True))
+    assert len({int(j) for r in rows for j in r.flatten()}) > 10  # the heads look at many positions
+    assert torch.allclose(fast.cpu(), naive, atol=1e-6)
+
+
+def test_retrieval_score_equals_naive_loop_grouped_query(smol):
+    """SmolLM2 (9 query heads on 3 key-value heads) copying a real needle answer."""
+    test = retrieval.build_tests(smol, NEEDLES[:1], HAYSTACK, [90], [0.5], chat=True)[0]
+    tokens, fast = retrieval.decode(smol, test.ids, 10, span=test.span)
+    naive, _ = _naive_scores(smol, test.ids, tokens, test.span)
+    assert "paprika" in smol.tokenizer.decode(tokens).lower()
+    assert naive.max() >= 0.5  # some head copies the answer
+    assert torch.allclose(fast.cpu(), naive, atol=1e-6)
+
+
+# ---- masking ------------------------------------------------------------------------------------------
+def test_uniform_masking_averages_visible_values(any_model):
+    """A uniformly masked head outputs the mean of the values its query may see (padding stays masked);
+    grouped-query heads read key-value head h // (n_heads / n_kv_heads)."""
+    model = any_model
+    cfg = model.cfg
+    layer, head = cfg.n_layers // 2, cfg.n_heads - 1
+    ids, mask = model.tokenize(["The capital of France is Paris, and", "Hello there"], padding_side="left")
+    seen = {}
+
+    def rec(act, hook):
+        seen[hook.name] = act.detach()
+
+    v_name = f"blocks.{layer}.attn.hook_v"
+    fwd = heads.mask_hooks([(layer, head)], "uniform") + [(hooks.attn_z(layer), rec), (v_name, rec)]
+    hooks.run_with_hooks(model, ids, fwd, mask)
+    z, v = seen[hooks.attn_z(layer)], seen[v_name]
+    kv = head // (cfg.n_heads // cfg.n_kv_heads)
+    for b in range(ids.shape[0]):
+        for p in range(ids.shape[1]):
+            if not mask[b, p]:
+                continue
+            visible = mask[b, : p + 1].bool()
+            expected = v[b, : p + 1][visible, kv].mean(0)
+            assert torch.allclose(z[b, p, head], expected, atol=1e-5)
+
+
+def test_zero_masking_equals_hf_with_head_input_zeroed(any_model):
+    model = any_model
+    cfg = model.cfg
+    chosen = [(1, 0), (cfg.n_layers - 1, cfg.n_heads - 1), (cfg.n_layers - 1, 2)]
+    ids, mask = model.tokenize(["The capital of France is"])
+    with torch.no_grad():
+        masked = hooks.run_with_hooks(model, ids, heads.mask_hooks(chosen, "zero"), mask)
+        handles = []
+        for layer, idx in heads.by_layer(chosen).items():
+
+            def pre(mod, args, idx=idx):
+                x = args[0].clone()
+                for h in idx:
+                    x[..., h * cfg.d_head : (h + 1) * cfg.d_head] = 0
+                return (x,) + args[1:]
+
+            handles.append(model.layer_module(layer, "attn_out").register_forward_pre_hook(pre))
+        try:
+            expected = model.forward(ids, mask).logits
+        finally:
+            for hd in handles:
+                hd.remove()
+        plain = model.forward(ids, mask).logits
+    assert torch.allclose(masked, expected, atol=1e-4)
+    assert not torch.allclose(masked, plain, atol=1e-3)
+
+
+def test_random_heads_exclude_retrieval_heads():
+    excluded = [(0, 0), (1, 2), (3, 1)]
+    for seed in range(5):
+        drawn = heads.random_heads(4, 3, 9, exclude=excluded, seed=seed)
+        assert len(set(drawn)) == 9 and not set(drawn) & set(excluded)
+    scores = torch.tensor([[0.0, 0.5], [0.2, 0.05]])
+    assert heads.top_heads(scores, 2) == [(0, 1), (1, 0)]
+    assert heads.top_heads(scores, 1, largest=False) == [(0, 0)]
+
+
+# ---- knowledge conflicts and patching -----------------------------------------------------------------
+def test_build_conflicts(gpt2):
+    cs = conflict.build_conflicts(gpt2, QAS)
+    assert len(cs) >= 8
+    by_answer = {q.answer: q.type for q in QAS}
+    tok = gpt2.tokenizer
+    for c in cs:
+        assert by_answer[c.context_answer] == by_answer[c.memory_answer] == by_answer[c.corrupt_answer]
+        assert len({c.memory_answer, c.context_answer, c.corrupt_answer}) == 3
+        assert c.clean_prompt == f"{c.prompt} {c.context_answer}. {c.prompt}"
+        assert len(tok(c.clean_prompt)["input_ids"]) == len(tok(c.corrupt_prompt)["input_ids"])
+        assert c.memory_token != c.context_token
+
+
+def test_patching_every_head_reproduces_clean_logits(any_model):
+    model = any_model
+    c = conflict.build_conflicts(model, QAS, max_items=1)[0]
+    clean, _ = model.tokenize([c.clean_prompt])
+    corrupt, _ = model.tokenize([c.corrupt_prompt])
+    names = hooks.all_layers(hooks.attn_z, model.cfg.n_layers)
+    with torch.no_grad():
+        clean_logits, cache = hooks.run_with_cache(model, clean, names)
+        corrupt_logits = model.bridge(corrupt)
+    everything = heads.all_heads(model.cfg.n_layers, model.cfg.n_heads)
+    patched = conflict.patch_run(model, corrupt, cache, everything)
+    same = (clean == corrupt)[0]  # where the tokens agree, all inputs to the position are now clean
+    assert same[-1] and not same.all()
+    assert torch.allclose(patched[0, same], clean_logits[0, same], atol=1e-4)
+    assert not torch.allclose(corrupt_logits[0, -1], clean_logits[0, -1], atol=1e-3)
+
+
+def test_exact_patching_batches_equal_single_patches(gpt2):
+    cs = conflict.build_conflicts(gpt2, QAS, max_items=2)
+    eff = conflict.exact_patching(gpt2, cs, heads_per_batch=7, progress=False)
+    names = hooks.all_layers(hooks.attn_z, gpt2.cfg.n_layers)
+    for layer, head in [(0, 0), (5, 3), (11, 11)]:
+        total = 0.0
+        for c in cs:
+            clean, _ = gpt2.tokenize([c.clean_prompt])
+            corrupt, _ = gpt2.tokenize([c.corrupt_prompt])
+            mem, ctx = torch.tensor([c.memory_token]), torch.tensor([c.context_token])
+            _, cache = hooks.run_with_cache(gpt2, clean, names)
+            with torch.no_grad():
+                base = conflict.metric(gpt2.bridge(corrupt), mem, ctx)
+            total += float(
+                conflict.metric(conflict.patch_run(gpt2, corrupt, cache, [(layer, head)]), mem, ctx) - base
+            )
+        assert eff.effects[layer, head] == pytest.approx(total / len(cs), abs=1e-4)
+
+
+def test_attribution_is_the_first_order_effect(gpt2):
+    """Patching a small fraction a of one head's clean-corrupt difference moves the metric by a x its
+    attribution (finite differences)."""
+    cs = conflict.build_conflicts(gpt2, QAS, max_items=1)
+    attr = conflict.attribution_patching(gpt2, cs)
+    c = cs[0]
+    clean, _ = gpt2.tokenize([c.clean_prompt])
+    corrupt, _ = gpt2.tokenize([c.corrupt_prompt])
+    mem, ctx = torch.tensor([c.memory_token]), torch.tensor([c.context_token])
+    names = hooks.all_layers(hooks.attn_z, gpt2.cfg.n_layers)
+    _, clean_cache = hooks.run_with_cache(gpt2, clean, names)
+    _, corrupt_cache = hooks.run_with_cache(gpt2, corrupt, names)
+    a = 1e-2
+    with torch.no_grad():
+        base = float(conflict.metric(gpt2.bridge(corrupt), mem, ctx))
+    layer, head = heads.top_heads(attr.effects.abs(), 1)[0]
+    mixed = {n: corrupt_cache[n] + a * (clean_cache[n] - corrupt_cache[n]) for n in names}
+    moved = float(conflict.metric(conflict.patch_run(gpt2, corrupt, mixed, [(layer, head)]), mem, ctx)) - base
+    assert moved / a == pytest.approx(float(attr.effects[layer, head]), rel=0.05, abs=1e-4)
+    assert attr.corrupt_metric == pytest.approx(base, abs=1e-3)
+
+
+def test_conflict_rates_match_per_prompt_forward(smol):
+    cs = conflict.build_conflicts(smol, QAS)
+    rates = conflict.conflict_rates(smol, cs, batch_size=4)
+    mem = ctx = 0
+    with torch.no_grad():
+        for c in cs:
+            ids, _ = smol.tokenize([c.clean_prompt])
+            nxt = int(smol.forward(ids).logits[0, -1].argmax())
+            mem += nxt == c.memory_token
+            ctx += nxt == c.context_token
+    assert rates.memory_rate == pytest.approx(mem / len(cs))
+    assert rates.context_rate == pytest.approx(ctx / len(cs))
+    assert 0 < rates.memory_rate + rates.context_rate <= 1
+
+
+@pytest.mark.slow
+def test_attribution_agrees_with_exact_patching_smollm2(smol):
+    from scipy.stats import spearmanr
+
+    cs = conflict.build_conflicts(smol, QAS, max_items=4)
+    exact = conflict.exact_patching(smol, cs, heads_per_batch=54, progress=False)
+    attr = conflict.attribution_patching(smol, cs)
+    rho = spearmanr(exact.effects.flatten().numpy(), attr.effects.flatten().numpy()).statistic
+    assert rho >= 0.7
+    assert exact.clean_metric == pytest.approx(attr.clean_metric, abs=1e-3)
