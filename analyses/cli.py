@@ -111,7 +111,23 @@ def _add_concepts(sub) -> None:
     add_parser(sub)
 
 
-COMMANDS = [_add_info, _add_bench, _add_unlearn, _add_concepts]
+# ---- heads (logic in analyses/heads_cmd.py) ------------------------------------------------------------
+def _add_heads(sub) -> None:
+    from analyses.heads_cmd import add_arguments
+
+    p = sub.add_parser("heads", help="retrieval heads (NIAH) or memory/context heads (knowledge conflicts)")
+    _add_model_args(p)
+    add_arguments(p)
+    p.set_defaults(run=_run_heads)
+
+
+def _run_heads(args: argparse.Namespace) -> int:
+    from analyses.heads_cmd import run
+
+    return run(args, _load(args.model, args))
+
+
+COMMANDS = [_add_info, _add_bench, _add_unlearn, _add_concepts, _add_heads]
 
 
 def build_parser() -> argparse.ArgumentParser:

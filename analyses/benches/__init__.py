@@ -2,3 +2,4 @@
 
 from analyses.benches import hooks  # noqa: F401
 from analyses.benches import concepts  # noqa: F401
+from analyses.benches import heads  # noqa: F401
