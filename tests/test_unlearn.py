@@ -231,6 +231,7 @@ def test_needle_changes_only_the_named_vectors(gpt2):
         unlearn(gpt2, CONCEPT, UnlearnConfig(method="needle"), progress=False)
 
 
+@pytest.mark.slow
 def test_cli_unlearn_writes_checkpoint(tmp_path, capsys):
     from analyses.cli import main
     from probes.results import write_json
