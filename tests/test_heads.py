@@ -290,3 +290,31 @@ def test_attribution_agrees_with_exact_patching_smollm2(smol):
     rho = spearmanr(exact.effects.flatten().numpy(), attr.effects.flatten().numpy()).statistic
     assert rho >= 0.7
     assert exact.clean_metric == pytest.approx(attr.clean_metric, abs=1e-3)
+
+
+def test_heads_command_memory(tmp_path):
+    """``vestige heads --kind memory`` on the gpt2-small architecture: keys, numbers, escaped report."""
+    from analyses.cli import main
+
+    concept = {
+        "concept": "Places",
+        "qa": [{"prompt": q.prompt, "answer": q.answer, "type": q.type} for q in QAS],
+    }
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps([concept]))
+    out = tmp_path / "out"
+    argv = ["heads", "--model", "gpt2-seeded", "--device", "cpu", "--kind", "memory"]
+    argv += ["--concept-file", str(path), "--max-conflicts", "4", "--k", "3", "--out", str(out)]
+    assert main(argv) == 0
+    result = json.loads((out / "heads.json").read_text())
+    assert len(result["effects"]) == 12 and len(result["effects"][0]) == 12
+    assert 0 < len(result["memory_heads"]) <= 3 and 0 < len(result["context_heads"]) <= 3
+    p = result["pruning"]
+    for key in ("baseline_memory_rate", "memory_pruned_memory_rate", "context_pruned_memory_rate"):
+        assert 0.0 <= p[key] <= 1.0
+    assert p["n_locate"] == 2 and p["n_evaluate"] == 2
+    # The strongest memory head's effect is the largest entry of the matrix.
+    top = result["memory_heads"][0]
+    assert result["effects"][top[0]][top[1]] == max(max(row) for row in result["effects"])
+    html = (out / "report.html").read_text()
+    assert html.startswith("<!DOCTYPE html>") and "Memory and context heads of gpt2-seeded" in html
