@@ -1,0 +1,95 @@
+"""CHES and linear probes (issue ches-probes): batched CHES vs one pair at a time, and all-layer probe
+fitting vs a per-layer scikit-learn loop at equal accuracy (scikit-learn is a dev dependency, imported
+only here)."""
+
+from __future__ import annotations
+
+import torch
+
+from analyses.bench import BenchContext, Case, benchmark
+from probes.ches import ches, ches_pairs
+from probes.linear import ProbeConfig, collect_activations, fit_probes_on, load_probe_dataset, subset
+
+
+def _ches_inputs(n: int) -> tuple[list[str], list[str], list[str]]:
+    """``n`` (prompt, true answer, refusal) triples, the DPO-IDK displacement check of REFERENCES.md 4."""
+    cities = load_probe_dataset("city_country")
+    step = max(1, len(cities) // n)
+    idx = list(range(0, len(cities), step))[:n]
+    prompts = [f"Question: In which country is {cities.entities[i]}?\nAnswer:" for i in idx]
+    preferred = [f"{cities.labels[i]}. It is a city in {cities.labels[i]}." for i in idx]
+    dispreferred = ["I don't know the answer to that question."] * len(idx)
+    return prompts, preferred, dispreferred
+
+
+@benchmark("ches_batched_vs_one_pair", target=3.0, higher_is_better=True)
+def ches_batched(ctx: BenchContext) -> Case:
+    model = ctx.model
+    prompts, pos, neg = _ches_inputs(16 if ctx.quick else 64)
+
+    def one_at_a_time():
+        return [ches(model, p, a, b) for p, a, b in zip(prompts, pos, neg)]
+
+    def batched():
+        return ches_pairs(model, prompts, pos, neg, batch_size=32)
+
+    single = torch.tensor(one_at_a_time(), dtype=torch.float64)
+    rel = ((batched() - single).abs() / single.abs().clamp(min=1e-9)).max().item()
+    return Case(
+        one_at_a_time,
+        batched,
+        f"{len(prompts)} pairs (prompt, answer, refusal); batch 32; max relative difference {rel:.1e}",
+    )
+
+
+def _sklearn_loop(acts: torch.Tensor, y: torch.Tensor, fold: torch.Tensor, l2: float) -> list[float]:
+    """Per-layer, per-fold StandardScaler + LogisticRegression with the same objective; pooled held-out
+    accuracy by layer."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    x = acts.detach().cpu().numpy()
+    yy, ff = y.numpy(), fold.numpy()
+    out = []
+    for layer in range(x.shape[0]):
+        hits = 0
+        for k in range(int(ff.max()) + 1):
+            tr, te = ff != k, ff == k
+            scaler = StandardScaler().fit(x[layer][tr])
+            clf = LogisticRegression(C=1.0 / (2 * l2 * int(tr.sum())), max_iter=1000)
+            clf.fit(scaler.transform(x[layer][tr]), yy[tr])
+            hits += int((clf.predict(scaler.transform(x[layer][te])) == yy[te]).sum())
+        out.append(hits / len(yy))
+    return out
+
+
+@benchmark("probe_fit_all_layers_vs_sklearn", target=5.0, higher_is_better=True)
+def probe_fit(ctx: BenchContext) -> Case:
+    from probes.linear import stratified_folds
+
+    model = ctx.model
+    ds = load_probe_dataset("city_country")
+    if ctx.quick:
+        ds = subset(ds, range(0, len(ds), 3))
+    acts = collect_activations(model, ds, batch_size=64)
+    if ctx.quick:
+        acts = acts[::5]
+    config = ProbeConfig(folds=5, control=False)
+    fold = stratified_folds(ds.y, config.folds, config.seed)
+
+    def sklearn_loop():
+        return _sklearn_loop(acts, ds.y, fold, config.l2)
+
+    def batched():
+        return fit_probes_on(acts, ds, config=config).accuracy
+
+    ref, ours = sklearn_loop(), batched()
+    diffs = [abs(a - b) for a, b in zip(ref, ours)]
+    mean_ref, mean_ours = sum(ref) / len(ref), sum(ours) / len(ours)
+    return Case(
+        sklearn_loop,
+        batched,
+        f"{len(ds)} items, {acts.shape[0]} layers x {config.folds} folds (+ the full-data fit in the batched "
+        f"run); mean accuracy sklearn {mean_ref:.4f} vs batched {mean_ours:.4f}, largest per-layer "
+        f"difference {max(diffs):.4f} ({'within' if max(diffs) <= 0.01 else 'NOT within'} 1 point)",
+    )
