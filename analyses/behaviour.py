@@ -146,3 +146,43 @@ def measure_behaviour(
         attacked,
         items,
     )
+
+
+def relearn_attack(
+    model: Model,
+    concept: Concept,
+    *,
+    steps: int = 10,
+    lr: float = 3e-5,
+    window: int = 64,
+    batch_size: int = 8,
+    seed: int = 0,
+) -> QAScores:
+    """Relearning attack (Lynch et al. 2024; Hu et al. 2024 "jogging the memory"): fine-tune a copy of
+    ``model`` for ``steps`` AdamW steps on the concept's text with every sentence that contains an
+    evaluated answer removed, then score forget-QA. Knowledge that was only suppressed comes back from
+    such unrelated-looking text; knowledge that is gone does not. ``model`` itself is never modified."""
+    import torch
+
+    from analyses.unlearn import make_batch, sequence_nll, text_windows
+
+    text = answer_free_text(concept)
+    if not text:
+        raise ValueError(f"concept {concept.concept!r} has no answer-free text to relearn from")
+    work = model.copy()
+    examples = text_windows(work, [text], window)
+    gen = torch.Generator().manual_seed(seed)
+    params = [p for p in work.hf.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    work.hf.train(False)
+    for _ in range(steps):
+        pick = torch.randperm(len(examples), generator=gen)[:batch_size].tolist()
+        batch = make_batch(work, [examples[i] for i in pick])
+        with torch.enable_grad():
+            loss = sequence_nll(work, batch).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+    work.hf.zero_grad(set_to_none=True)
+    return score_qa(work, concept.qa)

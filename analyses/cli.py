@@ -105,6 +105,58 @@ def _run_unlearn(args: argparse.Namespace) -> int:
     return run_unlearn(args, _load)
 
 
+# ---- audit / demo --------------------------------------------------------------------------------------
+def _add_audit(sub) -> None:
+    p = sub.add_parser("audit", help="removed or suppressed? audit.json + report.html")
+    p.add_argument("--base", required=True, help="model spec of the original model")
+    p.add_argument("--unlearned", required=True, help="model spec of the unlearned model")
+    p.add_argument("--concept-file", default=None, help="concept JSON (default: the bundled data set)")
+    p.add_argument("--concept", default=None, help="concept name in the file")
+    p.add_argument("--out", default="vestige-out/audit")
+    p.add_argument("--json", action="store_true", help="also print the audit's JSON summary on stdout")
+    p.add_argument("--n-vectors", type=int, default=10)
+    p.add_argument("--relearn-steps", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    _add_model_args(p)
+    p.set_defaults(run=_run_audit)
+
+
+def _run_audit(args: argparse.Namespace) -> int:
+    from analyses.audit import AuditConfig, audit
+    from probes.data import DEFAULT_CONCEPT_FILE, load_concept
+
+    concept = load_concept(args.concept_file or DEFAULT_CONCEPT_FILE, args.concept)
+    base, unlearned = _load(args.base, args), _load(args.unlearned, args)
+    cfg = AuditConfig(n_vectors=args.n_vectors, relearn_steps=args.relearn_steps, seed=args.seed)
+    result = audit(base, unlearned, concept, config=cfg, out=args.out, progress=not args.no_progress)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(result.to_frame().to_string(index=False))
+        print(f"verdict: {result.verdict}\nwrote {args.out}/audit.json and {args.out}/report.html")
+    return 0
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="unlearn Harry Potter from SmolLM2 (ga, npo, needle), audit each, report")
+    p.add_argument("--out", default="vestige-out/demo")
+    p.add_argument("--device", default=None)
+    p.set_defaults(run=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from analyses.demo import run_demo
+    from probes.model import load_model
+
+    t0 = time.perf_counter()
+    _, table = run_demo(
+        args.out, model=load_model("smollm2-135m", device=args.device), progress=not args.no_progress
+    )
+    print(table.to_string(index=False))
+    print(f"wrote {args.out}/report.html in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
 def _add_concepts(sub) -> None:
     from analyses.concepts_cmd import add_parser
 
@@ -127,7 +179,7 @@ def _run_heads(args: argparse.Namespace) -> int:
     return run(args, _load(args.model, args))
 
 
-COMMANDS = [_add_info, _add_bench, _add_unlearn, _add_concepts, _add_heads]
+COMMANDS = [_add_info, _add_bench, _add_unlearn, _add_audit, _add_demo, _add_concepts, _add_heads]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,6 +16,10 @@ from analyses.audit import VERDICT_RULE, AuditResult
 from analyses.html import Page
 
 
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None or x != x else f"{x:.2f}"
+
+
 def _label(r: AuditResult, label: str | None) -> str:
     return label or r.concept
 
@@ -38,10 +42,12 @@ def verdict_table(results: Sequence[AuditResult], labels: Sequence[str]) -> pd.D
                 "vector cosine": r.concept_vectors["mean_cosine"],
                 "vector Jaccard": r.concept_vectors["mean_jaccard"],
                 "best attack acc": max(
-                    (v for k, v in rec.items() if k != "none" and v == v), default=float("nan")
+                    (v for k, v in rec.items() if k != "none" and v is not None and v == v),
+                    default=float("nan"),
                 ),
                 "best attack acc after ablation": max(
-                    (v for k, v in abl.items() if k != "none" and v == v), default=float("nan")
+                    (v for k, v in abl.items() if k != "none" and v is not None and v == v),
+                    default=float("nan"),
                 ),
                 "patch-back acc": r.interventions["patch_vectors_from_base"]["forget_accuracy"],
             }
@@ -119,6 +125,73 @@ def _top_tokens_table(r: AuditResult) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _probe_figure(results, labels) -> go.Figure | None:
+    fig = go.Figure()
+    first = results[0].extra.get("probes") or {}
+    if not first:
+        return None
+    fig.add_scatter(y=first["base_accuracy"], mode="lines+markers", name="base (held-out)")
+    fig.add_scatter(
+        y=first["base_control_accuracy"], mode="lines", name="base control task", line={"dash": "dot"}
+    )
+    for r, lab in zip(results, labels):
+        layers = r.extra["probes"]["transfer"]["layers"]
+        fig.add_scatter(
+            y=[x["applied_accuracy"] for x in layers], mode="lines+markers", name=f"{lab}: base probe"
+        )
+        fig.add_scatter(y=[x["refit_accuracy"] for x in layers], mode="lines", name=f"{lab}: refitted")
+    fig.update_layout(
+        xaxis_title="layer",
+        yaxis_title=f"probe accuracy ({first['dataset']})",
+        yaxis_range=[0, 1.05],
+        height=380,
+    )
+    return fig
+
+
+def _head_figure(r: AuditResult, label: str) -> go.Figure | None:
+    heads = r.extra.get("heads") or {}
+    if not heads.get("n_conflicts"):
+        return None
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("base", label))
+    for col, who in ((1, "base"), (2, "unlearned")):
+        fig.add_heatmap(
+            z=heads["effects"][who], colorscale="RdBu_r", zmid=0, showscale=col == 2, row=1, col=col
+        )
+    fig.update_layout(
+        height=420, title="memory (red) vs context (blue) heads: attribution on knowledge conflicts"
+    )
+    fig.update_xaxes(title_text="head")
+    fig.update_yaxes(title_text="layer", col=1)
+    return fig
+
+
+def _ches_figure(results, labels) -> go.Figure | None:
+    fig = go.Figure()
+    for r, lab in zip(results, labels):
+        c = r.extra.get("ches") or {}
+        if not c:
+            continue
+        text = [f"{p} → {a}" for p, a in c["retain"]]
+        fig.add_scatter(
+            x=c["max_normalized_ches"],
+            y=c["logprob_loss"],
+            mode="markers",
+            text=text,
+            name=f"{lab} (Spearman {_fmt(c['spearman'])})",
+        )
+    if not fig.data:
+        return None
+    fig.update_layout(
+        xaxis_title="max length-normalized CHES with a forget item (base)",
+        yaxis_title="answer log-prob lost after unlearning",
+        height=380,
+    )
+    return fig
+
+
 def audit_report(
     results: Sequence[AuditResult], labels: Sequence[str] | None = None, title: str = "vestige audit"
 ) -> Page:
@@ -144,6 +217,19 @@ def audit_report(
         page.table(_top_tokens_table(r))
     page.heading("Logit lens: the answer inside the model")
     page.figure(_lens_figure(results, labels))
+    probe_fig = _probe_figure(results, labels)
+    if probe_fig is not None:
+        page.heading("Linear probes by layer: base, base probe on the unlearned model, refitted")
+        page.figure(probe_fig)
+    for r, lab in zip(results, labels):
+        fig = _head_figure(r, lab)
+        if fig is not None:
+            page.heading(f"Memory and context heads — {lab}")
+            page.figure(fig)
+    ches_fig = _ches_figure(results, labels)
+    if ches_fig is not None:
+        page.heading("CHES similarity vs collateral damage")
+        page.figure(ches_fig)
     page.heading("Interventions in the unlearned model")
     rows = []
     for r, lab in zip(results, labels):

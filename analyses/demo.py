@@ -1,0 +1,66 @@
+"""``vestige demo``: the main job on the embedded model, offline.
+
+Unlearn "Harry Potter" from SmolLM2-135M with ``ga``, ``npo`` and ``needle`` (the ConceptVectors oracle:
+noise on the located concept vectors), audit each unlearned model against the base, ablate the traces and
+measure again, and write one report that compares the three.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from analyses.audit import AuditConfig, AuditResult, audit
+from analyses.report import audit_report, verdict_table
+from analyses.unlearn import UnlearnConfig, unlearn
+from probes import concepts as cv
+from probes.data import DEFAULT_CONCEPT_FILE, load_concept, load_concepts
+from probes.model import Model, load_model
+from probes.results import write_json
+
+DEMO_METHODS = ("ga", "npo", "needle")
+
+
+def run_demo(
+    out: str | Path = "vestige-out/demo",
+    *,
+    model: Model | None = None,
+    concept_name: str = "Harry Potter",
+    concept_file: str | Path = DEFAULT_CONCEPT_FILE,
+    methods: Sequence[str] = DEMO_METHODS,
+    audit_config: AuditConfig | None = None,
+    progress: bool = True,
+) -> tuple[list[AuditResult], pd.DataFrame]:
+    """Run the demo; returns the audits and the verdict table (also written to ``out``)."""
+    t0 = time.perf_counter()
+    out = Path(out)
+    base = model or load_model("smollm2-135m")
+    concept = load_concept(concept_file, concept_name)
+    others = [c for c in load_concepts(concept_file) if c.concept != concept.concept]
+    retain_texts = [t for c in others[:5] for t in c.text[:1]]
+    cfg = audit_config or AuditConfig()
+    needle_vectors = tuple(cv.locate(base, concept, n=cfg.n_vectors).refs())
+    results, seconds = [], {}
+    for method in methods:
+        t = time.perf_counter()
+        ucfg = UnlearnConfig(method=method, needle_vectors=needle_vectors if method == "needle" else ())
+        run = unlearn(base, concept, ucfg, retain_texts=retain_texts, progress=progress)
+        write_json(out / method / "unlearn.json", run.to_dict())
+        results.append(audit(base, run.model, concept, config=cfg, out=out / method, progress=progress))
+        seconds[method] = round(time.perf_counter() - t, 1)
+        del run
+    table = verdict_table(results, list(methods))
+    audit_report(
+        results, list(methods), title="vestige demo: unlearning Harry Potter from SmolLM2-135M"
+    ).write(out / "report.html")
+    write_json(
+        out / "demo.json",
+        {"concept": concept.concept, "methods": list(methods), "verdicts": table.to_dict(orient="records")},
+    )
+    write_json(
+        out / "timings.json", {"per_method_seconds": seconds, "total_seconds": time.perf_counter() - t0}
+    )
+    return results, table
