@@ -139,11 +139,14 @@ def test_uniform_masking_averages_visible_values(any_model):
     ids, mask = model.tokenize(["The capital of France is Paris, and", "Hello there"], padding_side="left")
     seen = {}
 
-    def rec(act, hook):
-        seen[hook.name] = act.detach()
+    def rec(name):
+        def fn(act, hook):  # keyed by our name: the bridge reports aliases under their own names
+            seen[name] = act.detach()
+
+        return fn
 
     v_name = f"blocks.{layer}.attn.hook_v"
-    fwd = heads.mask_hooks([(layer, head)], "uniform") + [(hooks.attn_z(layer), rec), (v_name, rec)]
+    fwd = heads.mask_hooks([(layer, head)], "uniform") + [(n, rec(n)) for n in (hooks.attn_z(layer), v_name)]
     hooks.run_with_hooks(model, ids, fwd, mask)
     z, v = seen[hooks.attn_z(layer)], seen[v_name]
     kv = head // (cfg.n_heads // cfg.n_kv_heads)
