@@ -49,7 +49,7 @@ def pair_ids(model: Model, prompt: str, response: str) -> tuple[list[int], list[
     tok = model.tokenizer
     sep = "" if (prompt[-1:].isspace() or response[:1].isspace()) else " "
     p = tok(prompt, add_special_tokens=True)["input_ids"]
-    r = tok(sep + response, add_special_tokens=False)["input_ids"]
+    r = tok(sep + response, add_special_tokens=False)["input_ids"] if response else []
     if not r:
         raise CHESInputError(
             f"response {response!r} to prompt {prompt[:60]!r} has no tokens",
