@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 OUT    ?= vestige-out
 
-.PHONY: setup demo test quick lint format bench clean
+.PHONY: setup demo info test quick lint format bench clean
 
 $(BIN)/vestige: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,9 @@ $(BIN)/vestige: pyproject.toml
 setup: $(BIN)/vestige
 
 demo: setup
+	HF_HUB_OFFLINE=1 $(BIN)/vestige demo --out $(OUT)/demo
+
+info: setup
 	$(BIN)/vestige info smollm2-135m --prompt "The capital of France is"
 
 lint: setup
