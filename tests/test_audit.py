@@ -35,8 +35,7 @@ def test_mismatched_models_refused_before_work(gpt2, smol):
 
 def test_tokenizer_mismatch_named(gpt2):
     other = gpt2.copy()
-    other.tokenizer = (
-    )
+    other.tokenizer = ()
     other.tokenizer = _tokenizer_with_extra_token(gpt2.tokenizer)
     with pytest.raises(MismatchError, match="vocab_hash"):
         check_compatible(gpt2, other)

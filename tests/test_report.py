@@ -60,7 +60,9 @@ def test_report_escapes_model_text_and_embeds_plotly_once(tmp_path):
     assert "<script>document.title" not in html and "&lt;script&gt;document.title" in html
     assert "<b>bold</b>" not in html and "<i>x</i>" not in html
     assert len(re.findall(r"plotly\.js v\d", html)) == 1  # the library is embedded once
-    assert not re.search(r"<script[^>]+src=|<link[^>]+href=", html)  # nothing loaded from outside: opens offline
+    assert not re.search(
+        r"<script[^>]+src=|<link[^>]+href=", html
+    )  # nothing loaded from outside: opens offline
     path = page.write(tmp_path / "report.html")
     assert path.read_text() == html
 
