@@ -134,11 +134,12 @@ def test_concept_tokens_cover_name_answers_and_text(smol):
 
 # ---- edits restore exactly ----------------------------------------------------------------------------
 def _snapshot(model):
-    return {name: p.detach().clone() for name, p in model.hf.named_parameters()}
+    """Every tensor under its native HF name (the bridge may have wrapped the modules in place)."""
+    return {name: p.detach().clone() for name, p in model.state_dict().items()}
 
 
 def _assert_same(model, snap):
-    params = dict(model.hf.named_parameters())
+    params = model.state_dict()
     assert set(params) == set(snap)
     for name, p in params.items():
         assert torch.equal(p, snap[name]), name

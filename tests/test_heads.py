@@ -121,10 +121,11 @@ def test_retrieval_score_equals_naive_loop_gpt2(sharp_gpt2):
 
 def test_retrieval_score_equals_naive_loop_grouped_query(smol):
     """SmolLM2 (9 query heads on 3 key-value heads) copying a real needle answer."""
-    test = retrieval.build_tests(smol, NEEDLES[:1], HAYSTACK, [90], [0.5], chat=True)[0]
-    tokens, fast = retrieval.decode(smol, test.ids, 10, span=test.span)
+    needle = retrieval.Needle("Marta's iguana is named Zanzibar.", "What is Marta's iguana named?", "Zanzibar")
+    test = retrieval.build_tests(smol, [needle], HAYSTACK, [250], [0.5], chat=True)[0]
+    tokens, fast = retrieval.decode(smol, test.ids, 16, span=test.span)
     naive, _ = _naive_scores(smol, test.ids, tokens, test.span)
-    assert "paprika" in smol.tokenizer.decode(tokens).lower()
+    assert "zanzibar" in smol.tokenizer.decode(tokens).lower()
     assert naive.max() >= 0.5  # some head copies the answer
     assert torch.allclose(fast.cpu(), naive, atol=1e-6)
 
