@@ -121,7 +121,9 @@ def test_retrieval_score_equals_naive_loop_gpt2(sharp_gpt2):
 
 def test_retrieval_score_equals_naive_loop_grouped_query(smol):
     """SmolLM2 (9 query heads on 3 key-value heads) copying a real needle answer."""
-    needle = retrieval.Needle("Marta's iguana is named Zanzibar.", "What is Marta's iguana named?", "Zanzibar")
+    needle = retrieval.Needle(
+        "Marta's iguana is named Zanzibar.", "What is Marta's iguana named?", "Zanzibar"
+    )
     test = retrieval.build_tests(smol, [needle], HAYSTACK, [250], [0.5], chat=True)[0]
     tokens, fast = retrieval.decode(smol, test.ids, 16, span=test.span)
     naive, _ = _naive_scores(smol, test.ids, tokens, test.span)
