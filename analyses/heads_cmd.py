@@ -45,6 +45,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-conflicts", type=int, default=40)
     g.add_argument("--k", type=int, default=10, help="heads pruned per kind")
     g.add_argument("--method", choices=["exact", "attribution"], default="exact")
+    g.add_argument(
+        "--baseline",
+        choices=list(conflict.BASELINES),
+        default="zero",
+        help="head effect = clean minus head zeroed (default; what pruning removes) or clean -> corrupted "
+        "counterfactual patching (PH3's contrast)",
+    )
 
 
 def heatmap(matrix: torch.Tensor, title: str, *, diverging: bool = False) -> go.Figure:
@@ -170,9 +177,9 @@ def run_memory(model: Model, args: argparse.Namespace, progress: bool = True) ->
     locate, evaluate = conflict.split(conflicts)
     t0 = time.perf_counter()
     if args.method == "exact":
-        effects = conflict.exact_patching(model, locate, progress=progress)
+        effects = conflict.exact_patching(model, locate, baseline=args.baseline, progress=progress)
     else:
-        effects = conflict.attribution_patching(model, locate)
+        effects = conflict.attribution_patching(model, locate, baseline=args.baseline)
     seconds = time.perf_counter() - t0
     pruning = conflict.pruning_experiment(model, effects, evaluate, k=args.k, n_locate=len(locate))
     p = pruning.to_dict()
@@ -180,6 +187,7 @@ def run_memory(model: Model, args: argparse.Namespace, progress: bool = True) ->
         "kind": "memory",
         "model": args.model,
         "method": args.method,
+        "baseline": args.baseline,
         "effects": effects.effects.tolist(),
         "memory_heads": [list(h) for h in effects.memory_heads(args.k)],
         "context_heads": [list(h) for h in effects.context_heads(args.k)],

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import pandas as pd
 import torch
@@ -188,6 +189,48 @@ class HeadEffects(Result):
         )
 
 
+Baseline = Literal["counterfactual", "zero"]
+BASELINES = ("counterfactual", "zero")
+
+
+def _check_baseline(baseline: str) -> None:
+    if baseline not in BASELINES:
+        raise ValueError(f"unknown patching baseline {baseline!r}; use one of {BASELINES}")
+
+
+def _zero_attribution(model: Model, conflicts: Sequence[Conflict], batch_size: int) -> HeadEffects:
+    cfg = model.cfg
+    effects = torch.zeros(cfg.n_layers, cfg.n_heads)
+    total = 0.0
+    names = _z_names(model)
+    for s in range(0, len(conflicts), batch_size):
+        chunk = conflicts[s : s + batch_size]
+        ids, mask = _batch(model, [c.clean_prompt for c in chunk])
+        mem, ctx = _tokens(chunk, ids.device)
+        acts: dict[str, torch.Tensor] = {}
+
+        def keeper(name: str, acts: dict = acts):
+            def keep(z, hook):
+                if not z.requires_grad:
+                    z = z.detach().requires_grad_(True)
+                acts[name] = z
+                return z
+
+            return keep
+
+        with torch.enable_grad():
+            logits = hooks.run_with_hooks(model, ids, [(nm, keeper(nm)) for nm in names], mask, grad=True)
+            m = metric(logits, mem, ctx)
+            grads = torch.autograd.grad(m.sum(), [acts[nm] for nm in names], allow_unused=True)
+        valid = mask.unsqueeze(-1).unsqueeze(-1).to(logits.dtype)
+        for layer, (nm, g) in enumerate(zip(names, grads, strict=True)):
+            if g is not None:
+                effects[layer] += (acts[nm].detach() * valid * g).sum(dim=(0, 1, 3)).cpu()
+        total += float(m.sum())
+    k = max(len(conflicts), 1)
+    return HeadEffects(effects / k, "attribution-zero", len(conflicts), total / k, float("nan"))
+
+
 def _z_names(model: Model) -> list[str]:
     return hooks.all_layers(hooks.attn_z, model.cfg.n_layers)
 
@@ -219,11 +262,15 @@ def exact_patching(
     model: Model,
     conflicts: Sequence[Conflict],
     *,
+    baseline: Baseline = "counterfactual",
     heads_per_batch: int = 32,
     progress: bool = True,
 ) -> HeadEffects:
-    """Exact activation patching of every head, clean -> corrupted, one conflict at a time; each batch row
-    patches a different head."""
+    """Exact activation patching of every head, one conflict at a time; each batch row patches a different
+    head. ``baseline="counterfactual"``: clean -> corrupted (PH3's contrast of two counterfactuals);
+    ``"zero"``: the metric of the clean run minus the metric with the head's output zeroed (the effect
+    that pruning removes)."""
+    _check_baseline(baseline)
     cfg = model.cfg
     heads = all_heads(cfg.n_layers, cfg.n_heads)
     effects = torch.zeros(cfg.n_layers, cfg.n_heads)
@@ -233,9 +280,12 @@ def exact_patching(
         clean, corrupt = ids[:1], ids[1:]
         mem, ctx = _tokens([c], ids.device)
         clean_logits, cache = hooks.run_with_cache(model, clean, _z_names(model))
-        corrupt_logits = model.bridge(corrupt)
-        base = float(metric(corrupt_logits, mem, ctx))
         clean_total += float(metric(clean_logits, mem, ctx))
+        if baseline == "zero":
+            base = float(metric(clean_logits, mem, ctx))
+            corrupt, cache = clean, {k: torch.zeros_like(v) for k, v in cache.items()}
+        else:
+            base = float(metric(model.bridge(corrupt), mem, ctx))
         corrupt_total += base
         for s in range(0, len(heads), heads_per_batch):
             chunk = heads[s : s + heads_per_batch]
@@ -253,16 +303,29 @@ def exact_patching(
                 fwd.append((name, fn))
             logits = hooks.run_with_hooks(model, corrupt.expand(len(chunk), -1), fwd)
             m = metric(logits, mem.expand(len(chunk)), ctx.expand(len(chunk))) - base
+            if baseline == "zero":
+                m = -m  # effect = clean - ablated
             for (layer, h), v in zip(chunk, m.tolist(), strict=True):
                 effects[layer, h] += v
     n = max(len(conflicts), 1)
-    return HeadEffects(effects / n, "exact", len(conflicts), clean_total / n, corrupt_total / n)
+    method = "exact" if baseline == "counterfactual" else "exact-zero"
+    return HeadEffects(effects / n, method, len(conflicts), clean_total / n, corrupt_total / n)
 
 
-def attribution_patching(model: Model, conflicts: Sequence[Conflict], *, batch_size: int = 16) -> HeadEffects:
+def attribution_patching(
+    model: Model,
+    conflicts: Sequence[Conflict],
+    *,
+    baseline: Baseline = "counterfactual",
+    batch_size: int = 16,
+) -> HeadEffects:
     """Attribution patching (Nanda 2023; Syed et al. 2023): ``(z_clean - z_corrupt) . grad_z metric`` at the
     corrupted run, summed over positions and ``d_head``, for all heads from one forward (clean and
-    corrupted in one batch) and one backward per batch of conflicts."""
+    corrupted in one batch) and one backward per batch of conflicts. ``baseline="zero"``: the first-order
+    estimate of the zero-ablation effect, ``z_clean . grad_z metric`` at the clean run."""
+    _check_baseline(baseline)
+    if baseline == "zero":
+        return _zero_attribution(model, conflicts, batch_size)
     cfg = model.cfg
     effects = torch.zeros(cfg.n_layers, cfg.n_heads)
     clean_total = corrupt_total = 0.0

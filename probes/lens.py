@@ -32,6 +32,7 @@ class LensResult(Result):
     answers: tuple[str, ...]
     logprob: np.ndarray = field(repr=False)
     rank: np.ndarray = field(repr=False)
+    decoy_rank: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def mean_logprob(self) -> np.ndarray:
@@ -42,6 +43,12 @@ class LensResult(Result):
         """Per layer: the share of prompts whose answer is among the 10 most likely tokens."""
         return (self.rank < 10).mean(axis=0)
 
+    @property
+    def decoy_top10_share(self) -> np.ndarray | None:
+        """The same share for the decoy answers: what ranking any answer of the right type gives. A small
+        vocabulary or a narrow answer type makes the top 10 easy to reach by type alone."""
+        return None if self.decoy_rank is None else (self.decoy_rank < 10).mean(axis=0)
+
     def to_dict(self) -> dict:
         return {
             "prompts": list(self.prompts),
@@ -50,6 +57,9 @@ class LensResult(Result):
             "top10_share_by_layer": self.top10_share.tolist(),
             "logprob": self.logprob.tolist(),
             "rank": self.rank.tolist(),
+            "decoy_top10_share_by_layer": (
+                None if self.decoy_rank is None else self.decoy_top10_share.tolist()
+            ),
         }
 
     def to_frame(self) -> pd.DataFrame:
@@ -83,13 +93,23 @@ def lens_logits(
 
 @torch.no_grad()
 def logit_lens(
-    model: Model, prompts: Sequence[str], answers: Sequence[str], *, batch_size: int = 16
+    model: Model,
+    prompts: Sequence[str],
+    answers: Sequence[str],
+    *,
+    decoys: Sequence[str] | None = None,
+    batch_size: int = 16,
 ) -> LensResult:
-    """Answer log-probability and rank at every layer for each prompt (one cached forward per batch)."""
+    """Answer log-probability and rank at every layer for each prompt (one cached forward per batch).
+    ``decoys`` (one per prompt, e.g. another item's answer of the same type) are ranked in the same pass,
+    as the chance baseline of the answer's rank."""
+    if decoys is not None and len(decoys) != len(prompts):
+        raise ValueError(f"{len(decoys)} decoys for {len(prompts)} prompts; give one decoy per prompt")
     n_layers = model.cfg.n_layers
     names = [hooks.resid_post(l) for l in range(n_layers)]
     logprob = np.zeros((len(prompts), n_layers))
     rank = np.zeros((len(prompts), n_layers), dtype=np.int64)
+    decoy_rank = None if decoys is None else np.zeros_like(rank)
     for start in range(0, len(prompts), batch_size):
         chunk_p, chunk_a = prompts[start : start + batch_size], answers[start : start + batch_size]
         pairs = [answer_ids(model, p, a) for p, a in zip(chunk_p, chunk_a, strict=True)]
@@ -101,4 +121,25 @@ def logit_lens(
         tgt_lp = lp.gather(-1, target[:, None, None].expand(-1, n_layers, 1)).squeeze(-1)
         logprob[start : start + len(pairs)] = tgt_lp.cpu().numpy()
         rank[start : start + len(pairs)] = (lp > tgt_lp[..., None]).sum(-1).cpu().numpy()
-    return LensResult(tuple(prompts), tuple(answers), logprob, rank)
+        if decoy_rank is not None:
+            chunk_d = decoys[start : start + batch_size]
+            first = [answer_ids(model, p, d)[1][0] for p, d in zip(chunk_p, chunk_d, strict=True)]
+            d_lp = lp.gather(-1, torch.tensor(first, device=lp.device)[:, None, None].expand(-1, n_layers, 1))
+            decoy_rank[start : start + len(pairs)] = (lp > d_lp).sum(-1).cpu().numpy()
+    return LensResult(tuple(prompts), tuple(answers), logprob, rank, decoy_rank)
+
+
+def same_type_decoys(answers: Sequence[str], types: Sequence[str | None]) -> list[str]:
+    """For each item, the answer of the next item of the same type with a different answer (cyclically);
+    the item's own answer when its type has no other answer (then the decoy equals the answer)."""
+    groups: dict[str | None, list[int]] = {}
+    for i, t in enumerate(types):
+        groups.setdefault(t, []).append(i)
+    out = list(answers)
+    for idx in groups.values():
+        for k, i in enumerate(idx):
+            for j in idx[k + 1 :] + idx[:k]:
+                if answers[j].lower() != answers[i].lower():
+                    out[i] = answers[j]
+                    break
+    return out

@@ -68,19 +68,29 @@ def _fake_stages():
 
 
 @pytest.mark.parametrize(
-    "cosine,lens_share,attack,patched,expected",
+    "cosine,lens_share,decoy_share,attack,patched,expected",
     [
-        (0.99, 0.0, 0.0, 0.0, "suppressed"),  # vectors untouched
-        (0.2, 0.0, 1.0, 0.0, "suppressed"),  # an attack brings it back
-        (0.2, 0.0, 0.0, 0.0, "removed"),  # nothing left, nothing comes back
-        (0.2, 0.75, 0.0, 0.0, "suppressed"),
-    ],  # still decodable inside
+        (0.99, 0.0, 0.0, 0.0, 0.0, "suppressed"),  # vectors untouched
+        (0.2, 0.0, 0.0, 1.0, 0.0, "suppressed"),  # an attack brings it back
+        (0.2, 0.0, 0.0, 0.0, 1.0, "suppressed"),  # patching the base's vectors back brings it back
+        (0.2, 0.0, 0.0, 0.0, 0.0, "removed"),  # nothing left, nothing comes back
+        (0.2, 0.75, 0.0, 0.0, 0.0, "suppressed"),  # still decodable inside
+        (0.2, 0.75, 0.6, 0.0, 0.0, "removed"),  # "decodable" only as any answer of the right type is
+    ],
 )
-def test_verdict_rule(cosine, lens_share, attack, patched, expected):
+def test_verdict_rule(cosine, lens_share, decoy_share, attack, patched, expected):
+    shares = [lens_share, lens_share, 0.0]  # two inner layers, then the output
+    decoys = [decoy_share, decoy_share, 0.0]
+    present = [l for l in range(2) if shares[l] >= 0.5 and shares[l] - decoys[l] >= 0.25]
     v, reasons = verdict(
         _fake_stages(),
         {"mean_cosine": cosine},
-        {"unlearned_max_inner_top10_share": lens_share, "best_inner_layer": 3},
+        {
+            "unlearned_max_inner_top10_share": lens_share,
+            "unlearned_max_inner_excess_over_decoys": lens_share - decoy_share,
+            "best_inner_layer": 0,
+            "present_layers": present,
+        },
         {"unlearned": {"none": 0.0, "prefix": attack, "relearn": 0.0}},
         {"patch_vectors_from_base": {"forget_accuracy": patched}},
     )

@@ -298,6 +298,71 @@ def test_attribution_agrees_with_exact_patching_smollm2(smol):
     assert exact.clean_metric == pytest.approx(attr.clean_metric, abs=1e-3)
 
 
+def test_zero_baseline_is_the_pruning_effect(gpt2):
+    """Exact zero-baseline effect of a head = metric(clean) - metric(clean with that head zeroed), the
+    same hooks conflict_rates prunes with; attribution-zero is its first-order estimate (finite diffs)."""
+    cs = conflict.build_conflicts(gpt2, QAS, max_items=2)
+    eff = conflict.exact_patching(gpt2, cs, baseline="zero", heads_per_batch=5, progress=False)
+    attr = conflict.attribution_patching(gpt2, cs, baseline="zero")
+    assert eff.method == "exact-zero" and attr.method == "attribution-zero"
+    for layer, head in [(0, 1), (6, 4), (11, 7)]:
+        total = 0.0
+        for c in cs:
+            ids, _ = gpt2.tokenize([c.clean_prompt])
+            mem, ctx = torch.tensor([c.memory_token]), torch.tensor([c.context_token])
+            with torch.no_grad():
+                clean = conflict.metric(gpt2.bridge(ids), mem, ctx)
+                pruned = hooks.run_with_hooks(gpt2, ids, heads.mask_hooks([(layer, head)], "zero"))
+            total += float(clean - conflict.metric(pruned, mem, ctx))
+        assert eff.effects[layer, head] == pytest.approx(total / len(cs), abs=1e-4)
+    # first order: scaling one head's output by (1 - a) moves the metric by -a x its attribution
+    c = cs[0]
+    ids, _ = gpt2.tokenize([c.clean_prompt])
+    mem, ctx = torch.tensor([c.memory_token]), torch.tensor([c.context_token])
+    one = conflict.attribution_patching(gpt2, [c], baseline="zero")
+    layer, head = heads.top_heads(one.effects.abs(), 1)[0]
+    a = 1e-2
+
+    def shrink(z, hook):
+        z = z.clone()
+        z[:, :, head] *= 1 - a
+        return z
+
+    with torch.no_grad():
+        base = float(conflict.metric(gpt2.bridge(ids), mem, ctx))
+        moved = float(
+            conflict.metric(hooks.run_with_hooks(gpt2, ids, [(hooks.attn_z(layer), shrink)]), mem, ctx)
+        )
+    assert (base - moved) / a == pytest.approx(float(one.effects[layer, head]), rel=0.05, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_pruning_memory_and_context_heads_moves_the_rate_smollm2(smol):
+    """PH3's finding on SmolLM2 (held-out conflicts): pruning the top memory heads (zero-baseline
+    attribution on the locate half) lowers the memory-answer rate; pruning context heads raises it."""
+    from probes.data import load_concepts
+
+    items = [q for c in load_concepts() for q in c.qa]
+    locate, evaluate = conflict.split(conflict.build_conflicts(smol, items, max_items=40))
+    effects = conflict.attribution_patching(smol, locate, baseline="zero")
+    p = conflict.pruning_experiment(smol, effects, evaluate, k=5)
+    assert p.memory_pruned.memory_rate < p.baseline.memory_rate - 0.1
+    assert p.context_pruned.memory_rate > p.baseline.memory_rate + 0.1
+    assert p.memory_pruned.mean_metric < p.baseline.mean_metric < p.context_pruned.mean_metric
+
+
+@pytest.mark.slow
+def test_zero_attribution_agrees_with_exact_smollm2(smol):
+    from scipy.stats import spearmanr
+
+    cs = conflict.build_conflicts(smol, QAS, max_items=4)
+    exact = conflict.exact_patching(smol, cs, baseline="zero", heads_per_batch=54, progress=False)
+    attr = conflict.attribution_patching(smol, cs, baseline="zero")
+    rho = spearmanr(exact.effects.flatten().numpy(), attr.effects.flatten().numpy()).statistic
+    assert rho >= 0.7
+    assert exact.clean_metric == pytest.approx(attr.clean_metric, abs=1e-3)
+
+
 def test_heads_command_memory(tmp_path):
     """``vestige heads --kind memory`` on the gpt2-small architecture: keys, numbers, escaped report."""
     from analyses.cli import main

@@ -68,3 +68,14 @@ def test_behaviour_on_smollm2(smol):
     assert all("Weasley" not in p for p in ctx.prompts)
     frame = res.to_frame()
     assert list(frame["condition"])[:2] == ["forget", "unrelated"]
+
+
+def test_lens_decoys_rank_like_a_separate_run(gpt2):
+    """Decoys are ranked in the same pass exactly as if they were the answers of a second run."""
+    prompts = ["The capital of France is", "The Eiffel Tower is in", "Water is made of"]
+    answers, decoys = ["Paris", "Paris", "hydrogen"], ["Rome", "Berlin", "oxygen"]
+    r = logit_lens(gpt2, prompts, answers, decoys=decoys, batch_size=2)
+    other = logit_lens(gpt2, prompts, decoys, batch_size=2)
+    np.testing.assert_array_equal(r.rank, logit_lens(gpt2, prompts, answers).rank)
+    np.testing.assert_array_equal(r.decoy_rank, other.rank)
+    np.testing.assert_allclose(r.decoy_top10_share, other.top10_share)
