@@ -123,10 +123,11 @@ def _add_audit(sub) -> None:
 
 def _run_audit(args: argparse.Namespace) -> int:
     from analyses.audit import AuditConfig, audit
-    from probes.data import DEFAULT_CONCEPT_FILE, load_concept
+    from probes.data import DEFAULT_CONCEPT_FILE, load_concept, validate_concept
 
     concept = load_concept(args.concept_file or DEFAULT_CONCEPT_FILE, args.concept)
     base, unlearned = _load(args.base, args), _load(args.unlearned, args)
+    validate_concept(base, concept)
     cfg = AuditConfig(n_vectors=args.n_vectors, relearn_steps=args.relearn_steps, seed=args.seed)
     result = audit(base, unlearned, concept, config=cfg, out=args.out, progress=not args.no_progress)
     if args.json:

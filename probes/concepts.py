@@ -100,26 +100,34 @@ def scan(
     k: int = 200,
     final_norm: bool = False,
     *,
-    chunk: int = 1024,
+    chunk: int | None = 1024,
     progress: bool = False,
 ) -> ScanResult:
     """Vocabulary projection ``W_U^T v`` of every value vector, reduced to its top ``k`` tokens.
 
-    Computed on the model's device in chunks of ``chunk`` vectors: peak memory is one
-    ``[chunk, d_vocab]`` block of logits. ``final_norm=True`` multiplies ``v`` by the final norm's weight
-    (the reference projects the raw vector; REFERENCES.md section 1)."""
+    Computed on the model's device in chunks of ``chunk`` vectors (None: a whole layer at once): peak
+    memory is one ``[chunk, d_vocab]`` block of logits, and the result does not depend on ``chunk``. An
+    out-of-memory error halves the chunk and retries (``probes.chunks.run_chunked``). ``final_norm=True``
+    multiplies ``v`` by the final norm's weight (the reference projects the raw vector; REFERENCES.md
+    section 1)."""
+    from probes.chunks import run_chunked
+
     layers = tuple(range(model.cfg.n_layers)) if layers is None else tuple(layers)
     W_U = model.W_U.detach()
     k = min(k, W_U.shape[1])
     d_mlp = model.cfg.d_mlp
+    chunk = d_mlp if chunk is None else chunk
     ids = torch.empty((len(layers), d_mlp, k), dtype=torch.int32)
     scores = torch.empty((len(layers), d_mlp, k), dtype=torch.float32)
     for j, layer in enumerate(tqdm(layers, desc="scan", disable=not progress, leave=False)):
         V = value_vectors(model, layer, final_norm=final_norm)
-        for start in range(0, d_mlp, chunk):
-            top = torch.topk(V[start : start + chunk] @ W_U, k, dim=-1)
-            ids[j, start : start + chunk] = top.indices.to("cpu", torch.int32)
-            scores[j, start : start + chunk] = top.values.to("cpu", torch.float32)
+
+        def block(start: int, stop: int, j: int = j, V: torch.Tensor = V) -> None:
+            top = torch.topk(V[start:stop] @ W_U, k, dim=-1)
+            ids[j, start:stop] = top.indices.to("cpu", torch.int32)
+            scores[j, start:stop] = top.values.to("cpu", torch.float32)
+
+        chunk = run_chunked(block, d_mlp, chunk)
     return ScanResult(layers, k, final_norm, ids, scores)
 
 
@@ -526,7 +534,7 @@ def compare(
     final_norm: bool = False,
 ) -> pd.DataFrame:
     """Per vector, base vs ``other`` (e.g. the unlearned model): cosine, L2 change, Jaccard of the two
-    top-``k`` token sets, and the share of the base's concept-related top tokens (``concept_token_ids``
+    top-``k`` token sets (``k`` at most a tenth of the vocabulary), and the share of the base's concept-related top tokens (``concept_token_ids``
     of ``concept``) still in the other's top-``k`` (NaN when there were none or no concept is given).
     Both vectors are compared in fp32, so a dtype difference is not reported as a change."""
     fb, fo = model_fingerprint(base), model_fingerprint(other)
@@ -538,6 +546,7 @@ def compare(
             "compare a model with an unlearned copy of itself (same architecture and tokenizer)",
         )
     related = set(concept_token_ids(base, concept)) if concept is not None else set()
+    k = min(k, max(1, base.cfg.d_vocab // 10))  # a top-k that is most of a small vocabulary says nothing
     rows = []
     for layer, neuron in _refs(vectors):
         vb = base.W_out(layer)[neuron].detach().float()

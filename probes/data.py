@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from probes.errors import ConceptFileError
+
+if TYPE_CHECKING:
+    from probes.model import Model
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 DEFAULT_CONCEPT_FILE = DATA_DIR / "concepts" / "concepts.json"
@@ -139,3 +143,51 @@ def load_concept(path: str | Path = DEFAULT_CONCEPT_FILE, name: str | None = Non
         f"the file has {names}" + (" ..." if len(concepts) > 12 else ""),
         "pass one of those names to --concept",
     )
+
+
+def validate_concept(model: Model, concept: Concept) -> Concept:
+    """Check that ``model``'s tokenizer can produce every answer of ``concept`` (``qa`` and
+    ``unrelated_qa``): its tokens, as they continue the prompt, must not hold the unknown token, must have
+    an output row in the model, and must decode (as completions are decoded, special tokens skipped) back to
+    the answer; prompt and answer must fit the context. Raises ``ConceptFileError`` naming the file, the
+    entry and the item; returns ``concept`` unchanged otherwise."""
+    from probes.qa import answer_ids, is_correct
+
+    tok = model.tokenizer
+    unk = getattr(tok, "unk_token_id", None)
+    d_vocab, n_ctx = model.cfg.d_vocab, model.cfg.n_ctx
+    where = f"{concept.source or '<concept>'}: entry {concept.concept!r}"
+    for key, items in (("qa", concept.qa), ("unrelated_qa", concept.unrelated_qa)):
+        for i, q in enumerate(items):
+            p_ids, a_ids = answer_ids(model, q.prompt, q.answer)
+            decoded = tok.decode(a_ids, skip_special_tokens=True)
+            problem = (
+                f"{where}: {key}[{i}]: the answer {q.answer!r} cannot be produced by the tokenizer of "
+                f"{model.name!r}"
+            )
+            fix = (
+                "write the answer as plain text the model can generate (no special-token markup, no characters "
+                "the tokenizer drops), or drop the item"
+            )
+            if not a_ids:
+                raise ConceptFileError(problem, "it tokenizes to no token at all", fix)
+            if unk is not None and unk in a_ids:
+                raise ConceptFileError(problem, f"its tokens {a_ids} contain the unknown token {unk}", fix)
+            if max(a_ids) >= d_vocab:
+                raise ConceptFileError(
+                    problem, f"token id {max(a_ids)} has no row in the model's {d_vocab}-row unembedding", fix
+                )
+            if not is_correct(decoded, q.answer):
+                raise ConceptFileError(
+                    problem,
+                    f"its tokens {a_ids} decode to {decoded!r}, so no greedy completion can start with it",
+                    fix,
+                )
+            if len(p_ids) + len(a_ids) > n_ctx:
+                raise ConceptFileError(
+                    f"{where}: {key}[{i}]: prompt and answer take {len(p_ids) + len(a_ids)} tokens, more "
+                    f"than the model's context of {n_ctx}",
+                    None,
+                    "shorten the prompt",
+                )
+    return concept

@@ -19,6 +19,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import pickle
 import shutil
 import tempfile
 import time
@@ -207,6 +208,13 @@ class Model:
         w = self.layer_module(layer, "mlp_out").weight
         return w if self._paths["out_rows"] else w.T
 
+    def W_O(self, layer: int) -> Float[torch.Tensor, "n_heads_d_head d_model"]:
+        """The attention output projection of layer ``layer`` as a **view** of the HF parameter, rows
+        ``h * d_head : (h + 1) * d_head`` = what head h writes (GPT-2 Conv1D rows; Llama ``o_proj``
+        columns, transposed by the view)."""
+        w = self.layer_module(layer, "attn_out").weight
+        return w if self._paths["out_rows"] else w.T
+
     @property
     def W_U(self) -> Float[torch.Tensor, "d_model d_vocab"]:
         """Unembedding as a view of the HF ``lm_head`` weight, ``[d_model, d_vocab]``."""
@@ -266,6 +274,15 @@ class Model:
         out: list[str] = []
         for start in range(0, len(prompts), batch_size):
             ids, mask = self.tokenize(prompts[start : start + batch_size])
+            if ids.shape[1] + max_new_tokens > self.cfg.n_ctx:
+                from probes.errors import ContextLengthError
+
+                raise ContextLengthError(
+                    f"a prompt of {ids.shape[1]} tokens plus {max_new_tokens} new tokens exceeds the model's "
+                    f"context of {self.cfg.n_ctx}",
+                    "positions beyond the context window are undefined for this model",
+                    "shorten the prompt or ask for fewer new tokens",
+                )
             gen = self.hf.generate(
                 input_ids=ids,
                 attention_mask=mask,
@@ -521,6 +538,14 @@ def _load_pretrained(
         kwargs["use_safetensors"] = True
     try:
         hf = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except pickle.UnpicklingError as e:
+        lines = [l.strip() for l in str(e).splitlines() if l.strip()] or [type(e).__name__]
+        detail = next((l for l in lines if "unsupported global" in l.lower()), lines[0])
+        raise ModelLoadError(
+            f"the pickle checkpoint of {source!r} holds more than tensors; refused",
+            f"allow_pickle loads with torch.load(weights_only=True), which rejects code and objects: {detail}",
+            "convert the checkpoint to safetensors where it was made, from a trusted copy",
+        ) from e
     except OSError as e:
         raise ModelLoadError(
             f"no safetensors weights found for {source!r}",

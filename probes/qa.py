@@ -54,7 +54,20 @@ def answer_logprobs(
             pos = torch.arange(width - len(a) - 1, width - 1, device=ids.device)
             tgt = torch.tensor(a, device=ids.device)
             out.append(logp[i, pos, tgt].sum().cpu())
-    return torch.stack(out) if out else torch.zeros(0)
+    result = torch.stack(out) if out else torch.zeros(0)
+    if not bool(torch.isfinite(result).all()):  # a diverged model: name the layer, not a NaN table
+        from probes.errors import NonFiniteError
+        from probes.finite import check_activations
+
+        i = int((~torch.isfinite(result)).nonzero()[0])
+        check_activations(model, [prompts[i] + " " + answers[i]])
+        raise NonFiniteError(
+            f"model {model.name!r}: the log-probability of {answers[i]!r} after {prompts[i]!r} is "
+            f"{float(result[i])}",
+            "the logits of the answer tokens are not finite",
+            "check the model with probes.finite.check_finite / check_activations",
+        )
+    return result
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from probes import hooks
 from probes.data import DATA_DIR
-from probes.errors import VestigeError
+from probes.errors import ContextLengthError, VestigeError
 from probes.heads import Head, MaskMode, mask_hooks, random_heads, top_heads
 from probes.model import Model
 from probes.results import Result
@@ -159,6 +159,14 @@ def build_test(
     offset = len(special) + len(head)
     span = (offset + inside[0], offset + inside[-1] + 1)
     full = special + head + needle_ids + tail
+    if len(full) > model.cfg.n_ctx:
+        raise ContextLengthError(
+            f"the needle-in-a-haystack prompt for length {length} has {len(full)} tokens (haystack, needle "
+            f"and question), more than the model's context of {model.cfg.n_ctx}",
+            "positions beyond the context window are undefined for this model; vestige does not truncate "
+            "the haystack silently",
+            f"use context lengths of at most about {model.cfg.n_ctx - (len(full) - length)} tokens",
+        )
     return NIAHTest(needle, length, float(depth), tuple(full), span)
 
 
@@ -196,6 +204,13 @@ def decode(
     ``fwd_hooks`` act on the decode steps only (masking). ``argmax_out`` (a list) receives each step's
     argmax key position per head, ``[layers, heads]``, when ``span`` is given."""
     cfg, br = model.cfg, model.bridge
+    if len(ids) + max_new_tokens > cfg.n_ctx:
+        raise ContextLengthError(
+            f"a prompt of {len(ids)} tokens plus {max_new_tokens} new tokens exceeds the model's context of "
+            f"{cfg.n_ctx}",
+            "positions beyond the context window are undefined for this model",
+            "use a shorter haystack or fewer new tokens",
+        )
     prompt = torch.tensor([list(ids)], device=model.device)
     hits = torch.zeros(cfg.n_layers, cfg.n_heads, device=model.device)
     rows: list[torch.Tensor | None] = [None] * cfg.n_layers
