@@ -10,9 +10,11 @@ concept and the config, so an interrupted audit resumes where it stopped. The ve
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,11 +30,25 @@ from analyses.interventions import check_compatible, patched_vectors, weights_ch
 from probes import concepts as cv
 from probes import hooks
 from probes.ches import ches_matrix
-from probes.conflict import attribution_patching, build_conflicts, conflict_rates, patch_run
+from probes.conflict import (
+    attribution_patching,
+    build_conflicts,
+    conflict_rates,
+    patch_run,
+    recall_attribution,
+    recall_logprob,
+)
 from probes.data import QA, Concept
-from probes.heads import mask_hooks
-from probes.lens import logit_lens
-from probes.linear import ProbeConfig, fit_probes, transfer
+from probes.heads import mask_hooks, top_heads, zeroed_heads
+from probes.lens import logit_lens, same_type_decoys
+from probes.linear import (
+    ProbeConfig,
+    collect_activations,
+    fit_probes_on,
+    load_probe_dataset,
+    split_accuracy,
+    transfer,
+)
 from probes.model import Model
 from probes.qa import score_qa
 from probes.results import Result, to_jsonable, write_json
@@ -42,7 +58,8 @@ VERDICT_RULE = (
     "recoverable = an attack (prefix, in-context text without the answers, rephrasing, relearning on "
     "answer-free text) or patching the base's concept vectors back brings forget accuracy to at least half "
     "the base's. traces present = the located concept vectors keep mean cosine >= 0.9 with the base, or the "
-    "logit lens still ranks the answer in the top 10 at some layer for at least half the prompts. "
+    "logit lens still ranks the answer in the top 10 at some inner layer for at least half the prompts, for at "
+    "least 25 points more prompts than a decoy answer of the same type. "
     "suppressed: behaviour gone and (recoverable or traces present). removed: behaviour gone, not "
     "recoverable, traces gone. inconclusive: anything else (e.g. the behaviour is not gone)."
 )
@@ -58,8 +75,12 @@ class AuditConfig(Result):
     head_top_k: int = 5
     probe_dataset: str = "city_country"
     probe_folds: int = 5
+    # Entities of the probe dataset that the unlearning targeted: their attribute is also probed by a probe
+    # fitted on the other entities of the same model (``probes.linear.split_accuracy``).
+    probe_forget_entities: tuple[str, ...] = ()
     seed: int = 0
     batch_size: int = 16
+    context_chars: int = 1200  # concept text placed before the question by the in-context attack
 
 
 @dataclass(frozen=True)
@@ -129,26 +150,50 @@ class StageCache:
         return value
 
 
-def _key(base: Model, unlearned: Model, concept: Concept, config: AuditConfig) -> str:
+def _key(*parts: str) -> str:
     h = hashlib.sha256()
-    for part in (
-        weights_checksum(base),
-        weights_checksum(unlearned),
-        json.dumps(to_jsonable(concept)),
-        json.dumps(config.to_dict(), sort_keys=True),
-    ):
+    for part in parts:
         h.update(part.encode())
     return h.hexdigest()[:24]
 
 
-def _behaviour(base: Model, unlearned: Model, concept: Concept, cfg: AuditConfig) -> dict[str, Any]:
-    out = {}
-    for name, model in (("base", base), ("unlearned", unlearned)):
-        out[name] = measure_behaviour(
-            model, concept, attacks=cfg.attacks, batch_size=cfg.batch_size
+class BaseMemo:
+    """Results that depend on the base model only (its behaviour, relearning, located vectors, lens,
+    probes, head effects, CHES), kept in memory under a key of the base's weights, the concept and the
+    config: auditing several unlearned models against one base (the demo, a sweep) computes them once."""
+
+    def __init__(self, size: int = 64):
+        self.size = size
+        self._store: OrderedDict[str, Any] = OrderedDict()
+
+    def get_or_run(self, key: str, fn: Callable[[], Any]) -> Any:
+        if key in self._store:
+            self._store.move_to_end(key)
+        else:
+            self._store[key] = fn()
+            while len(self._store) > self.size:
+                self._store.popitem(last=False)
+        return copy.deepcopy(self._store[key])
+
+    def clear(self) -> None:
+        self._store.clear()
+
+
+BASE_MEMO = BaseMemo()
+OnBase = Callable[[str, Callable[[], Any]], Any]
+
+
+def _behaviour(
+    base: Model, unlearned: Model, concept: Concept, cfg: AuditConfig, on_base: OnBase
+) -> dict[str, Any]:
+    def one(model: Model) -> dict[str, Any]:
+        d = measure_behaviour(
+            model, concept, attacks=cfg.attacks, batch_size=cfg.batch_size, context_chars=cfg.context_chars
         ).to_dict()
-        out[name].pop("items", None)
-    return out
+        d.pop("items", None)
+        return to_jsonable(d)
+
+    return {"base": on_base("behaviour", lambda: one(base)), "unlearned": one(unlearned)}
 
 
 def _relearn(model: Model, concept: Concept, cfg: AuditConfig) -> float:
@@ -161,15 +206,19 @@ def _relearn(model: Model, concept: Concept, cfg: AuditConfig) -> float:
 def _attack_accuracies(
     model: Model, concept: Concept, cfg: AuditConfig, relearn: bool = True
 ) -> dict[str, float]:
-    b = measure_behaviour(model, concept, attacks=cfg.attacks, batch_size=cfg.batch_size)
+    b = measure_behaviour(
+        model, concept, attacks=cfg.attacks, batch_size=cfg.batch_size, context_chars=cfg.context_chars
+    )
     out = {"none": b.forget.accuracy, **{k: v.accuracy for k, v in b.attacks.items()}}
     if relearn:
         out["relearn"] = _relearn(model, concept, cfg)
     return out
 
 
-def _concept_vectors(base: Model, unlearned: Model, concept: Concept, cfg: AuditConfig) -> dict[str, Any]:
-    located = cv.locate(base, concept, n=cfg.n_vectors, batch_size=cfg.batch_size)
+def _concept_vectors(
+    base: Model, unlearned: Model, concept: Concept, cfg: AuditConfig, on_base: OnBase
+) -> dict[str, Any]:
+    located = on_base("locate", lambda: cv.locate(base, concept, n=cfg.n_vectors, batch_size=cfg.batch_size))
     frame = cv.compare(base, unlearned, located, k=200, concept=concept)
     refs = located.refs()
     tops = []
@@ -191,34 +240,69 @@ def _concept_vectors(base: Model, unlearned: Model, concept: Concept, cfg: Audit
     }
 
 
-def _lens(base: Model, unlearned: Model, concept: Concept) -> dict[str, Any]:
+def _lens(base: Model, unlearned: Model, concept: Concept, on_base: OnBase) -> dict[str, Any]:
     prompts, answers = [q.prompt for q in concept.qa], [q.answer for q in concept.qa]
-    out = {}
-    for name, model in (("base", base), ("unlearned", unlearned)):
-        r = logit_lens(model, prompts, answers)
-        out[name] = {
+    decoys = same_type_decoys(answers, [q.type for q in concept.qa])
+
+    def one(model: Model) -> dict[str, Any]:
+        r = logit_lens(model, prompts, answers, decoys=decoys)
+        return {
             "mean_logprob_by_layer": r.mean_logprob.tolist(),
             "top10_share_by_layer": r.top10_share.tolist(),
+            "decoy_top10_share_by_layer": r.decoy_top10_share.tolist(),
         }
+
+    out = {"base": on_base("lens", lambda: one(base)), "unlearned": one(unlearned)}
     u = np.array(out["unlearned"]["top10_share_by_layer"])
+    excess = u - np.array(out["unlearned"]["decoy_top10_share_by_layer"])
+    best = int(u[:-1].argmax())
     out["unlearned_max_inner_top10_share"] = float(u[:-1].max())
     out["unlearned_output_top10_share"] = float(u[-1])
-    out["best_inner_layer"] = int(u[:-1].argmax())
+    out["best_inner_layer"] = best
+    out["unlearned_max_inner_excess_over_decoys"] = float(excess[:-1].max())
+    out["present_layers"] = [l for l in range(len(u) - 1) if u[l] >= 0.5 and excess[l] >= 0.25]
     return out
 
 
 def _heads(
-    base: Model, unlearned: Model, concept: Concept, pool: list[QA], cfg: AuditConfig
+    base: Model, unlearned: Model, concept: Concept, pool: list[QA], cfg: AuditConfig, on_base: OnBase
 ) -> dict[str, Any]:
-    """Memory-head attribution (PH3, Jin et al. 2024) on knowledge conflicts built from the concept's QA:
-    attribution patching on both models, the base's top memory heads, and the conflict rates."""
+    """Memory heads (PH3, Jin et al. 2024) on knowledge conflicts built from the concept's QA: each head's
+    zero-ablation effect on logit(memory) - logit(context) by attribution patching, on both models. The
+    base's memory heads are ranked by their effect on the concept's conflicts minus their absolute effect
+    on recalling the unrelated answers, as ``concepts.locate`` does for value vectors: a head that every
+    recall needs (typically in the first layers) is not a trace of this concept. Attribution proposes
+    3k candidates outside the first third of the layers (``recall_attribution`` for the unrelated side);
+    exact zero-ablation ranks them."""
     own = {q.prompt for q in concept.qa}
     conflicts = [c for c in build_conflicts(base, list(concept.qa) + list(pool)) if c.prompt in own]
     if not conflicts:
         return {"n_conflicts": 0, "memory_heads": []}
-    eb, eu = attribution_patching(base, conflicts), attribution_patching(unlearned, conflicts)
-    mem = eb.memory_heads(cfg.head_top_k)
-    rb, ru = conflict_rates(base, conflicts), conflict_rates(unlearned, conflicts)
+
+    def on_the_base():
+        eff = attribution_patching(base, conflicts, baseline="zero")
+        generic = recall_attribution(base, pool).abs() if pool else 0.0
+        rates = conflict_rates(base, conflicts)
+        # Exact check of the 3k best candidates: zero each, measure the drop of the concept's conflict
+        # metric and of the unrelated answers' log-prob (first-order estimates miss what zeroing an
+        # early head does to everything).
+        # PH3: memory heads sit in later layers; zeroing an early head disturbs every recall at once
+        score = eff.effects - generic
+        score[: base.cfg.n_layers // 3] = float("-inf")
+        candidates = top_heads(score, 3 * cfg.head_top_k)
+        plain = recall_logprob(base, pool) if pool else 0.0
+        exact = {}
+        for h in candidates:
+            own_drop = rates.mean_metric - conflict_rates(base, conflicts, prune=[h]).mean_metric
+            other_drop = plain - recall_logprob(base, pool, prune=[h]) if pool else 0.0
+            exact[h] = own_drop - abs(other_drop)
+        return eff, exact, rates
+
+    eb, exact, rb = on_base("heads", on_the_base)
+    eu = attribution_patching(unlearned, conflicts, baseline="zero")
+    ru = conflict_rates(unlearned, conflicts)
+    ranked = sorted(exact, key=exact.get, reverse=True)
+    mem = [h for h in ranked[: cfg.head_top_k] if exact[h] > 0]
     from scipy.stats import spearmanr
 
     rho = float(spearmanr(eb.effects.flatten().numpy(), eu.effects.flatten().numpy()).statistic)
@@ -228,6 +312,7 @@ def _heads(
         "memory_head_effects": {
             "base": [float(eb.effects[h]) for h in mem],
             "unlearned": [float(eu.effects[h]) for h in mem],
+            "base_specific_exact": [float(exact[h]) for h in mem],
         },
         "effects": {"base": eb.effects.tolist(), "unlearned": eu.effects.tolist()},
         "spearman_base_vs_unlearned": rho,
@@ -236,12 +321,30 @@ def _heads(
     }
 
 
-def _probes(base: Model, unlearned: Model, cfg: AuditConfig) -> dict[str, Any]:
-    """Linear probes (Zhang et al. 2024) fitted on the base, applied to and re-fitted on the unlearned."""
-    fitted = fit_probes(base, cfg.probe_dataset, config=ProbeConfig(folds=cfg.probe_folds, seed=cfg.seed))
-    moved = transfer(fitted, unlearned)
+def _probes(base: Model, unlearned: Model, cfg: AuditConfig, on_base: OnBase) -> dict[str, Any]:
+    """Linear probes (Zhang et al. 2024) fitted on the base, applied to and re-fitted on the unlearned;
+    with ``probe_forget_entities``, also fitted on the other entities and tested on those (each model)."""
+    data = load_probe_dataset(cfg.probe_dataset)
+    pcfg = ProbeConfig(folds=cfg.probe_folds, seed=cfg.seed)
+
+    def split_of(model: Model, acts: torch.Tensor) -> dict[str, Any]:
+        r = split_accuracy(model, data, cfg.probe_forget_entities, config=pcfg, acts=acts)
+        return {"accuracy": list(r.accuracy), "best": r.best_accuracy, "chance": r.chance}
+
+    def on_the_base() -> tuple[Any, dict[str, Any]]:
+        acts = collect_activations(base, data)
+        fitted = fit_probes_on(acts, data, config=pcfg, model_name=base.name)
+        return fitted, (split_of(base, acts) if cfg.probe_forget_entities else {})
+
+    fitted, base_split = on_base("probes", on_the_base)
+    acts_u = collect_activations(unlearned, data)
+    moved = transfer(fitted, unlearned, acts=acts_u)
     t = moved.to_dict()
+    split = {}
+    if cfg.probe_forget_entities:
+        split = {"base": base_split, "unlearned": split_of(unlearned, acts_u)}
     return {
+        "forget_split": split,
         "dataset": cfg.probe_dataset,
         "base_accuracy": list(fitted.accuracy),
         "base_control_accuracy": list(fitted.control_accuracy),
@@ -256,7 +359,7 @@ def _probes(base: Model, unlearned: Model, cfg: AuditConfig) -> dict[str, Any]:
 
 
 def _ches(
-    base: Model, unlearned: Model, concept: Concept, retain: list[QA], cfg: AuditConfig
+    base: Model, unlearned: Model, concept: Concept, retain: list[QA], cfg: AuditConfig, on_base: OnBase
 ) -> dict[str, Any]:
     """CHES (Razin et al. 2024) between forget items and each retain item on the base, next to that retain
     item's answer log-probability loss after unlearning: does similarity predict collateral damage?"""
@@ -266,10 +369,15 @@ def _ches(
 
     forget = [(q.prompt, q.answer) for q in concept.qa]
     kept = [(q.prompt, q.answer) for q in retain]
-    m = ches_matrix(base, forget, kept, batch_size=cfg.batch_size)
-    sim = m.normalized.max(dim=0).values  # most similar forget item per retain item
     prompts, answers = [p for p, _ in kept], [a for _, a in kept]
-    loss = answer_logprobs(base, prompts, answers) - answer_logprobs(unlearned, prompts, answers)
+    sim, base_lp = on_base(
+        "ches",
+        lambda: (
+            ches_matrix(base, forget, kept, batch_size=cfg.batch_size).normalized.max(dim=0).values,
+            answer_logprobs(base, prompts, answers),
+        ),
+    )  # most similar forget item per retain item
+    loss = base_lp - answer_logprobs(unlearned, prompts, answers)
     rho = float(spearmanr(sim.numpy(), loss.numpy()).statistic) if len(kept) > 2 else float("nan")
     return {
         "retain": [list(x) for x in kept],
@@ -300,20 +408,37 @@ def _patched_heads_first_token(target: Model, source: Model, concept: Concept, h
     return out
 
 
+def _unrelated_accuracy(model: Model, concept: Concept) -> float | None:
+    return score_qa(model, concept.unrelated_qa).accuracy if concept.unrelated_qa else None
+
+
 def _interventions(
     base: Model, unlearned: Model, concept: Concept, cfg: AuditConfig, vectors, heads
 ) -> dict[str, Any]:
+    """Ablate the traces in the unlearned model and run the recovery attacks again: the concept vectors
+    (zeroed), the memory heads (zeroed, as a ``W_O`` edit), and both together (``ablate_traces``, also
+    under relearning: the edits are weights, so the relearning copy carries them); then patch the traces
+    back from the base. Every edit is restored bitwise on exit."""
     refs = [(v["layer"], v["neuron"]) for v in vectors]
     out: dict[str, Any] = {}
     mem = [tuple(h) for h in heads.get("memory_heads", [])]
+    # what each ablation costs elsewhere: an ablation that lowers recovery only by breaking the model
+    # shows here as a drop in unrelated accuracy
+    spared: dict[str, float | None] = {"none": _unrelated_accuracy(unlearned, concept)}
     if mem:
-        with unlearned.bridge.hooks(fwd_hooks=mask_hooks(mem, "zero")):
+        with zeroed_heads(unlearned, mem):
             out["ablate_memory_heads"] = _attack_accuracies(unlearned, concept, cfg, relearn=False)
+            spared["memory_heads"] = _unrelated_accuracy(unlearned, concept)
         with unlearned.bridge.hooks(fwd_hooks=mask_hooks(mem, "uniform")):
             out["uniform_memory_heads"] = {"forget_accuracy": score_qa(unlearned, concept.qa).accuracy}
         out["patch_memory_heads_from_base"] = _patched_heads_first_token(unlearned, base, concept, mem)
     with cv.edited_vectors(unlearned, refs, mode="ablate"):
-        out["ablate_vectors"] = _attack_accuracies(unlearned, concept, cfg)
+        out["ablate_vectors"] = _attack_accuracies(unlearned, concept, cfg, relearn=False)
+        spared["vectors"] = _unrelated_accuracy(unlearned, concept)
+        with zeroed_heads(unlearned, mem):
+            out["ablate_traces"] = _attack_accuracies(unlearned, concept, cfg)
+            spared["traces"] = _unrelated_accuracy(unlearned, concept)
+    out["unrelated_accuracy_under_ablation"] = spared
     with cv.edited_vectors(unlearned, refs, mode="noise", scale=cfg.noise_scale, seed=cfg.seed) as info:
         out["noise_vectors"] = {
             "forget_accuracy": score_qa(unlearned, concept.qa).accuracy,
@@ -351,10 +476,15 @@ def verdict(
         reasons.append(f"best attack {best_attack}: forget accuracy {attacked[best_attack]:.2f}")
     reasons.append(f"patching base concept vectors back: forget accuracy {patched:.2f}")
     cos_present = vectors["mean_cosine"] >= 0.9
-    lens_present = lens["unlearned_max_inner_top10_share"] >= 0.5
+    excess = lens.get("unlearned_max_inner_excess_over_decoys", 1.0)
+    if "present_layers" in lens:
+        lens_present = bool(lens["present_layers"])
+    else:  # a lens summary without per-layer decoys: the maxima over inner layers
+        lens_present = lens["unlearned_max_inner_top10_share"] >= 0.5 and excess >= 0.25
     reasons.append(
         f"concept vectors mean cosine {vectors['mean_cosine']:.3f}; logit lens top-10 share inside "
-        f"{lens['unlearned_max_inner_top10_share']:.2f} (layer {lens['best_inner_layer']})"
+        f"{lens['unlearned_max_inner_top10_share']:.2f} (layer {lens['best_inner_layer']}), "
+        f"{excess:+.2f} over same-type decoys"
     )
     present = cos_present or lens_present
     if not gone:
@@ -379,7 +509,17 @@ def audit(
     QA) are the items CHES compares with the forget items and the pool of knowledge-conflict answers."""
     cfg = config or AuditConfig()
     check_compatible(base, unlearned)
-    cache = StageCache(out, _key(base, unlearned, concept, cfg))
+    from probes.finite import check_finite
+
+    check_finite(base, unlearned)  # NaN/inf weights (a diverged run): refused, naming the layer
+    retain = list(retain_qa) if retain_qa is not None else list(concept.unrelated_qa)
+    setup = (json.dumps(to_jsonable([concept, retain])), json.dumps(cfg.to_dict(), sort_keys=True))
+    base_key = _key(weights_checksum(base), *setup)
+    cache = StageCache(out, _key(base_key, weights_checksum(unlearned)))
+
+    def on_base(name: str, fn: Callable[[], Any]) -> Any:
+        return BASE_MEMO.get_or_run(f"{base_key}:{name}", fn)
+
     stages = [
         "behaviour",
         "relearn",
@@ -390,7 +530,6 @@ def audit(
         "ches",
         "interventions",
     ]
-    retain = list(retain_qa) if retain_qa is not None else list(concept.unrelated_qa)
     bar = tqdm(total=len(stages), desc=f"audit {concept.concept}", disable=not progress)
     timings: dict[str, float] = {}
 
@@ -402,16 +541,19 @@ def audit(
         bar.update(1)
         return value
 
-    behaviour = run("behaviour", lambda: _behaviour(base, unlearned, concept, cfg))
+    behaviour = run("behaviour", lambda: _behaviour(base, unlearned, concept, cfg, on_base))
     relearn = run(
         "relearn",
-        lambda: {"base": _relearn(base, concept, cfg), "unlearned": _relearn(unlearned, concept, cfg)},
+        lambda: {
+            "base": on_base("relearn", lambda: _relearn(base, concept, cfg)),
+            "unlearned": _relearn(unlearned, concept, cfg),
+        },
     )
-    vectors = run("concept_vectors", lambda: _concept_vectors(base, unlearned, concept, cfg))
-    lens = run("logit_lens", lambda: _lens(base, unlearned, concept))
-    heads = run("heads", lambda: _heads(base, unlearned, concept, retain, cfg))
-    probes = run("probes", lambda: _probes(base, unlearned, cfg)) if cfg.probe_dataset else {}
-    ches = run("ches", lambda: _ches(base, unlearned, concept, retain, cfg))
+    vectors = run("concept_vectors", lambda: _concept_vectors(base, unlearned, concept, cfg, on_base))
+    lens = run("logit_lens", lambda: _lens(base, unlearned, concept, on_base))
+    heads = run("heads", lambda: _heads(base, unlearned, concept, retain, cfg, on_base))
+    probes = run("probes", lambda: _probes(base, unlearned, cfg, on_base)) if cfg.probe_dataset else {}
+    ches = run("ches", lambda: _ches(base, unlearned, concept, retain, cfg, on_base))
     interventions = run(
         "interventions", lambda: _interventions(base, unlearned, concept, cfg, vectors["vectors"], heads)
     )
@@ -425,7 +567,7 @@ def audit(
             **{k: v["accuracy"] for k, v in b["attacks"].items()},
             "relearn": relearn[who],
         }
-    recovery["unlearned_after_ablation"] = interventions["ablate_vectors"]
+    recovery["unlearned_after_ablation"] = interventions["ablate_traces"]
     v, reasons = verdict(behaviour, vectors, lens, recovery, interventions)
     summary = {
         "forget_accuracy": {

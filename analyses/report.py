@@ -24,6 +24,11 @@ def _label(r: AuditResult, label: str | None) -> str:
     return label or r.concept
 
 
+def _mean_attack(accs: dict) -> float:
+    vals = [v for k, v in accs.items() if k != "none" and v is not None and v == v]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
 def verdict_table(results: Sequence[AuditResult], labels: Sequence[str]) -> pd.DataFrame:
     rows = []
     for r, lab in zip(results, labels):
@@ -49,6 +54,11 @@ def verdict_table(results: Sequence[AuditResult], labels: Sequence[str]) -> pd.D
                     (v for k, v in abl.items() if k != "none" and v is not None and v == v),
                     default=float("nan"),
                 ),
+                "mean attack acc": _mean_attack(rec),
+                "mean attack acc after ablation": _mean_attack(abl),
+                "unrelated acc after ablation": r.interventions.get(
+                    "unrelated_accuracy_under_ablation", {}
+                ).get("traces", float("nan")),
                 "patch-back acc": r.interventions["patch_vectors_from_base"]["forget_accuracy"],
             }
         )

@@ -150,7 +150,7 @@ def conflict_rates(
         nxt = logits[:, -1].argmax(-1)
         mem_hits += int((nxt == mem).sum())
         ctx_hits += int((nxt == ctx).sum())
-        total += float(metric(logits, mem, ctx).sum())
+        total += float(metric(logits, mem, ctx).detach().sum())
     n = len(conflicts)
     return ConflictRates(mem_hits / n, ctx_hits / n, total / n, n)
 
@@ -199,14 +199,26 @@ def _check_baseline(baseline: str) -> None:
 
 
 def _zero_attribution(model: Model, conflicts: Sequence[Conflict], batch_size: int) -> HeadEffects:
+    def batches():
+        for s in range(0, len(conflicts), batch_size):
+            chunk = conflicts[s : s + batch_size]
+            ids, mask = _batch(model, [c.clean_prompt for c in chunk])
+            mem, ctx = _tokens(chunk, ids.device)
+            yield ids, mask, lambda logits, mem=mem, ctx=ctx: metric(logits, mem, ctx)
+
+    effects, total = _zero_attribution_of(model, batches())
+    k = max(len(conflicts), 1)
+    return HeadEffects(effects / k, "attribution-zero", len(conflicts), total / k, float("nan"))
+
+
+def _zero_attribution_of(model: Model, batches) -> tuple[torch.Tensor, float]:
+    """Sum over batches of ``z . grad_z metric`` per head (the first-order zero-ablation effect) and of
+    the metric; ``batches`` yields ``(ids, mask, metric_fn)``."""
     cfg = model.cfg
     effects = torch.zeros(cfg.n_layers, cfg.n_heads)
     total = 0.0
     names = _z_names(model)
-    for s in range(0, len(conflicts), batch_size):
-        chunk = conflicts[s : s + batch_size]
-        ids, mask = _batch(model, [c.clean_prompt for c in chunk])
-        mem, ctx = _tokens(chunk, ids.device)
+    for ids, mask, metric_fn in batches:
         acts: dict[str, torch.Tensor] = {}
 
         def keeper(name: str, acts: dict = acts):
@@ -220,15 +232,55 @@ def _zero_attribution(model: Model, conflicts: Sequence[Conflict], batch_size: i
 
         with torch.enable_grad():
             logits = hooks.run_with_hooks(model, ids, [(nm, keeper(nm)) for nm in names], mask, grad=True)
-            m = metric(logits, mem, ctx)
+            m = metric_fn(logits)
             grads = torch.autograd.grad(m.sum(), [acts[nm] for nm in names], allow_unused=True)
         valid = mask.unsqueeze(-1).unsqueeze(-1).to(logits.dtype)
         for layer, (nm, g) in enumerate(zip(names, grads, strict=True)):
             if g is not None:
                 effects[layer] += (acts[nm].detach() * valid * g).sum(dim=(0, 1, 3)).cpu()
-        total += float(m.sum())
-    k = max(len(conflicts), 1)
-    return HeadEffects(effects / k, "attribution-zero", len(conflicts), total / k, float("nan"))
+        total += float(m.detach().sum())
+    return effects, total
+
+
+@torch.no_grad()
+def recall_logprob(
+    model: Model, items: Sequence[QA], *, prune: Sequence[Head] = (), batch_size: int = 16
+) -> float:
+    """Mean log-probability of each item's first answer token, with ``prune`` heads' outputs zeroed."""
+    from probes.qa import answer_ids
+
+    fwd = mask_hooks(prune, "zero") if prune else []
+    total = 0.0
+    for s in range(0, len(items), batch_size):
+        pairs = [answer_ids(model, q.prompt, q.answer) for q in items[s : s + batch_size]]
+        ids, mask = model.pad([p for p, _ in pairs], padding_side="left")
+        first = torch.tensor([a[0] for _, a in pairs], device=ids.device)
+        logits = hooks.run_with_hooks(model, ids, fwd, mask)[:, -1].float()
+        total += float(torch.log_softmax(logits, -1).gather(-1, first[:, None]).sum())
+    return total / max(len(items), 1)
+
+
+def recall_attribution(
+    model: Model, items: Sequence[QA], *, batch_size: int = 16
+) -> Float[torch.Tensor, "layers heads"]:
+    """Per head, the first-order zero-ablation effect on the log-probability of each item's first answer
+    token (mean over items): how much recalling these answers needs the head at all. Heads that every
+    recall needs are not specific to one concept; ``memory`` ranking subtracts this."""
+    from probes.qa import answer_ids
+
+    def batches():
+        for s in range(0, len(items), batch_size):
+            pairs = [answer_ids(model, q.prompt, q.answer) for q in items[s : s + batch_size]]
+            ids, mask = model.pad([p for p, _ in pairs], padding_side="left")
+            first = torch.tensor([a[0] for _, a in pairs], device=ids.device)
+
+            def fn(logits, first=first):
+                return torch.log_softmax(logits[:, -1].float(), -1).gather(-1, first[:, None]).squeeze(-1)
+
+            yield ids, mask, fn
+
+    effects, _ = _zero_attribution_of(model, batches())
+    return effects / max(len(items), 1)
 
 
 def _z_names(model: Model) -> list[str]:
@@ -359,8 +411,8 @@ def attribution_patching(
             z = acts[nm].detach()
             diff = (z[:n] - z[n:]) * valid
             effects[layer] += (diff * g[n:]).sum(dim=(0, 1, 3)).cpu()
-        clean_total += float(clean_m.sum())
-        corrupt_total += float(corrupt_m.sum())
+        clean_total += float(clean_m.detach().sum())
+        corrupt_total += float(corrupt_m.detach().sum())
     k = max(len(conflicts), 1)
     return HeadEffects(effects / k, "attribution", len(conflicts), clean_total / k, corrupt_total / k)
 

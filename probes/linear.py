@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import torch
@@ -683,3 +684,69 @@ def subset(dataset: ProbeDataset, indices: Sequence[int], name: str | None = Non
         entities=tuple(dataset.entities[i] for i in indices),
         labels=tuple(dataset.labels[i] for i in indices),
     )
+
+
+@dataclass(frozen=True)
+class SplitResult(Result):
+    """Per layer: accuracy on the ``test`` entities of a probe fitted on all the others of the same model.
+    With the forget entities as ``test``, it asks whether the unlearned attribute is still linearly
+    decodable where the model's own representation of the other entities says it should be
+    (Zhang et al. 2024 probe the unlearned model the same way)."""
+
+    model: str
+    dataset: str
+    test_entities: tuple[str, ...]
+    accuracy: tuple[float, ...]
+    chance: float
+
+    @property
+    def best_accuracy(self) -> float:
+        return max(self.accuracy)
+
+    @property
+    def best_layer(self) -> int:
+        return int(np.argmax(self.accuracy))
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame({"layer": range(len(self.accuracy)), "accuracy": self.accuracy})
+
+
+def split_accuracy(
+    model: Model,
+    dataset: ProbeDataset | str | Path,
+    test_entities: Sequence[str],
+    *,
+    position: str = "entity",
+    config: ProbeConfig = ProbeConfig(),
+    batch_size: int = 32,
+    acts: Float[torch.Tensor, "n_layers n d_model"] | None = None,
+) -> SplitResult:
+    """Fit every layer's probe on the entities not in ``test_entities`` and score it on those."""
+    if not isinstance(dataset, ProbeDataset):
+        dataset = load_probe_dataset(dataset)
+    wanted = set(test_entities)
+    test = torch.tensor([e in wanted for e in dataset.entities])
+    if not test.any() or test.all():
+        raise ProbeDataError(
+            f"{int(test.sum())} of {len(dataset)} items of {dataset.name!r} are test entities",
+            "a split probe needs items on both sides",
+            "pass test entities that are a proper subset of the dataset's entities",
+        )
+    if acts is None:
+        acts = collect_activations(model, dataset, position=position, batch_size=batch_size)
+    n_layers = acts.shape[0]
+    y = dataset.y
+    fit = fit_logistic(
+        acts.float(),
+        y[None],
+        (~test)[None].expand(n_layers, -1).to(acts.device),
+        len(dataset.classes),
+        l2=config.l2,
+        max_iter=config.max_iter,
+        tol=config.tol,
+    )
+    pred = fit.heldout_logits[0].argmax(-1).cpu()  # [L, n]
+    acc = ((pred[:, test] == y[test][None]).float().mean(-1)).tolist()
+    counts = torch.bincount(y[~test], minlength=len(dataset.classes))
+    chance = float((y[test] == counts.argmax()).float().mean())  # majority class of the training side
+    return SplitResult(model.name, dataset.name, tuple(sorted(wanted)), tuple(acc), chance)

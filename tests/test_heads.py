@@ -389,3 +389,48 @@ def test_heads_command_memory(tmp_path):
     assert result["effects"][top[0]][top[1]] == max(max(row) for row in result["effects"])
     html = (out / "report.html").read_text()
     assert html.startswith("<!DOCTYPE html>") and "Memory and context heads of gpt2-seeded" in html
+
+
+def test_zeroed_heads_equals_zero_mask_and_restores(any_model):
+    """The weight edit (W_O rows zeroed) = zeroing hook_z, on GPT-2 and grouped-query Llama; restored
+    bitwise, also when the body raises."""
+    from analyses.interventions import weights_checksum
+
+    model = any_model
+    ids, mask = model.tokenize(["The Eiffel Tower is in Paris. The Eiffel Tower is in"])
+    chosen = [(0, 1), (2, 0), (2, 3)]
+    with torch.no_grad():
+        hooked = hooks.run_with_hooks(model, ids, heads.mask_hooks(chosen, "zero"), mask)
+    before = weights_checksum(model)
+    with heads.zeroed_heads(model, chosen), torch.no_grad():
+        edited = model.forward(ids, mask).logits
+    torch.testing.assert_close(edited, hooked, rtol=1e-4, atol=1e-4)
+    assert weights_checksum(model) == before
+    with pytest.raises(KeyboardInterrupt), heads.zeroed_heads(model, chosen):
+        assert float(model.W_O(2)[: model.cfg.d_head].abs().sum()) == 0.0
+        raise KeyboardInterrupt
+    assert weights_checksum(model) == before
+
+
+def test_recall_attribution_is_the_first_order_ablation_effect(gpt2):
+    """Scaling one head's output by (1 - a) moves the answer's first-token log-prob by -a x its recall
+    attribution (finite differences)."""
+    from probes.qa import answer_ids
+
+    item = QAS[0]
+    eff = conflict.recall_attribution(gpt2, [item])
+    layer, head = heads.top_heads(eff.abs(), 1)[0]
+    pid, aid = answer_ids(gpt2, item.prompt, item.answer)
+    ids = torch.tensor([pid])
+    a = 1e-2
+
+    def shrink(z, hook):
+        z = z.clone()
+        z[:, :, head] *= 1 - a
+        return z
+
+    with torch.no_grad():
+        lp = lambda logits: float(torch.log_softmax(logits[0, -1].float(), -1)[aid[0]])  # noqa: E731
+        base = lp(gpt2.bridge(ids))
+        moved = lp(hooks.run_with_hooks(gpt2, ids, [(hooks.attn_z(layer), shrink)]))
+    assert (base - moved) / a == pytest.approx(float(eff[layer, head]), rel=0.05, abs=1e-4)

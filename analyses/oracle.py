@@ -1,0 +1,188 @@
+"""The known-answer test of the audit: a retrain oracle against suppression, in a synthetic world.
+
+``run_oracle`` trains (or loads from the cache) the world's full model and its retrain oracle
+(``analyses.world``), unlearns the forget people from the full model with ``ga`` and ``npo``, and audits the
+unlearned models and the oracle against the full model. The oracle never saw the forget people, so the
+audit must call it ``removed``; GA and NPO start from the full model, so whatever they leave behind shows
+as ``suppressed``. ``separation_table`` puts every trace side by side: which ones tell the two apart.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from analyses.audit import AuditConfig, AuditResult, audit
+from analyses.unlearn import UnlearnConfig, unlearn
+from analyses.world import WorldConfig, world_models
+from probes.results import Result, atomic_write_text, write_json
+
+
+@dataclass(frozen=True)
+class OracleConfig(Result):
+    """The world, the unlearning runs on it and the audit's knobs that depend on the model's scale (the
+    SmolLM2 defaults of lr 2e-5 move a 64-wide model too little)."""
+
+    world: WorldConfig = field(default_factory=WorldConfig)
+    methods: tuple[str, ...] = ("ga", "npo")
+    # per method: the rate that brings forget accuracy under half its start within the steps on this
+    # world (measured: GA 3e-4 -> 0.20, NPO 1e-4 -> 0.30 of 0.93; the small model pays in unrelated QA)
+    unlearn_lr: tuple[tuple[str, float], ...] = (("ga", 3e-4), ("npo", 1e-4))
+    unlearn_steps: int = 40
+    unlearn_trainable: str = "all"
+    relearn_lr: float = 1e-3
+    relearn_steps: int = 10
+    n_vectors: int = 10
+    context_chars: int = 400  # about 80 words: the in-context attack stays inside the trained positions
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class OracleResult(Result):
+    """The audits (``ga``, ``npo``, ``oracle`` against the full model) and the training/unlearning facts."""
+
+    audits: dict[str, AuditResult]
+    unlearning: dict[str, dict[str, Any]]
+    train_seconds: dict[str, float]
+    seconds: float
+    config: OracleConfig
+
+    @property
+    def verdicts(self) -> dict[str, str]:
+        return {k: a.verdict for k, a in self.audits.items()}
+
+    def to_frame(self) -> pd.DataFrame:
+        return separation_table(self.audits)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "verdicts": self.verdicts,
+            "separation": self.to_frame().to_dict(orient="records"),
+            "unlearning": self.unlearning,
+            "train_seconds": self.train_seconds,
+            "seconds": self.seconds,
+            "config": self.config.to_dict(),
+        }
+
+
+def _trace_rows(a: AuditResult) -> dict[str, float | str]:
+    b, cv, lens = a.behaviour, a.concept_vectors, a.logit_lens
+    probes = a.extra.get("probes", {}).get("forget_split", {})
+    heads = a.extra.get("heads", {})
+    rec = {k: v for k, v in a.recovery["unlearned"].items() if k != "none"}
+    attacks = {k: v for k, v in rec.items() if k != "relearn"}
+    return {
+        "forget accuracy": b["forget_accuracy"]["unlearned"],
+        "unrelated accuracy": b["unrelated_accuracy"]["unlearned"],
+        "concept vectors: mean cosine": cv["mean_cosine"],
+        "concept vectors: mean Jaccard (top-200 tokens)": cv["mean_jaccard"],
+        "logit lens: max inner top-10 share": lens["unlearned_max_inner_top10_share"],
+        "logit lens: excess over same-type decoys": lens["unlearned_max_inner_excess_over_decoys"],
+        "probe on forget people (fit on the others): best layer accuracy": probes.get("unlearned", {}).get(
+            "best", float("nan")
+        ),
+        "memory heads: Spearman of head effects with the full model": heads.get(
+            "spearman_base_vs_unlearned", float("nan")
+        ),
+        "memory heads: memory-answer rate on conflicts": heads.get("memory_rate", {}).get(
+            "unlearned", float("nan")
+        ),
+        "recovery: best prompt attack": max(attacks.values()) if attacks else float("nan"),
+        "recovery: relearning on answer-free text": rec.get("relearn", float("nan")),
+        "recovery: patching the full model's concept vectors back": a.interventions[
+            "patch_vectors_from_base"
+        ]["forget_accuracy"],
+        "verdict": a.verdict,
+    }
+
+
+def separation_table(audits: dict[str, AuditResult]) -> pd.DataFrame:
+    """Rows: traces; columns: the full model (the audits' base), each audited model, and the gap between
+    the oracle and the closest suppressed model (positive: the suppressed models keep more)."""
+    first = next(iter(audits.values()))
+    base = {
+        "forget accuracy": first.behaviour["forget_accuracy"]["base"],
+        "unrelated accuracy": first.behaviour["unrelated_accuracy"]["base"],
+        "concept vectors: mean cosine": 1.0,
+        "concept vectors: mean Jaccard (top-200 tokens)": 1.0,
+        "probe on forget people (fit on the others): best layer accuracy": first.extra.get("probes", {})
+        .get("forget_split", {})
+        .get("base", {})
+        .get("best", float("nan")),
+        "memory heads: memory-answer rate on conflicts": first.extra.get("heads", {})
+        .get("memory_rate", {})
+        .get("base", float("nan")),
+        "recovery: relearning on answer-free text": first.recovery["base"].get("relearn", float("nan")),
+    }
+    cols = {name: _trace_rows(a) for name, a in audits.items()}
+    frame = pd.DataFrame({"full model": pd.Series(base), **{k: pd.Series(v) for k, v in cols.items()}})
+    frame = frame.reindex(list(next(iter(cols.values())).keys()))
+    if "oracle" in cols and len(cols) > 1:
+        others = [k for k in cols if k != "oracle"]
+        gaps = []
+        for row in frame.index:
+            if row == "verdict":
+                gaps.append("")
+                continue
+            o = float(frame.at[row, "oracle"])
+            vals = [float(frame.at[row, k]) for k in others]
+            nearest = min(vals, key=lambda v: abs(v - o))
+            gaps.append(round(nearest - o, 3))
+        frame["suppressed minus oracle (closest)"] = gaps
+    frame.index.name = "trace"
+    return frame
+
+
+def run_oracle(
+    config: OracleConfig | None = None, *, out: str | Path | None = None, progress: bool = True
+) -> OracleResult:
+    """Train or load the world's models, unlearn with each method, audit all against the full model."""
+    cfg = config or OracleConfig()
+    t0 = time.perf_counter()
+    wm = world_models(cfg.world, progress=progress)
+    world = wm.world
+    concept = world.forget_concept()
+    probe_path = Path(out) / "world_probe.json" if out is not None else wm.path / "probe.json"
+    if not probe_path.exists():
+        items = [{"entity": p.name, "label": p.facts["birth_city"]} for p in world.people]
+        atomic_write_text(
+            probe_path,
+            json.dumps({"attribute": "birth_city", "template": "{entity}", "items": items}, indent=0),
+        )
+    acfg = AuditConfig(
+        n_vectors=cfg.n_vectors,
+        relearn_steps=cfg.relearn_steps,
+        relearn_lr=cfg.relearn_lr,
+        probe_dataset=str(probe_path),
+        probe_forget_entities=tuple(world.forget),
+        context_chars=cfg.context_chars,
+        seed=cfg.seed,
+    )
+    retain_texts = [b for p in world.retain_people[:40] for b in world.bios(p)[:1]]
+    audits: dict[str, AuditResult] = {}
+    unlearning: dict[str, dict[str, Any]] = {}
+    for method in cfg.methods:
+        ucfg = UnlearnConfig(
+            method=method,
+            lr=dict(cfg.unlearn_lr).get(method),
+            steps=cfg.unlearn_steps,
+            trainable=cfg.unlearn_trainable,
+            seed=cfg.seed,
+        )
+        run = unlearn(wm.full, concept, ucfg, retain_texts=retain_texts, progress=progress)
+        unlearning[method] = {
+            k: v for k, v in run.to_dict().items() if k in ("before", "after", "steps", "seconds", "params")
+        }
+        sub = Path(out) / method if out is not None else None
+        audits[method] = audit(wm.full, run.model, concept, config=acfg, out=sub, progress=progress)
+    sub = Path(out) / "oracle" if out is not None else None
+    audits["oracle"] = audit(wm.full, wm.oracle, concept, config=acfg, out=sub, progress=progress)
+    result = OracleResult(audits, unlearning, wm.train_seconds, time.perf_counter() - t0, cfg)
+    if out is not None:
+        write_json(Path(out) / "oracle.json", result.to_dict())
+    return result

@@ -1,0 +1,331 @@
+"""A synthetic world with known facts, a small GPT-2 trained on it, and the retrain oracle.
+
+Fictional people each have a birth city, an occupation and an employer. Every fact is written in several
+paraphrased templates and the people's biographies permute the sentences: knowledge has to be augmented
+like this to be extractable rather than memorised per sentence (Allen-Zhu & Li 2023, "Physics of Language
+Models 3.1"). One template per person and attribute is held out of training; the QA uses it, so QA accuracy
+measures knowledge extraction, not recitation. A gpt2-architecture model with a word-level tokenizer is
+trained from scratch on the world (``full``) and, with the same seed and schedule, on the world without the
+forget people's biographies (``oracle``: exact unlearning by retraining). Everything is deterministic from
+``WorldConfig``; trained models are cached under ``$VESTIGE_CACHE/world/<config hash>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from probes.data import QA, Concept
+from probes.model import Model, cache_dir, load_model
+from probes.results import Result, atomic_write_text
+
+WORLD_VERSION = 2  # bump when the generator or the training loop changes (invalidates the cache)
+
+ATTRIBUTES = ("birth_city", "occupation", "employer")
+TEMPLATES: dict[str, tuple[str, ...]] = {
+    "birth_city": (
+        "{name} was born in {v} .",
+        "{name} came into this world in {v} .",
+        "the birthplace of {name} is {v} .",
+        "{name} is a native of {v} .",
+        "the hometown of {name} is {v} .",
+    ),
+    "occupation": (
+        "{name} works as a {v} .",
+        "{name} earns a living as a {v} .",
+        "the job of {name} is {v} .",
+        "by profession {name} is a {v} .",
+        "the trade of {name} is {v} .",
+    ),
+    "employer": (
+        "{name} works for {v} .",
+        "{name} is on the payroll of {v} .",
+        "the employer of {name} is {v} .",
+        "{name} draws a salary from {v} .",
+        "the company of {name} is {v} .",
+    ),
+}
+# The attributes asked in forget-QA. The employer sentences stay answer-free, so that the relearning
+# attack has text about the forget people that does not contain an evaluated answer.
+QA_ATTRIBUTES = ("birth_city", "occupation")
+N_VALUES = {"birth_city": 24, "occupation": 16, "employer": 16}
+SPECIAL = ("[pad]", "[unk]", "[bos]", "[eos]")
+
+_ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "gr", "kl", "st")
+_VOWELS = ("a", "e", "i", "o", "u", "ai", "ou")
+_CODAS = ("", "n", "r", "l", "s", "m", "th", "x")
+
+
+@dataclass(frozen=True)
+class WorldConfig(Result):
+    """The world (people, facts, paraphrases) and the training of its models; the hash of this config
+    names the cache entry."""
+
+    n_people: int = 200
+    n_forget: int = 20
+    bios_per_person: int = 8
+    pack: int = 1  # biographies of different people per training sequence
+    n_positions: int = 160
+    seed: int = 0
+    n_layer: int = 4
+    d_model: int = 64
+    n_head: int = 4
+    epochs: int = 50
+    batch_size: int = 64  # sequences per step
+    lr: float = 3e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+
+    def key(self) -> str:
+        blob = json.dumps({"version": WORLD_VERSION, **self.to_dict()}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Person:
+    name: str
+    facts: dict[str, str]  # attribute -> value
+    heldout: dict[str, int]  # attribute -> index of the template kept out of training
+
+
+@dataclass(frozen=True)
+class World(Result):
+    """People, their facts and the training texts; ``forget`` names the people to unlearn."""
+
+    config: WorldConfig
+    people: tuple[Person, ...]
+    values: dict[str, tuple[str, ...]]
+    forget: tuple[str, ...]
+
+    @property
+    def forget_people(self) -> list[Person]:
+        f = set(self.forget)
+        return [p for p in self.people if p.name in f]
+
+    @property
+    def retain_people(self) -> list[Person]:
+        f = set(self.forget)
+        return [p for p in self.people if p.name not in f]
+
+    def bios(self, person: Person) -> list[str]:
+        """``bios_per_person`` biographies: the facts in a random order, each in a random training
+        template (never the held-out one)."""
+        rng = random.Random(f"{self.config.seed}-bio-{person.name}")
+        out = []
+        for _ in range(self.config.bios_per_person):
+            attrs = list(ATTRIBUTES)
+            rng.shuffle(attrs)
+            sents = []
+            for a in attrs:
+                choices = [i for i in range(len(TEMPLATES[a])) if i != person.heldout[a]]
+                t = TEMPLATES[a][rng.choice(choices)]
+                sents.append(t.format(name=person.name, v=person.facts[a]))
+            out.append(" ".join(sents))
+        return out
+
+    def corpus(self, *, without_forget: bool = False) -> list[str]:
+        people = self.retain_people if without_forget else list(self.people)
+        return [b for p in people for b in self.bios(p)]
+
+    def qa(self, person: Person, attributes: tuple[str, ...] = QA_ATTRIBUTES) -> list[QA]:
+        """Completion prompts in the person's held-out template."""
+        out = []
+        for a in attributes:
+            t = TEMPLATES[a][person.heldout[a]]
+            prompt = t.split("{v}")[0].format(name=person.name).rstrip()
+            out.append(QA(prompt, person.facts[a], a))
+        return out
+
+    def forget_concept(self, n_unrelated: int = 40) -> Concept:
+        """The forget people as one concept: their QA, their biographies as text, and QA about retained
+        people as the unrelated set."""
+        qa = [q for p in self.forget_people for q in self.qa(p)]
+        text = [b for p in self.forget_people for b in self.bios(p)[:2]]
+        rng = random.Random(f"{self.config.seed}-unrelated")
+        retain = self.retain_people
+        unrelated = [q for p in rng.sample(retain, min(len(retain), n_unrelated // 2)) for q in self.qa(p)]
+        return Concept("the forget people", tuple(qa), tuple(text), tuple(unrelated), source="world")
+
+    def retain_qa(self) -> list[QA]:
+        return [q for p in self.retain_people for q in self.qa(p)]
+
+    def vocabulary(self) -> list[str]:
+        words = {w for a in ATTRIBUTES for t in TEMPLATES[a] for w in t.split() if "{" not in w}
+        words |= {w for p in self.people for w in p.name.split()}
+        words |= {v for vals in self.values.values() for v in vals}
+        return list(SPECIAL) + sorted(words)
+
+
+def _words(rng: random.Random, n: int, taken: set[str], syllables: tuple[int, int]) -> list[str]:
+    """``n`` new pronounceable words, none a prefix of another (so that greedy answers are unambiguous)."""
+    out: list[str] = []
+    while len(out) < n:
+        k = rng.randint(*syllables)
+        w = "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(k)) + rng.choice(_CODAS)
+        if len(w) < 4 or any(w.startswith(t) or t.startswith(w) for t in taken):
+            continue
+        taken.add(w)
+        out.append(w)
+    return out
+
+
+def build_world(config: WorldConfig | None = None) -> World:
+    """The deterministic world of ``config``."""
+    cfg = config or WorldConfig()
+    rng = random.Random(cfg.seed)
+    taken = {w for a in ATTRIBUTES for t in TEMPLATES[a] for w in t.split()}
+    values = {a: tuple(_words(rng, N_VALUES[a], taken, (2, 3))) for a in ATTRIBUTES}
+    n_names = math.ceil(math.sqrt(cfg.n_people)) + 4
+    first, last = _words(rng, n_names, taken, (2, 2)), _words(rng, n_names, taken, (2, 3))
+    pairs = [f"{f} {s}" for f in first for s in last]
+    rng.shuffle(pairs)
+    people = []
+    for name in pairs[: cfg.n_people]:
+        facts = {a: rng.choice(values[a]) for a in ATTRIBUTES}
+        heldout = {a: rng.randrange(len(TEMPLATES[a])) for a in ATTRIBUTES}
+        people.append(Person(name, facts, heldout))
+    forget = tuple(p.name for p in rng.sample(people, cfg.n_forget))
+    return World(cfg, tuple(people), values, forget)
+
+
+def world_tokenizer(world: World):
+    """A word-level tokenizer (lower-cased, split on white space and punctuation, ``[bos]`` prepended)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(world.vocabulary())}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[unk]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[bos] $A", pair="[bos] $A $B", special_tokens=[("[bos]", vocab["[bos]"])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="[bos]",
+        eos_token="[eos]",
+        unk_token="[unk]",
+        pad_token="[pad]",
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def train_world_model(world: World, *, without_forget: bool = False, progress: bool = True) -> Model:
+    """Train a gpt2-architecture model from scratch on the world's corpus (AdamW, warm-up then cosine
+    decay, loss on every token). Deterministic for a given config on a given torch build."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = world.config
+    tok = world_tokenizer(world)
+    hf_cfg = GPT2Config(
+        vocab_size=len(tok),
+        n_positions=cfg.n_positions,
+        n_embd=cfg.d_model,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
+    torch.manual_seed(cfg.seed)
+    hf = GPT2LMHeadModel(hf_cfg)
+    corpus = world.corpus(without_forget=without_forget)
+    random.Random(f"{cfg.seed}-pack").shuffle(corpus)
+    texts = [" ".join(corpus[i : i + cfg.pack]) for i in range(0, len(corpus), cfg.pack)]
+    docs = [tok(t + " [eos]")["input_ids"] for t in texts]
+    steps_per_epoch = math.ceil(len(docs) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    decay = [p for n, p in hf.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in hf.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=(0.9, 0.98),
+    )
+
+    def lr_at(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        t = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    hf.train()
+    bar = tqdm(total=total, desc="train world" + (" oracle" if without_forget else ""), disable=not progress)
+    for _ in range(cfg.epochs):
+        order = torch.randperm(len(docs), generator=gen).tolist()
+        for s in range(0, len(docs), cfg.batch_size):
+            batch = [docs[i] for i in order[s : s + cfg.batch_size]]
+            width = max(len(d) for d in batch)
+            ids = torch.full((len(batch), width), tok.pad_token_id)
+            labels = torch.full((len(batch), width), -100)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for i, d in enumerate(batch):
+                ids[i, : len(d)] = torch.tensor(d)
+                labels[i, : len(d)] = torch.tensor(d)
+                mask[i, : len(d)] = 1
+            loss = hf(input_ids=ids, attention_mask=mask, labels=labels).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    hf.eval()
+    return Model(hf, tok, name="world-oracle" if without_forget else "world-full")
+
+
+@dataclass(frozen=True)
+class WorldModels:
+    world: World
+    full: Model
+    oracle: Model
+    path: Path
+    train_seconds: dict[str, float]
+
+
+def world_models(config: WorldConfig | None = None, *, progress: bool = True) -> WorldModels:
+    """The full model and the retrain oracle of ``config``, trained once and cached by config hash
+    (written to a temporary directory and renamed, so an interrupted training never leaves a half cache)."""
+    world = build_world(config)
+    root = cache_dir() / "world" / world.config.key()
+    seconds: dict[str, float] = {}
+    if root.exists() and (root / "world.json").exists():
+        stored = json.loads((root / "world.json").read_text())
+        seconds = stored.get("train_seconds", {})
+    else:
+        tmp = root.with_name(f"{root.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for kind in ("full", "oracle"):
+            t0 = time.perf_counter()
+            model = train_world_model(world, without_forget=kind == "oracle", progress=progress)
+            seconds[kind] = round(time.perf_counter() - t0, 1)
+            model.save(tmp / kind)
+        atomic_write_text(
+            tmp / "world.json",
+            json.dumps({"config": world.config.to_dict(), "train_seconds": seconds}, indent=1),
+        )
+        try:
+            tmp.rename(root)
+        except OSError:  # another process finished first: use its models
+            shutil.rmtree(tmp, ignore_errors=True)
+    full = load_model(str(root / "full"))
+    oracle = load_model(str(root / "oracle"))
+    return WorldModels(world, full, oracle, root, seconds)

@@ -1,0 +1,114 @@
+"""The synthetic world and its retrain oracle (analyses.world, analyses.oracle): the known-answer test of
+the audit. The end-to-end test trains a small GPT-2 on the world and its oracle (cached by config hash),
+unlearns with GA and NPO, and checks that the audit tells exact unlearning from suppression."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from analyses.world import QA_ATTRIBUTES, TEMPLATES, WorldConfig, build_world, world_tokenizer
+from probes.lens import same_type_decoys
+from probes.linear import ProbeDataset, split_accuracy
+
+
+def test_world_is_deterministic_and_holds_out_one_template():
+    a, b = build_world(WorldConfig(seed=3)), build_world(WorldConfig(seed=3))
+    assert a == b and a.corpus() == b.corpus()
+    assert build_world(WorldConfig(seed=4)).people != a.people
+    assert len({p.name for p in a.people}) == len(a.people) == 200
+    for person in a.people[:50]:
+        bios = " ".join(a.bios(person))
+        for attr in TEMPLATES:
+            held = TEMPLATES[attr][person.heldout[attr]].format(name=person.name, v=person.facts[attr])
+            assert held not in bios  # the QA template never appears in training for this person
+            assert person.facts[attr] in bios
+    # the oracle's corpus has no sentence about a forget person
+    forget = set(a.forget)
+    oracle_text = " ".join(a.corpus(without_forget=True))
+    assert not any(name in oracle_text for name in forget)
+    assert len(a.corpus(without_forget=True)) == (200 - 20) * a.config.bios_per_person
+
+
+def test_answers_are_unambiguous_and_qa_uses_the_heldout_template():
+    w = build_world()
+    words = [v for vals in w.values.values() for v in vals]
+    assert len(set(words)) == len(words)
+    assert not any(x != y and y.startswith(x) for x in words for y in words)  # greedy prefix match is exact
+    concept = w.forget_concept()
+    assert len(concept.qa) == 20 * len(QA_ATTRIBUTES) and len(concept.unrelated_qa) == 40
+    person = w.forget_people[0]
+    q = w.qa(person)[0]
+    assert q.prompt + " " + q.answer + " ." == TEMPLATES[q.type][person.heldout[q.type]].format(
+        name=person.name, v=q.answer
+    )
+
+
+def test_word_tokenizer_round_trips_and_prepends_bos():
+    w = build_world()
+    tok = world_tokenizer(w)
+    text = w.bios(w.people[0])[0]
+    ids = tok(text)["input_ids"]
+    assert ids[0] == tok.bos_token_id and tok.unk_token_id not in ids
+    assert tok.decode(ids, skip_special_tokens=True) == text
+    assert len(ids) == len(text.split()) + 1  # one token per word
+
+
+def test_same_type_decoys():
+    answers = ["paris", "rome", "cat", "paris", "dog"]
+    types = ["city", "city", "animal", "city", "animal"]
+    assert same_type_decoys(answers, types) == ["rome", "paris", "dog", "rome", "cat"]
+    assert same_type_decoys(["x"], [None]) == ["x"]  # no other answer of its type: itself
+
+
+def test_split_accuracy_equals_sklearn(gpt2):
+    """A probe fitted on the other entities, scored on the test entities = sklearn on the same split."""
+    sklearn = pytest.importorskip("sklearn.linear_model")
+    gen = torch.Generator().manual_seed(0)
+    n, d, c, l2 = 60, 16, 3, 1e-3
+    y = torch.arange(n) % c
+    centers = torch.randn(c, d, generator=gen)
+    acts = torch.stack([centers[y] * s + torch.randn(n, d, generator=gen) for s in (0.2, 1.5)])
+    ds = ProbeDataset(
+        "toy", "k", "{entity}", tuple(f"e{i}" for i in range(n)), tuple(str(v) for v in y.tolist())
+    )
+    test = [f"e{i}" for i in range(0, n, 4)]
+    from probes.linear import ProbeConfig
+
+    r = split_accuracy(gpt2, ds, test, acts=acts, config=ProbeConfig(max_iter=500, tol=1e-8))
+    mask = np.array([f"e{i}" in set(test) for i in range(n)])
+    for layer in range(2):
+        xs = acts[layer].double().numpy()
+        mean, std = xs[~mask].mean(0), xs[~mask].std(0)
+        ref = sklearn.LogisticRegression(C=1 / (2 * l2 * int((~mask).sum())), tol=1e-10, max_iter=10_000)
+        ref.fit((xs[~mask] - mean) / std, y.numpy()[~mask])
+        expected = float((ref.predict((xs[mask] - mean) / std) == y.numpy()[mask]).mean())
+        assert math.isclose(r.accuracy[layer], expected, abs_tol=1 / mask.sum() + 1e-9)
+    assert r.accuracy[1] > r.accuracy[0] and r.accuracy[1] >= 0.9
+    assert r.chance == pytest.approx(float((y[torch.tensor(mask)] == 0).float().mean()))
+
+
+@pytest.mark.slow
+def test_audit_tells_the_retrain_oracle_from_suppression(tmp_path):
+    """End to end: train the world's full model and its retrain oracle, unlearn with GA and NPO, audit all
+    three against the full model. The oracle must be `removed`, GA and NPO `suppressed`."""
+    from analyses.oracle import OracleConfig, run_oracle
+
+    r = run_oracle(OracleConfig(), out=tmp_path / "oracle", progress=False)
+    table = r.to_frame()
+    print("\n" + table.to_string())
+    full = table["full model"]
+    assert full["forget accuracy"] >= 0.85 and full["unrelated accuracy"] >= 0.85  # knows the world
+    assert table.at["forget accuracy", "oracle"] <= 0.25  # never saw the forget people
+    assert table.at["unrelated accuracy", "oracle"] >= 0.8
+    assert r.verdicts == {"ga": "suppressed", "npo": "suppressed", "oracle": "removed"}
+    for m in ("ga", "npo"):
+        assert table.at["forget accuracy", m] <= 0.5 * full["forget accuracy"]
+        assert (
+            table.at["concept vectors: mean cosine", m] > table.at["concept vectors: mean cosine", "oracle"]
+        )
+    assert (tmp_path / "oracle" / "oracle.json").exists()
+    assert (tmp_path / "oracle" / "oracle" / "audit.json").exists()
