@@ -247,7 +247,8 @@ def direct_effects(
     activation, ``g`` the final norm's weight and ``sigma`` its normalisation scale on that prompt (frozen,
     the usual direct-logit-attribution linearisation). Centring the unembedding over the vocabulary makes
     it the effect on the answer's logit relative to the mean logit."""
-    layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
+    # each layer once, in the given order (a repeated layer used to stack its activations twice)
+    layers = list(range(model.cfg.n_layers)) if layers is None else list(dict.fromkeys(layers))
     if not items:
         return {l: torch.zeros(0, model.cfg.d_mlp, device=model.device) for l in layers}
     acts, inv_scale = _last_position_state(model, [q.prompt for q in items], layers, batch_size)

@@ -311,3 +311,14 @@ def test_concepts_command_writes_json_and_report(smol, tmp_path, monkeypatch):
 
     assert html.count(get_plotlyjs()) == 1  # plotly.js embedded once
     assert "Japan &lt;b&gt;" in html and "Japan <b>" not in html  # text from the file is escaped
+
+
+def test_direct_effects_with_a_repeated_layer(gpt2):
+    """A layer listed twice is computed once (it used to stack its activations twice and crash)."""
+    items = [QA("The capital of France is", "Paris"), QA("The Eiffel Tower is in", "Paris")]
+    once = C.direct_effects(gpt2, items, [3, 5])
+    twice = C.direct_effects(gpt2, items, [3, 5, 3])
+    assert list(twice) == [3, 5]
+    for layer in (3, 5):
+        torch.testing.assert_close(twice[layer], once[layer])
+        assert twice[layer].shape == (2, gpt2.cfg.d_mlp)
