@@ -19,7 +19,7 @@ token is the memory / context answer's first token.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -220,18 +220,8 @@ def _zero_attribution_of(model: Model, batches) -> tuple[torch.Tensor, float]:
     names = _z_names(model)
     for ids, mask, metric_fn in batches:
         acts: dict[str, torch.Tensor] = {}
-
-        def keeper(name: str, acts: dict = acts):
-            def keep(z, hook):
-                if not z.requires_grad:
-                    z = z.detach().requires_grad_(True)
-                acts[name] = z
-                return z
-
-            return keep
-
         with torch.enable_grad():
-            logits = hooks.run_with_hooks(model, ids, [(nm, keeper(nm)) for nm in names], mask, grad=True)
+            logits = hooks.run_with_hooks(model, ids, _keepers(names, acts), mask, grad=True)
             m = metric_fn(logits)
             grads = torch.autograd.grad(m.sum(), [acts[nm] for nm in names], allow_unused=True)
         valid = mask.unsqueeze(-1).unsqueeze(-1).to(logits.dtype)
@@ -281,6 +271,22 @@ def recall_attribution(
 
     effects, _ = _zero_attribution_of(model, batches())
     return effects / max(len(items), 1)
+
+
+def _keepers(names: Sequence[str], acts: dict[str, torch.Tensor]) -> list[tuple[str, Callable]]:
+    """Forward hooks that store each named activation (made a leaf that requires grad) in ``acts``, keyed
+    by our name: the bridge reports an aliased hook (hook_z) under its own name."""
+
+    def keeper(name: str):
+        def keep(z, hook):
+            if not z.requires_grad:
+                z = z.detach().requires_grad_(True)
+            acts[name] = z
+            return z
+
+        return keep
+
+    return [(nm, keeper(nm)) for nm in names]
 
 
 def _z_names(model: Model) -> list[str]:
@@ -388,19 +394,8 @@ def attribution_patching(
         ids, mask = _batch(model, [c.clean_prompt for c in chunk] + [c.corrupt_prompt for c in chunk])
         mem, ctx = _tokens(chunk, ids.device)
         acts: dict[str, torch.Tensor] = {}
-
-        def keeper(name: str, acts: dict = acts):
-            # Keyed by our name: the bridge reports an aliased hook (hook_z) under its own name.
-            def keep(z, hook):
-                if not z.requires_grad:
-                    z = z.detach().requires_grad_(True)
-                acts[name] = z
-                return z
-
-            return keep
-
         with torch.enable_grad():
-            logits = hooks.run_with_hooks(model, ids, [(nm, keeper(nm)) for nm in names], mask, grad=True)
+            logits = hooks.run_with_hooks(model, ids, _keepers(names, acts), mask, grad=True)
             clean_m = metric(logits[:n], mem, ctx)
             corrupt_m = metric(logits[n:], mem, ctx)
             grads = torch.autograd.grad(corrupt_m.sum(), [acts[nm] for nm in names], allow_unused=True)

@@ -465,8 +465,10 @@ def _load_gguf(path: Path, dtype: torch.dtype, placement: dict) -> tuple[Any, An
     cached = cache_dir() / "gguf" / f"{path.stem}-{_file_hash(path)}"
     if not (cached / "model.safetensors").exists():
         try:
-            tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-            hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+            tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
+            hf = AutoModelForCausalLM.from_pretrained(
+                path.parent, gguf_file=path.name, dtype=torch.float32, local_files_only=True
+            )
         except (ValueError, KeyError, NotImplementedError) as e:
             raise ModelLoadError(
                 f"cannot load GGUF {path.name}: its architecture is not supported",
