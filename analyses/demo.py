@@ -1,7 +1,7 @@
 """``vestige demo``: the main job on the embedded model, offline.
 
 Unlearn "Harry Potter" from SmolLM2-135M with ``ga``, ``npo`` and ``needle`` (the ConceptVectors oracle:
-noise on the located concept vectors), audit each unlearned model against the base, ablate the traces and
+the located concept vectors zeroed until the answers go, ``analyses.unlearn.needle_search``), audit each unlearned model against the base, ablate the traces and
 measure again, and write one report that compares the three.
 """
 
@@ -15,8 +15,7 @@ import pandas as pd
 
 from analyses.audit import AuditConfig, AuditResult, audit
 from analyses.report import audit_report, verdict_table
-from analyses.unlearn import UnlearnConfig, unlearn
-from probes import concepts as cv
+from analyses.unlearn import UnlearnConfig, retain_qa_for, unlearn
 from probes.data import DEFAULT_CONCEPT_FILE, load_concept, load_concepts
 from probes.model import Model, load_model
 from probes.results import write_json
@@ -39,15 +38,22 @@ def run_demo(
     out = Path(out)
     base = model or load_model("smollm2-135m")
     concept = load_concept(concept_file, concept_name)
-    others = [c for c in load_concepts(concept_file) if c.concept != concept.concept]
+    concepts = load_concepts(concept_file)
+    others = [c for c in concepts if c.concept != concept.concept]
     retain_texts = [t for c in others[:5] for t in c.text[:1]]
+    retain_qa = retain_qa_for(concepts, concept)
     cfg = audit_config or AuditConfig()
-    needle_vectors = tuple(cv.locate(base, concept, n=cfg.n_vectors).refs())
     results, seconds = [], {}
     for method in methods:
         t = time.perf_counter()
-        ucfg = UnlearnConfig(method=method, needle_vectors=needle_vectors if method == "needle" else ())
-        run = unlearn(base, concept, ucfg, retain_texts=retain_texts, progress=progress)
+        run = unlearn(
+            base,
+            concept,
+            UnlearnConfig(method=method),
+            retain_texts=retain_texts,
+            retain_qa=retain_qa,
+            progress=progress,
+        )
         write_json(out / method / "unlearn.json", run.to_dict())
         results.append(audit(base, run.model, concept, config=cfg, out=out / method, progress=progress))
         seconds[method] = round(time.perf_counter() - t, 1)

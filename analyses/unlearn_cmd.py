@@ -6,7 +6,7 @@ import argparse
 import json
 from collections.abc import Callable
 
-from analyses.unlearn import METHODS, UnlearnConfig, UnlearnError, retain_texts_for, unlearn
+from analyses.unlearn import METHODS, UnlearnConfig, retain_qa_for, retain_texts_for, unlearn
 
 
 def _vectors(text: str) -> tuple[tuple[int, int], ...]:
@@ -50,9 +50,16 @@ def add_unlearn(sub, add_model_args: Callable[[argparse.ArgumentParser], None]) 
     )
     p.add_argument("--check-every", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--needle-vectors", type=_vectors, default=(), help="LAYER:NEURON,... for needle")
-    p.add_argument("--needle-mode", choices=("noise", "zero"), default="noise")
-    p.add_argument("--needle-scale", type=float, default=1.0)
+    p.add_argument(
+        "--needle-vectors",
+        type=_vectors,
+        default=(),
+        help="LAYER:NEURON,... for needle (default: locate them and edit until forget accuracy drops)",
+    )
+    p.add_argument("--needle-mode", choices=("zero", "noise"), default="zero")
+    p.add_argument("--needle-scale", type=float, default=1.0, help="noise norm / vector norm")
+    p.add_argument("--needle-step", type=int, default=20, help="located vectors added per search step")
+    p.add_argument("--needle-max", type=int, default=320, help="at most this many located vectors")
     p.add_argument("--no-retain-text", action="store_true", help="retain on unrelated QA only")
     p.add_argument("--json", action="store_true", help="print unlearn.json on stdout")
 
@@ -62,13 +69,8 @@ def run_unlearn(args: argparse.Namespace, load: Callable) -> int:
 
     path = args.concept_file or DEFAULT_CONCEPT_FILE
     concept = load_concept(path, args.concept)
-    if args.method == "needle" and not args.needle_vectors:
-        raise UnlearnError(
-            "needle needs the concept vectors to edit",
-            "--needle-vectors was not given",
-            "pass --needle-vectors LAYER:NEURON,... (from `vestige concepts`)",
-        )
-    retain = () if args.no_retain_text else retain_texts_for(load_concepts(path), concept)
+    concepts = load_concepts(path)
+    retain = () if args.no_retain_text else retain_texts_for(concepts, concept)
     cfg = UnlearnConfig(
         method=args.method,
         steps=args.steps,
@@ -84,9 +86,18 @@ def run_unlearn(args: argparse.Namespace, load: Callable) -> int:
         needle_vectors=args.needle_vectors,
         needle_mode=args.needle_mode,
         needle_scale=args.needle_scale,
+        needle_step=args.needle_step,
+        needle_max=args.needle_max,
     )
     model = load(args.model, args)
-    result = unlearn(model, concept, cfg, retain_texts=retain, progress=not args.no_progress)
+    result = unlearn(
+        model,
+        concept,
+        cfg,
+        retain_texts=retain,
+        retain_qa=retain_qa_for(concepts, concept),
+        progress=not args.no_progress,
+    )
     if args.out:
         result.save(args.out)
     if args.json:
@@ -94,6 +105,10 @@ def run_unlearn(args: argparse.Namespace, load: Callable) -> int:
         return 0
     b, a = result.before, result.after
     print(f"{result.method} on {concept.concept!r}: {result.steps} steps, {result.seconds:.1f} s")
+    if result.method == "needle":
+        print(
+            f"  edited {len(result.params['needle_vectors'])} concept vectors ({result.params['needle_mode']})"
+        )
     print(f"  forget accuracy     {b.forget_accuracy:.3f} -> {a.forget_accuracy:.3f}")
     print(f"  unrelated accuracy  {b.unrelated_accuracy:.3f} -> {a.unrelated_accuracy:.3f}")
     print(f"  forget logprob      {b.forget_logprob:.2f} -> {a.forget_logprob:.2f}")

@@ -5,8 +5,9 @@
         --out data/unlearn/table.md
 
 The criterion (issue [unlearn]): forget-QA accuracy at most 25% of its start while unrelated-QA accuracy
-stays at or above 80% of its start. ``needle`` runs only with ``--needle-n N`` (it edits the top N vectors
-that ``probes.concepts.locate`` ranks). The table is rewritten after each run (partial results survive).
+stays at or above 80% of its start. ``needle`` locates the concept vectors and zeroes them, 20 at a time,
+until forget accuracy reaches the target (``analyses.unlearn.needle_search``); its ``steps`` column is
+"search steps / vectors edited". The table is rewritten after each run (partial results survive).
 Wall seconds depend on the machine's load; CPU seconds (this process) are printed beside them.
 """
 
@@ -22,12 +23,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from analyses.unlearn import UnlearnConfig, evaluate, retain_texts_for, unlearn  # noqa: E402
+from analyses.unlearn import METHODS, UnlearnConfig, evaluate, retain_qa_for, retain_texts_for, unlearn  # noqa: E402
 from probes.data import DEFAULT_CONCEPT_FILE, load_concept, load_concepts  # noqa: E402
 from probes.model import load_model  # noqa: E402
 from probes.results import atomic_write_text  # noqa: E402
-
-TRAINED = ("ga", "gd", "npo", "npo_kl", "dpo_idk", "rmu")
 
 
 def _write(rows: list[dict], out: Path) -> pd.DataFrame:
@@ -48,8 +47,7 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--concept-file", default=str(DEFAULT_CONCEPT_FILE))
     ap.add_argument("--concepts", nargs="+", default=["Harry Potter", "Albert Einstein", "Sherlock Holmes"])
-    ap.add_argument("--methods", nargs="+", default=list(TRAINED))
-    ap.add_argument("--needle-n", type=int, default=0, help="also run needle on the top N located vectors")
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--out", default="data/unlearn/table.md", help=".md or .csv")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -61,21 +59,24 @@ def main() -> None:
     for name in args.concepts:
         concept = load_concept(args.concept_file, name)
         retain = retain_texts_for(all_concepts, concept)
+        retain_qa = retain_qa_for(all_concepts, concept)
         before = evaluate(model, concept)
-        runs = [(m, UnlearnConfig(method=m)) for m in args.methods]
-        if args.needle_n:
-            from probes.concepts import locate
-
-            located = locate(model, concept, n=args.needle_n)
-            vectors = tuple((v.layer, v.neuron) for v in located.vectors)
-            runs.append(("needle", UnlearnConfig(method="needle", needle_vectors=vectors)))
-        for method, cfg in runs:
+        for method in args.methods:
             wall, cpu = time.perf_counter(), time.process_time()
-            r = unlearn(model, concept, cfg, retain_texts=retain, evaluate_before=before, progress=False)
+            r = unlearn(
+                model,
+                concept,
+                UnlearnConfig(method=method),
+                retain_texts=retain,
+                retain_qa=retain_qa,
+                evaluate_before=before,
+                progress=False,
+            )
+            steps = r.steps if method != "needle" else f"{r.steps} / {len(r.params['needle_vectors'])}"
             row = {
                 "concept": concept.concept,
                 "method": method,
-                "steps": r.steps,
+                "steps": steps,
                 "forget_acc": f"{r.before.forget_accuracy:.2f} -> {r.after.forget_accuracy:.2f}",
                 "unrelated_acc": f"{r.before.unrelated_accuracy:.2f} -> {r.after.unrelated_accuracy:.2f}",
                 "forget_logprob": f"{r.before.forget_logprob:.2f} -> {r.after.forget_logprob:.2f}",
