@@ -42,9 +42,11 @@ def ches_batched(ctx: BenchContext) -> Case:
     )
 
 
-def _sklearn_loop(acts: torch.Tensor, y: torch.Tensor, fold: torch.Tensor, l2: float) -> list[float]:
+def _sklearn_loop(
+    acts: torch.Tensor, y: torch.Tensor, fold: torch.Tensor, l2: float, tol: float = 1e-4
+) -> list[float]:
     """Per-layer, per-fold StandardScaler + LogisticRegression with the same objective; pooled held-out
-    accuracy by layer."""
+    accuracy by layer. ``tol`` is scikit-learn's (its default 1e-4)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
@@ -56,15 +58,23 @@ def _sklearn_loop(acts: torch.Tensor, y: torch.Tensor, fold: torch.Tensor, l2: f
         for k in range(int(ff.max()) + 1):
             tr, te = ff != k, ff == k
             scaler = StandardScaler().fit(x[layer][tr])
-            clf = LogisticRegression(C=1.0 / (2 * l2 * int(tr.sum())), max_iter=1000)
+            clf = LogisticRegression(C=1.0 / (2 * l2 * int(tr.sum())), tol=tol, max_iter=20_000)
             clf.fit(scaler.transform(x[layer][tr]), yy[tr])
             hits += int((clf.predict(scaler.transform(x[layer][te])) == yy[te]).sum())
         out.append(hits / len(yy))
     return out
 
 
+def _gap(a: list[float], b: list[float]) -> float:
+    return max(abs(x - y) for x, y in zip(a, b))
+
+
 @benchmark("probe_fit_all_layers_vs_sklearn", target=5.0, higher_is_better=True)
 def probe_fit(ctx: BenchContext) -> Case:
+    """Equal accuracy means: both within 1 point, on every layer, of the converged optimum (scikit-learn at
+    tol 1e-8). scikit-learn's default tol (1e-4) stops short of it on these d > n problems (measured on
+    SmolLM2: up to 2.6 points off), so the baseline is the loosest tol that is within 1 point. It is timed
+    on every 5th layer and scaled to all layers (one loop takes about a minute)."""
     from probes.linear import stratified_folds
 
     model = ctx.model
@@ -76,20 +86,31 @@ def probe_fit(ctx: BenchContext) -> Case:
         acts = acts[::5]
     config = ProbeConfig(folds=5, control=False)
     fold = stratified_folds(ds.y, config.folds, config.seed)
+    optimum = _sklearn_loop(acts, ds.y, fold, config.l2, tol=1e-8)
+    gaps = {}
+    for tol in (1e-4, 1e-5, 1e-6, 1e-7, 1e-8):
+        gaps[tol] = _gap(optimum, _sklearn_loop(acts, ds.y, fold, config.l2, tol=tol))
+        if gaps[tol] <= 0.01:
+            break
+    tol = next(t for t, g in gaps.items() if g <= 0.01)
+    sample = acts[::5]
 
     def sklearn_loop():
-        return _sklearn_loop(acts, ds.y, fold, config.l2)
+        return _sklearn_loop(sample, ds.y, fold, config.l2, tol=tol)
 
     def batched():
         return fit_probes_on(acts, ds, config=config).accuracy
 
-    ref, ours = sklearn_loop(), batched()
-    diffs = [abs(a - b) for a, b in zip(ref, ours)]
-    mean_ref, mean_ours = sum(ref) / len(ref), sum(ours) / len(ours)
+    ours = batched()
+    mean_ref, mean_ours = sum(optimum) / len(optimum), sum(ours) / len(ours)
+    tried = ", ".join(f"tol {t:g}: {g:.4f}" for t, g in gaps.items())
     return Case(
         sklearn_loop,
         batched,
         f"{len(ds)} items, {acts.shape[0]} layers x {config.folds} folds (+ the full-data fit in the batched "
-        f"run); mean accuracy sklearn {mean_ref:.4f} vs batched {mean_ours:.4f}, largest per-layer "
-        f"difference {max(diffs):.4f} ({'within' if max(diffs) <= 0.01 else 'NOT within'} 1 point)",
+        f"run); largest per-layer distance from the converged optimum: batched {_gap(optimum, ours):.4f} "
+        f"(max_iter {config.max_iter}, tol {config.tol:g}), scikit-learn {tried}; baseline = scikit-learn "
+        f"at tol {tol:g}, timed on {sample.shape[0]} layers and scaled to {acts.shape[0]}; mean accuracy "
+        f"optimum {mean_ref:.4f} vs batched {mean_ours:.4f}",
+        baseline_scale=acts.shape[0] / sample.shape[0],
     )
