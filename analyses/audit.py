@@ -81,6 +81,11 @@ class AuditConfig(Result):
     seed: int = 0
     batch_size: int = 16
     context_chars: int = 1200  # concept text placed before the question by the in-context attack
+    # The trace set the interventions ablate: located vectors zeroed in the *base*, ``trace_step`` at a
+    # time, until its forget accuracy is at most 25% of its start (at most ``trace_max``; 0: the
+    # ``n_vectors`` located ones). See ``_trace_vectors``.
+    trace_step: int = 20
+    trace_max: int = 320
 
 
 @dataclass(frozen=True)
@@ -412,15 +417,47 @@ def _unrelated_accuracy(model: Model, concept: Concept) -> float | None:
     return score_qa(model, concept.unrelated_qa).accuracy if concept.unrelated_qa else None
 
 
+def _trace_vectors(
+    base: Model, concept: Concept, retain: list[QA], cfg: AuditConfig
+) -> dict[str, Any] | None:
+    """The value vectors that carry the concept in the base: located vectors (specificity measured on the
+    unrelated and retain QA) zeroed in a copy of the base, ``cfg.trace_step`` at a time, until the base's
+    forget accuracy is at most 25% of its start (Needle's search, ``analyses.unlearn.needle_search``).
+    Ten located vectors are not enough to matter: zeroing them in SmolLM2 leaves Harry Potter's accuracy
+    at 0.78, so an ablation of only those cannot test whether the unlearned model still needs its traces."""
+    from analyses.unlearn import UnlearnConfig, UnlearnError, evaluate, needle_search
+
+    extra = [q for q in retain if q not in set(concept.unrelated_qa)]
+    ucfg = UnlearnConfig(method="needle", needle_step=cfg.trace_step, needle_max=cfg.trace_max).resolved()
+    work = base.copy()
+    checks: list[dict[str, float]] = []
+    before = evaluate(base, concept)
+    try:
+        _, _, refs = needle_search(base, work, concept, ucfg, before, extra, checks)
+    except UnlearnError:  # no located vector has a specific effect: the interventions use the located ones
+        return None
+    after = score_qa(work, concept.qa).accuracy
+    del work
+    return {
+        "vectors": [list(r) for r in refs],
+        "base_forget_accuracy": before.forget_accuracy,
+        "base_forget_accuracy_when_ablated": after,
+        "reached": after <= 0.25 * before.forget_accuracy + 1e-9,
+        "checks": checks,
+    }
+
+
 def _interventions(
-    base: Model, unlearned: Model, concept: Concept, cfg: AuditConfig, vectors, heads
+    base: Model, unlearned: Model, concept: Concept, cfg: AuditConfig, vectors, heads, traces
 ) -> dict[str, Any]:
-    """Ablate the traces in the unlearned model and run the recovery attacks again: the concept vectors
-    (zeroed), the memory heads (zeroed, as a ``W_O`` edit), and both together (``ablate_traces``, also
-    under relearning: the edits are weights, so the relearning copy carries them); then patch the traces
-    back from the base. Every edit is restored bitwise on exit."""
-    refs = [(v["layer"], v["neuron"]) for v in vectors]
-    out: dict[str, Any] = {}
+    """Ablate the traces in the unlearned model and run the recovery attacks again: the trace vectors
+    (``_trace_vectors``, zeroed), the memory heads (zeroed, as a ``W_O`` edit), and both together
+    (``ablate_traces``, also under relearning: the edits are weights, so the relearning copy carries them);
+    then patch the located vectors and the trace vectors back from the base. Every edit is restored bitwise
+    on exit."""
+    located = [(v["layer"], v["neuron"]) for v in vectors]
+    refs = [tuple(r) for r in traces["vectors"]] if traces else located
+    out: dict[str, Any] = {"trace_vectors": traces or {"vectors": [list(r) for r in located]}}
     mem = [tuple(h) for h in heads.get("memory_heads", [])]
     # what each ablation costs elsewhere: an ablation that lowers recovery only by breaking the model
     # shows here as a drop in unrelated accuracy
@@ -439,19 +476,21 @@ def _interventions(
             out["ablate_traces"] = _attack_accuracies(unlearned, concept, cfg)
             spared["traces"] = _unrelated_accuracy(unlearned, concept)
     out["unrelated_accuracy_under_ablation"] = spared
-    with cv.edited_vectors(unlearned, refs, mode="noise", scale=cfg.noise_scale, seed=cfg.seed) as info:
+    with cv.edited_vectors(unlearned, located, mode="noise", scale=cfg.noise_scale, seed=cfg.seed) as info:
         out["noise_vectors"] = {
             "forget_accuracy": score_qa(unlearned, concept.qa).accuracy,
             "noise_ratio": info.noise_ratio,
         }
-    with patched_vectors(unlearned, base, refs):
-        s = score_qa(unlearned, concept.qa)
-        u = score_qa(unlearned, concept.unrelated_qa) if concept.unrelated_qa else None
-        out["patch_vectors_from_base"] = {
-            "forget_accuracy": s.accuracy,
-            "forget_logprob": s.mean_logprob,
-            "unrelated_accuracy": u.accuracy if u else None,
-        }
+    for name, patched in (("patch_vectors_from_base", located), ("patch_trace_vectors_from_base", refs)):
+        with patched_vectors(unlearned, base, patched):
+            s = score_qa(unlearned, concept.qa)
+            u = score_qa(unlearned, concept.unrelated_qa) if concept.unrelated_qa else None
+            out[name] = {
+                "forget_accuracy": s.accuracy,
+                "forget_logprob": s.mean_logprob,
+                "unrelated_accuracy": u.accuracy if u else None,
+                "n_vectors": len(patched),
+            }
     return out
 
 
@@ -554,9 +593,14 @@ def audit(
     heads = run("heads", lambda: _heads(base, unlearned, concept, retain, cfg, on_base))
     probes = run("probes", lambda: _probes(base, unlearned, cfg, on_base)) if cfg.probe_dataset else {}
     ches = run("ches", lambda: _ches(base, unlearned, concept, retain, cfg, on_base))
-    interventions = run(
-        "interventions", lambda: _interventions(base, unlearned, concept, cfg, vectors["vectors"], heads)
-    )
+
+    def interventions_stage() -> dict[str, Any]:
+        traces = None
+        if cfg.trace_max > 0:
+            traces = on_base("trace_vectors", lambda: _trace_vectors(base, concept, retain, cfg))
+        return _interventions(base, unlearned, concept, cfg, vectors["vectors"], heads, traces)
+
+    interventions = run("interventions", interventions_stage)
     bar.close()
 
     recovery = {"base": {}, "unlearned": {}, "unlearned_after_ablation": {}}

@@ -19,7 +19,9 @@ def test_batched_quadratics_reach_their_closed_form_each_at_its_own_pace():
     def loss(x: torch.Tensor) -> torch.Tensor:
         return 0.5 * torch.einsum("bi,bij,bj->b", x, a, x) - (b * x).sum(-1)
 
-    x, iters = batched_lbfgs(value_and_grad(loss), torch.zeros(batch, m, dtype=torch.float64), tol=1e-8, max_iter=1000)
+    x, iters = batched_lbfgs(
+        value_and_grad(loss), torch.zeros(batch, m, dtype=torch.float64), tol=1e-8, max_iter=1000
+    )
     exact = torch.linalg.solve(a, b)
     torch.testing.assert_close(x, exact, rtol=1e-7, atol=1e-7)
     assert iters[0] <= 3  # a multiple of the identity: one scaled step (plus the first unit-length step)
