@@ -427,7 +427,8 @@ def _trace_vectors(
     at 0.78, so an ablation of only those cannot test whether the unlearned model still needs its traces."""
     from analyses.unlearn import UnlearnConfig, UnlearnError, evaluate, needle_search
 
-    extra = [q for q in retain if q not in set(concept.unrelated_qa)]
+    own = set(concept.unrelated_qa)
+    extra = [q for q in retain if q not in own]
     ucfg = UnlearnConfig(method="needle", needle_step=cfg.trace_step, needle_max=cfg.trace_max).resolved()
     work = base.copy()
     checks: list[dict[str, float]] = []

@@ -75,7 +75,7 @@ class UnlearnConfig(Result):
     kl_weight: float = 1.0  # NPO+KL
     rmu_layer: int | None = None  # None = n_layers // 3
     rmu_c: float = 4.0  # steering coefficient as a multiple of the layer's mean activation norm
-    rmu_alpha: float = 10.0
+    rmu_alpha: float = 100.0
     rmu_train_layers: int = 3  # MLPs of layers [rmu_layer - n + 1, rmu_layer] train
     needle_vectors: tuple[tuple[int, int], ...] = ()  # (layer, neuron); () = locate them (see needle_search)
     needle_mode: str = "zero"  # "zero" (ablate) or "noise" (add Gaussian noise)
@@ -100,7 +100,7 @@ class UnlearnConfig(Result):
 # Defaults chosen on SmolLM2-135M (scripts/unlearn_table.py) for a run of a few minutes on 2 CPU cores.
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "ga": dict(steps=30, lr=2e-5, trainable="mlp"),
-    "gd": dict(steps=30, lr=2e-5, trainable="mlp"),
+    "gd": dict(steps=30, lr=3e-5, trainable="mlp"),
     "npo": dict(steps=30, lr=2e-5, trainable="mlp"),
     "npo_kl": dict(steps=30, lr=2e-5, trainable="mlp"),
     "dpo_idk": dict(steps=30, lr=2e-5, trainable="mlp"),

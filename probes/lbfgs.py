@@ -14,16 +14,17 @@ from collections.abc import Callable
 import torch
 from jaxtyping import Float
 
-Objective = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+# objective(x [k, m], which [k]) -> (values [k], gradients [k, m]) for the problems ``which`` of the batch
+Objective = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
-def value_and_grad(loss: Callable[[torch.Tensor], torch.Tensor]) -> Objective:
-    """Wrap ``loss(x) -> [batch]`` (independent problems) as ``x -> (loss, d loss / d x)`` via autograd."""
+def value_and_grad(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Objective:
+    """Wrap ``loss(x, which) -> [k]`` (independent problems) as ``(x, which) -> (loss, d loss / d x)``."""
 
-    def f(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def f(x: torch.Tensor, which: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
-            value = loss(x)
+            value = loss(x, which)
             (grad,) = torch.autograd.grad(value.sum(), x)
         return value.detach(), grad
 
@@ -39,13 +40,14 @@ def batched_lbfgs(
     tol: float = 1e-6,
     max_backtracks: int = 30,
 ) -> tuple[Float[torch.Tensor, "batch m"], torch.Tensor]:
-    """Minimise ``batch`` independent smooth functions at once. ``objective(x)`` returns the values
-    ``[batch]`` and gradients ``[batch, m]``. A problem stops when its largest absolute gradient entry is
-    below ``tol``; the loop ends when all have stopped or after ``max_iter`` iterations. Returns the
-    solution and the number of iterations each problem ran."""
+    """Minimise ``batch`` independent smooth functions at once. ``objective(x, which)`` returns the values
+    and gradients of the problems ``which`` (indices into the batch) at ``x`` (their rows): only problems
+    still running are evaluated. A problem stops when its largest absolute gradient entry is below
+    ``tol``; the loop ends when all have stopped or after ``max_iter`` iterations. Returns the solution
+    and the number of iterations each problem ran."""
     x = x0.clone()
-    f, g = objective(x)
     batch = x.shape[0]
+    f, g = objective(x, torch.arange(batch, device=x.device))
     s_hist: list[torch.Tensor] = []
     y_hist: list[torch.Tensor] = []
     rho_hist: list[torch.Tensor] = []
@@ -82,8 +84,12 @@ def batched_lbfgs(
         todo = active.clone()
         x_new, f_new, g_new = x.clone(), f.clone(), g.clone()
         for _ in range(max_backtracks):
-            trial = x + t[:, None] * d
-            f_t, g_t = objective(trial)
+            which = todo.nonzero().flatten()
+            trial = x[which] + t[which, None] * d[which]
+            f_w, g_w = objective(trial, which)
+            trial_full, f_t, g_t = x.clone(), f.clone(), g.clone()
+            trial_full[which], f_t[which], g_t[which] = trial, f_w, g_w
+            trial = trial_full
             ok = todo & (f_t <= f + 1e-4 * t * slope) & torch.isfinite(f_t)
             x_new = torch.where(ok[:, None], trial, x_new)
             f_new = torch.where(ok, f_t, f_new)

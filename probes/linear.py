@@ -23,7 +23,8 @@ How it is computed here:
 - convergence: with d_model > n the problems are ill-conditioned and held-out accuracy depends on how far
   the solver goes. Measured on SmolLM2 (city_country, person_occupation; 30 layers): scikit-learn at its
   default tol 1e-4 is up to 2.6 points from its own converged optimum (tol 1e-8); the defaults here
-  (``max_iter=150``, gradient ``tol=1e-6``) are within 1 point of that optimum on every layer.
+  (``max_iter=150``, gradient ``tol=1e-5`` in the scaled coordinates) are within 0.42 / 0.52 points of
+  that optimum on every layer (median 126 / 110 iterations per problem).
 - accuracy: pooled held-out predictions of stratified k-fold, with a 95% Wilson interval.
 """
 
@@ -239,7 +240,7 @@ class ProbeConfig(Result):
     folds: int = 5
     l2: float = 1e-3
     max_iter: int = 150
-    tol: float = 1e-6
+    tol: float = 1e-5
     control: bool = True
     seed: int = 0
 
@@ -292,24 +293,23 @@ def fit_logistic(
     penalty = l2 / curvature  # ||W||^2 = sum_j ||u_j||^2 / curvature_j
     del z, kernel, gram
     tasks, problems, r = labels.shape[0], x.shape[0], feats.shape[-1]
-    weights = (w / n_train[:, None])[None, :, :]  # mean over each problem's training rows
-    target = labels[:, None, :, None].expand(tasks, problems, labels.shape[1], 1)
+    weights = w / n_train[:, None]  # [P, n]: mean over each problem's training rows
     size = r * n_classes
 
     def unpack(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        flat = flat.view(tasks, problems, size + n_classes)
-        return flat[..., :size].reshape(tasks, problems, r, n_classes), flat[..., size:]
+        return flat[..., :size].reshape(*flat.shape[:-1], r, n_classes), flat[..., size:]
 
-    def loss(flat: torch.Tensor) -> torch.Tensor:
-        u, b = unpack(flat)
-        logits = torch.einsum("pnr,tprc->tpnc", feats, u) + b[:, :, None, :]
-        nll = -logits.log_softmax(-1).gather(-1, target).squeeze(-1)  # [T, P, n]
-        per_problem = (nll * weights).sum(-1) + (penalty[None, :, :, None] * u * u).sum((-1, -2))
-        return per_problem.reshape(-1)
+    def loss(flat: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
+        """Objective of problems ``which`` (index = task * problems + problem)."""
+        u, b = unpack(flat)  # [k, r, c], [k, c]
+        task, problem = which // problems, which % problems
+        logits = torch.einsum("knr,krc->knc", feats[problem], u) + b[:, None, :]
+        nll = -logits.log_softmax(-1).gather(-1, labels[task][..., None]).squeeze(-1)  # [k, n]
+        return (nll * weights[problem]).sum(-1) + (penalty[problem][..., None] * u * u).sum((-1, -2))
 
     x0 = torch.zeros(tasks * problems, size + n_classes, device=x.device)
     solution, _ = batched_lbfgs(value_and_grad(loss), x0, max_iter=max_iter, tol=tol)
-    u, b = unpack(solution)
+    u, b = unpack(solution.view(tasks, problems, size + n_classes))
     with torch.no_grad():
         logits = torch.einsum("pnr,tprc->tpnc", feats, u) + b[:, :, None, :]
         basis = zt.transpose(-1, -2) @ (evecs.float() * scale[:, None, :])  # [P, d, r] = V / sqrt(curv.)

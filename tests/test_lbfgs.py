@@ -16,8 +16,8 @@ def test_batched_quadratics_reach_their_closed_form_each_at_its_own_pace():
     a = q @ torch.diag_embed(spectra) @ q.transpose(-1, -2)
     b = torch.randn(batch, m, generator=g, dtype=torch.float64)
 
-    def loss(x: torch.Tensor) -> torch.Tensor:
-        return 0.5 * torch.einsum("bi,bij,bj->b", x, a, x) - (b * x).sum(-1)
+    def loss(x: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
+        return 0.5 * torch.einsum("bi,bij,bj->b", x, a[which], x) - (b[which] * x).sum(-1)
 
     x, iters = batched_lbfgs(
         value_and_grad(loss), torch.zeros(batch, m, dtype=torch.float64), tol=1e-8, max_iter=1000
@@ -35,9 +35,13 @@ def test_batched_equals_one_problem_at_a_time():
     y = (torch.rand(3, 40, generator=g) > 0.5).double()
 
     def make(rows: slice):
-        def loss(w: torch.Tensor) -> torch.Tensor:
-            z = torch.einsum("bnd,bd->bn", x_data[rows], w)
-            return torch.nn.functional.softplus(z).mean(-1) - (y[rows] * z).mean(-1) + 1e-2 * (w * w).sum(-1)
+        def loss(w: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
+            z = torch.einsum("bnd,bd->bn", x_data[rows][which], w)
+            return (
+                torch.nn.functional.softplus(z).mean(-1)
+                - (y[rows][which] * z).mean(-1)
+                + 1e-2 * (w * w).sum(-1)
+            )
 
         return value_and_grad(loss)
 
