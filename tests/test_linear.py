@@ -15,7 +15,6 @@ from probes.linear import (
     ProbeDataError,
     ProbeDataset,
     collect_activations,
-    fit_logistic,
     fit_probes,
     fit_probes_on,
     load_probe_dataset,
@@ -25,6 +24,7 @@ from probes.linear import (
     transfer,
     wilson_interval,
 )
+from probes.logistic import fit_logistic
 
 PLANT_LAYER = 5
 
