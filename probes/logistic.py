@@ -13,7 +13,7 @@ standard deviation: scikit-learn's ``LogisticRegression(C = 1 / (2 * l2 * n_trai
   ``(k-1)/k`` of the rows, so its coordinates are ``((k-1)/k)^2`` of the full-data fit's);
 - all problems run through one L-BFGS that keeps each problem's own history, step and stopping test
   (``probes.lbfgs``), with the analytic gradient and no copy of the data while the running set stays
-  large.
+  large; the tasks of a problem (a probe and its shuffled-label control) read its features once.
 """
 
 from __future__ import annotations
@@ -89,27 +89,35 @@ class _Bucket:
         self.directions = evecs.float() * (inv_s / curvature.sqrt())[:, None, :]  # [Pb, m, m]
         self.feats = kernel @ self.directions  # [Pb, n, m] = z V / sqrt(curvature), all rows
         penalty = l2 / curvature  # ||W||^2 = sum_j ||u_j||^2 / curvature_j
-        rows = labels[:, self.order[:, :m]]  # [T, Pb, m]
-        onehot = torch.nn.functional.one_hot(rows, n_classes).to(z.dtype)
-        self.rows = _RowCache((self.feats[:, :m], w / n_train[:, None], penalty), onehot, len(train))
+        rows = labels[:, self.order[:, :m]].permute(1, 2, 0)  # [Pb, m, T]
+        onehot = torch.nn.functional.one_hot(rows, n_classes).to(z.dtype)  # [Pb, m, T, c]
+        self.rows = _RowCache((self.feats[:, :m], w / n_train[:, None], penalty, onehot))
 
     def objective(self, flat: torch.Tensor, which: torch.Tensor, width: int, n_classes: int):
         """Value and analytic gradient of the bucket's problems ``which`` (task * Pb + problem) from the
-        padded parameter rows ``flat`` (``width`` coordinates per class, then the bias)."""
-        where, (f, wt, pen, oh) = self.rows(which)
-        if where is not None:  # evaluate the whole held set, the problems not asked for at zero
-            flat = flat.new_zeros(len(f), flat.shape[-1]).index_copy_(0, where, flat)
-        u = flat[:, : width * n_classes].view(-1, width, n_classes)[:, : self.m]
-        b = flat[:, width * n_classes :]
-        logp = torch.baddbmm(b[:, None, :], f, u).log_softmax(-1)  # [k, m, c]
-        value = -((oh * logp).sum(-1) * wt).sum(-1) + (pen[..., None] * u * u).sum((-1, -2))
-        g_logits = (logp.exp() - oh) * wt[..., None]
-        grad = flat.new_zeros(flat.shape)
-        grad[:, : width * n_classes].view(-1, width, n_classes)[:, : self.m] = (
-            torch.bmm(f.transpose(1, 2), g_logits) + 2 * pen[..., None] * u
+        padded parameter rows ``flat`` (``width`` coordinates per class, then the bias). The tasks of a
+        problem share its features: they are read once for all tasks, with the tasks not asked for at zero."""
+        problems = self.feats.shape[0]
+        task, problem = which // problems, which % problems
+        held, (f, wt, pen, oh) = self.rows(torch.unique(problem))
+        pos = torch.searchsorted(held, problem)
+        h, m, tasks = len(held), self.m, oh.shape[2]
+        u = flat.new_zeros(h, m, tasks, n_classes)
+        u[pos, :, task] = flat[:, : width * n_classes].view(-1, width, n_classes)[:, :m]
+        b = flat.new_zeros(h, tasks, n_classes)
+        b[pos, task] = flat[:, width * n_classes :]
+        logits = torch.bmm(f, u.view(h, m, tasks * n_classes)).view(h, m, tasks, n_classes) + b[:, None]
+        logp = logits.log_softmax(-1)
+        value = -((oh * logp).sum(-1) * wt[..., None]).sum(1) + (pen[..., None, None] * u * u).sum((1, 3))
+        g_logits = (logp.exp() - oh) * wt[..., None, None]  # [h, m, T, c]
+        g_u = torch.bmm(f.transpose(1, 2), g_logits.view(h, m, tasks * n_classes)).view(
+            h, m, tasks, n_classes
         )
-        grad[:, width * n_classes :] = g_logits.sum(1)
-        return (value, grad) if where is None else (value[where], grad[where])
+        g_u += 2 * pen[..., None, None] * u
+        grad = flat.new_zeros(flat.shape)
+        grad[:, : width * n_classes].view(-1, width, n_classes)[:, :m] = g_u[pos, :, task]
+        grad[:, width * n_classes :] = g_logits.sum(1)[pos, task]
+        return value[pos, task], grad
 
 
 class _RowCache:
@@ -117,29 +125,24 @@ class _RowCache:
     L-BFGS asks for its running set over and over (a set that shrinks one problem at a time) and, in
     between, for the few problems still backtracking. Two gathered sets are kept, a large and a small one;
     one serves while the problems asked for are at least ``keep`` of it (the others are evaluated at zero
-    and dropped). While every problem of a single task runs, the stored tensors serve as they are."""
+    and dropped). While every problem runs, the stored tensors serve as they are."""
 
-    def __init__(self, data, onehot, problems: int, keep: float = 0.7) -> None:
-        self.data, self.onehot, self.problems, self.keep = data, onehot, problems, keep
-        self.held: list[tuple[torch.Tensor, tuple[torch.Tensor, ...]]] = []  # (sorted indices, rows)
+    def __init__(self, data: tuple[torch.Tensor, ...], keep: float = 0.7) -> None:
+        self.data, self.keep = data, keep
+        self.held: list[tuple[torch.Tensor, tuple[torch.Tensor, ...]]] = []  # (sorted problems, rows)
 
-    def __call__(self, which: torch.Tensor) -> tuple[torch.Tensor | None, tuple[torch.Tensor, ...]]:
-        """``(where, rows)``: the rows of a held set and the positions of ``which`` in it (``None``: all
-        of it, in order)."""
+    def __call__(self, wanted: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """``(held, rows)``: a held set of problems that contains the sorted ``wanted``, and its rows."""
         for held, rows in self.held:
-            if len(held) >= len(which) >= self.keep * len(held):
-                where = torch.searchsorted(held, which).clamp(max=len(held) - 1)
-                if bool((held[where] == which).all()):
-                    return (None if len(which) == len(held) else where), rows
-        task, problem = which // self.problems, which % self.problems
-        if len(which) == self.problems and bool((task == 0).all()):
-            picked = self.data
-        else:
-            picked = tuple(t[problem] for t in self.data)
-        entry = (which.clone(), (*picked, self.onehot[task, problem]))
-        large = [h for h in self.held if len(h[0]) > len(which)]
+            if len(held) >= len(wanted) >= self.keep * len(held):
+                where = torch.searchsorted(held, wanted).clamp(max=len(held) - 1)
+                if bool((held[where] == wanted).all()):
+                    return held, rows
+        everything = len(wanted) == len(self.data[0])
+        entry = (wanted.clone(), self.data if everything else tuple(t[wanted] for t in self.data))
+        large = [h for h in self.held if len(h[0]) > len(wanted)]
         self.held = [entry, *large[:1]] if large else [entry, *self.held[1:2]]
-        return None, entry[1]
+        return entry
 
 
 def fit_logistic(
