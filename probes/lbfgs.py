@@ -44,9 +44,9 @@ def batched_lbfgs(
     """Minimise ``batch`` independent smooth functions at once. ``objective(x, which)`` returns the values
     and gradients of the problems ``which`` (indices into the batch) at ``x`` (their rows): only problems
     still running are evaluated. A problem stops when its largest absolute gradient entry is below
-    ``tol`` or when its line search fails; the loop ends when all have stopped or after ``max_iter`` iterations. The state of the
-    stopped problems is dropped once the running ones are fewer than ``compact`` of it. Returns the
-    solution and the number of iterations each problem ran."""
+    ``tol`` or when its line search fails; the loop ends when all have stopped or after ``max_iter``
+    iterations. The state of the stopped problems is dropped once the running ones are fewer than
+    ``compact`` of it. Returns the solution and the number of iterations each problem ran."""
     out = x0.clone()
     live = torch.arange(out.shape[0], device=out.device)  # the problems whose state is held below
     x = out.clone()

@@ -93,12 +93,12 @@ class _Bucket:
         onehot = torch.nn.functional.one_hot(rows, n_classes).to(z.dtype)  # [Pb, m, T, c]
         self.rows = _RowCache((self.feats[:, :m], w / n_train[:, None], penalty, onehot))
 
-    def objective(self, flat: torch.Tensor, which: torch.Tensor, width: int, n_classes: int):
-        """Value and analytic gradient of the bucket's problems ``which`` (task * Pb + problem) from the
-        padded parameter rows ``flat`` (``width`` coordinates per class, then the bias). The tasks of a
-        problem share its features: they are read once for all tasks, with the tasks not asked for at zero."""
-        problems = self.feats.shape[0]
-        task, problem = which // problems, which % problems
+    def objective(
+        self, flat: torch.Tensor, task: torch.Tensor, problem: torch.Tensor, width: int, n_classes: int
+    ):
+        """Value and analytic gradient of the bucket's ``(task, problem)`` pairs from the padded parameter
+        rows ``flat`` (``width`` coordinates per class, then the bias). The tasks of a problem share its
+        features: they are read once for all tasks, with the tasks not asked for at zero."""
         held, (f, wt, pen, oh) = self.rows(torch.unique(problem))
         pos = torch.searchsorted(held, problem)
         h, m, tasks = len(held), self.m, oh.shape[2]
@@ -186,8 +186,9 @@ def fit_logistic(
         for i, b in enumerate(buckets):
             sel = (bucket_of[problem] == i).nonzero().flatten()
             if len(sel):
-                local = task[sel] * len(groups[i]) + position[problem[sel]]
-                value[sel], grad[sel] = b.objective(flat[sel], local, width, n_classes)
+                value[sel], grad[sel] = b.objective(
+                    flat[sel], task[sel], position[problem[sel]], width, n_classes
+                )
         return value, grad
 
     x0 = torch.zeros(tasks * problems, size, device=x.device)

@@ -126,7 +126,8 @@ def probe_fit(ctx: BenchContext) -> Case:
         sklearn_loop,
         batched,
         f"{len(ds)} items, {acts.shape[0]} layers x ({config.folds} folds + the full-data fit), "
-        f"{threads} threads; batched on 1 thread: {one_thread:.2f} s; largest per-layer distance from the converged optimum: batched {_gap(optimum, ours):.4f} "
+        f"{threads} threads; batched on 1 thread: {one_thread:.2f} s; largest per-layer distance from the "
+        f"converged optimum: batched {_gap(optimum, ours):.4f} "
         f"(max_iter {config.max_iter}, tol {config.tol:g}), scikit-learn {tried}; baseline = scikit-learn "
         f"at tol {tol:g}, timed on {sample.shape[0]} layers and scaled to {acts.shape[0]}; mean accuracy "
         f"optimum {mean_ref:.4f} vs batched {mean_ours:.4f}",
