@@ -10,13 +10,13 @@ text without the answers, then forget-QA again).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pandas as pd
 
-from probes.data import QA, Concept
+from probes.data import QA, Concept, split_sentences
+from probes.errors import ConceptFileError
 from probes.model import Model
 from probes.qa import QAScores, score_qa
 from probes.results import Result
@@ -34,17 +34,13 @@ REPHRASINGS = (
 ATTACKS = ("prefix", "in_context", "rephrased")
 
 
-def _sentences(text: str) -> list[str]:
-    return [s.strip() for s in re.split(r"(?<=[.!?])\s+", text) if s.strip()]
-
-
 def answer_free_text(
     concept: Concept, answers: Sequence[str] | None = None, max_chars: int | None = None
 ) -> str:
     """The concept's text without any sentence that contains one of ``answers`` (case-insensitive):
     material about the concept that does not give the evaluated answers away."""
     answers = [a.lower() for a in (answers if answers is not None else [q.answer for q in concept.qa])]
-    kept = [s for t in concept.text for s in _sentences(t) if not any(a in s.lower() for a in answers)]
+    kept = [s for t in concept.text for s in split_sentences(t) if not any(a in s.lower() for a in answers)]
     out = " ".join(kept)
     if max_chars is not None and len(out) > max_chars:
         out = out[:max_chars].rsplit(" ", 1)[0]
@@ -164,25 +160,26 @@ def relearn_attack(
     such unrelated-looking text; knowledge that is gone does not. ``model`` itself is never modified."""
     import torch
 
-    from analyses.unlearn import make_batch, sequence_nll, text_windows
+    from analyses.training import train
+    from analyses.unlearn.batches import make_batch, sequence_nll, text_windows
 
     text = answer_free_text(concept)
     if not text:
-        raise ValueError(f"concept {concept.concept!r} has no answer-free text to relearn from")
+        raise ConceptFileError(
+            f"concept {concept.concept!r} has no answer-free text to relearn from",
+            "its 'text' is empty, or every sentence of it contains one of the answers",
+            "add background text about the concept without its answers to the concept file, or turn the "
+            "relearning attack off (relearn_steps=0, --relearn-steps 0)",
+        )
     work = model.copy()
     examples = text_windows(work, [text], window)
     gen = torch.Generator().manual_seed(seed)
     params = [p for p in work.hf.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     work.hf.train(False)
-    for _ in range(steps):
+
+    def step_loss(step: int) -> torch.Tensor:
         pick = torch.randperm(len(examples), generator=gen)[:batch_size].tolist()
-        batch = make_batch(work, [examples[i] for i in pick])
-        with torch.enable_grad():
-            loss = sequence_nll(work, batch).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-    work.hf.zero_grad(set_to_none=True)
+        return sequence_nll(work, make_batch(work, [examples[i] for i in pick])).mean()
+
+    train(params, step_loss, steps, lr=lr, desc="relearn")
     return score_qa(work, concept.qa)

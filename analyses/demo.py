@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analyses.audit import AuditConfig, AuditResult, audit
-from analyses.report import audit_report, verdict_table
+from analyses.audit import AuditConfig, AuditResult, audit, audit_report, verdict_table
 from analyses.unlearn import UnlearnConfig, retain_qa_for, unlearn
 from probes.data import DEFAULT_CONCEPT_FILE, load_concept, load_concepts
 from probes.model import Model, load_model

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
+from analyses.training import train
 from probes.data import QA, Concept
 from probes.model import Model, cache_dir, load_model
 from probes.results import Result, atomic_write_text
@@ -250,11 +250,6 @@ def train_world_model(world: World, *, without_forget: bool = False, progress: b
     total = steps_per_epoch * cfg.epochs
     decay = [p for n, p in hf.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in hf.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr,
-        betas=(0.9, 0.98),
-    )
 
     def lr_at(step: int) -> float:
         if step < cfg.warmup_steps:
@@ -262,31 +257,37 @@ def train_world_model(world: World, *, without_forget: bool = False, progress: b
         t = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
         return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t))
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     gen = torch.Generator().manual_seed(cfg.seed)
+    order: list[int] = []
+
+    def step_loss(step: int) -> torch.Tensor:
+        s = (step - 1) % steps_per_epoch * cfg.batch_size
+        if s == 0:  # a new epoch: a new order of the documents
+            order[:] = torch.randperm(len(docs), generator=gen).tolist()
+        batch = [docs[i] for i in order[s : s + cfg.batch_size]]
+        width = max(len(d) for d in batch)
+        ids = torch.full((len(batch), width), tok.pad_token_id)
+        labels = torch.full((len(batch), width), -100)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, d in enumerate(batch):
+            ids[i, : len(d)] = torch.tensor(d)
+            labels[i, : len(d)] = torch.tensor(d)
+            mask[i, : len(d)] = 1
+        return hf(input_ids=ids, attention_mask=mask, labels=labels).loss
+
     hf.train()
-    bar = tqdm(total=total, desc="train world" + (" oracle" if without_forget else ""), disable=not progress)
-    for _ in range(cfg.epochs):
-        order = torch.randperm(len(docs), generator=gen).tolist()
-        for s in range(0, len(docs), cfg.batch_size):
-            batch = [docs[i] for i in order[s : s + cfg.batch_size]]
-            width = max(len(d) for d in batch)
-            ids = torch.full((len(batch), width), tok.pad_token_id)
-            labels = torch.full((len(batch), width), -100)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for i, d in enumerate(batch):
-                ids[i, : len(d)] = torch.tensor(d)
-                labels[i, : len(d)] = torch.tensor(d)
-                mask[i, : len(d)] = 1
-            loss = hf(input_ids=ids, attention_mask=mask, labels=labels).loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    bar.close()
+    train(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        step_loss,
+        total,
+        lr=cfg.lr,
+        schedule=lr_at,
+        betas=(0.9, 0.98),
+        clip_parameters=hf.parameters(),
+        desc="train world" + (" oracle" if without_forget else ""),
+        progress=progress,
+        show_loss=True,
+    )
     hf.eval()
     return Model(hf, tok, name="world-oracle" if without_forget else "world-full")
 

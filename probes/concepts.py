@@ -1,5 +1,5 @@
 """Concept vectors: the parametric knowledge traces of ConceptVectors (Hong et al. 2024, "Intrinsic
-Evaluation of Unlearning Using Parametric Knowledge Traces"; REFERENCES.md section 1).
+Evaluation of Unlearning Using Parametric Knowledge Traces"; docs/concept_vectors.md).
 
 A concept vector is one MLP value vector, row ``i`` of ``model.W_out(layer)``: what neuron ``i`` writes
 into the residual stream. This module
@@ -9,21 +9,20 @@ into the residual stream. This module
 - ``locate``s the vectors of a concept automatically and offline: the reference judged candidates by
   hand / GPT-4; we score (a) how strongly the projection promotes the concept's tokens and (b) the
   vector's direct effect on the concept's answers, minus its direct effect on unrelated answers (without
-  that subtraction the ranking picks generic output neurons of the last layers, REFERENCES.md section 1);
+  that subtraction the ranking picks generic output neurons of the last layers, docs/concept_vectors.md);
 - ``validate``s them causally (ablation or Gaussian noise, against as many random vectors of the same
-  layers) inside ``edited_vectors``, which always restores the exact weights. The reference perturbs
-  in place and never restores, so noise accumulates across concepts; we never do;
+  layers) inside ``probes.edits.edited_vectors``, which always restores the exact weights. The reference
+  perturbs in place and never restores, so noise accumulates across concepts; we never do;
 - ``compare``s the vectors of a base and an unlearned model (cosine, L2, top-k Jaccard, retained concept
   tokens).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import re
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pandas as pd
@@ -33,12 +32,11 @@ from tqdm.auto import tqdm
 
 from probes import hooks
 from probes.data import QA, Concept
-from probes.errors import MismatchError, VestigeError
-from probes.model import Model, model_fingerprint
+from probes.edits import VectorRef, as_refs, check_compatible, edited_vectors
+from probes.errors import VestigeError
+from probes.model import Model
 from probes.qa import answer_ids, answer_logprobs, score_qa
 from probes.results import Result
-
-VectorRef = tuple[int, int]  # (layer, neuron)
 
 # ---- vocabulary projection ---------------------------------------------------------------------------
 
@@ -107,9 +105,12 @@ def scan(
 
     Computed on the model's device in chunks of ``chunk`` vectors (None: a whole layer at once): peak
     memory is one ``[chunk, d_vocab]`` block of logits, and the result does not depend on ``chunk``. An
-    out-of-memory error halves the chunk and retries (``probes.chunks.run_chunked``). ``final_norm=True``
-    multiplies ``v`` by the final norm's weight (the reference projects the raw vector; REFERENCES.md
-    section 1)."""
+    out-of-memory error halves the chunk and retries (``probes.chunks.run_chunked``). The default is the
+    ConceptVectors reference projection (yihuaihong/ConceptVectors, ``forget.py`` / ``evaluate_util.py``:
+    the raw value vector times the output embedding, no final norm). ``final_norm=True`` multiplies ``v``
+    by the final norm's weight first (what the unembedding sees of it); that is not the reference's
+    projection and changes the top tokens a lot (SmolLM2: top-200 overlap with the reference 6-170 of
+    200)."""
     from probes.chunks import run_chunked
 
     layers = tuple(range(model.cfg.n_layers)) if layers is None else tuple(layers)
@@ -135,7 +136,8 @@ def scan(
 def top_tokens(
     model: Model, layer: int, neuron: int, k: int = 20, *, final_norm: bool = False
 ) -> list[tuple[str, float]]:
-    """The ``k`` tokens a value vector promotes most, decoded, with their projection scores."""
+    """The ``k`` tokens a value vector promotes most, decoded, with their projection scores (by default
+    the reference's raw projection, see ``scan``)."""
     v = value_vectors(model, layer, final_norm=final_norm)[neuron]
     top = torch.topk(v @ model.W_U.detach(), k)
     return [
@@ -264,12 +266,18 @@ def direct_effects(
 
 @torch.no_grad()
 def projection_scores(
-    model: Model, token_ids: Sequence[int], layers: Sequence[int] | None = None, *, top: int = 5
+    model: Model,
+    token_ids: Sequence[int],
+    layers: Sequence[int] | None = None,
+    *,
+    top: int = 5,
+    final_norm: bool = False,
 ) -> dict[int, Float[torch.Tensor, " d_mlp"]]:
     """How strongly each value vector's projection promotes ``token_ids``: the projection logits
-    ``(g * v) . W_U[:, t]`` standardised over the whole vocabulary (z-scores, exact from the mean and
-    covariance of the unembedding columns, no full projection needed), averaged over the ``top`` best
-    concept tokens of that vector."""
+    ``v . W_U[:, t]`` (the ConceptVectors reference projection; ``(g * v) . W_U[:, t]`` with
+    ``final_norm``) standardised over the whole vocabulary (z-scores, exact from the mean and covariance
+    of the unembedding columns, no full projection needed), averaged over the ``top`` best concept
+    tokens of that vector."""
     layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
     W_U = model.W_U.detach().float()
     mean = W_U.mean(1)
@@ -279,7 +287,7 @@ def projection_scores(
     q = max(1, min(top, len(token_ids)))
     out = {}
     for l in layers:
-        V = value_vectors(model, l, final_norm=True).float()
+        V = value_vectors(model, l, final_norm=final_norm).float()
         sd = ((V @ cov) * V).sum(-1).clamp_min(1e-12).sqrt()
         z = (V @ T) / sd[:, None]
         out[l] = z.topk(q, dim=-1).values.mean(-1)
@@ -303,17 +311,24 @@ def locate(
     unrelated: Sequence[QA] | None = None,
     projection_weight: float = 0.5,
     batch_size: int = 16,
+    final_norm: bool = False,
 ) -> LocateResult:
     """Rank value vectors for ``concept`` with no human or external judge.
 
     Two scores per vector:
 
-    - ``projection_score``: see ``projection_scores`` (concept tokens: ``concept_token_ids``);
+    - ``projection_score``: see ``projection_scores`` (concept tokens: ``concept_token_ids``), on the
+      ConceptVectors reference projection (raw value vector times the output embedding) unless
+      ``final_norm``; the final-norm weighting changes the top tokens a lot (SmolLM2: top-200 overlap
+      with the reference 6-170 of 200), so what is reported as ConceptVectors projections uses the
+      reference's;
     - ``effect_score``: mean direct effect on the concept's answers (``direct_effects``) minus the mean
       *absolute* direct effect on the unrelated answers (``unrelated``, default ``concept.unrelated_qa``).
-      The subtraction removes generic output neurons that move every answer (REFERENCES.md section 1);
-      the absolute value also removes neurons that push unrelated answers down (measured on SmolLM2,
-      Japan: target drop 2.12 vs 1.42 nats with the signed mean, unrelated drop about equal).
+      The subtraction removes generic output neurons that move every answer; the effect is a
+      direct-logit attribution, so it always goes through the final norm (that is the logit the model
+      computes, not a projection convention); the absolute value also removes neurons that push
+      unrelated answers down (measured on SmolLM2, Japan: target drop 2.12 vs 1.42 nats with the signed
+      mean, unrelated drop about equal).
 
     The ranking ``score`` is the robust z-score of ``effect_score`` plus ``projection_weight`` times the
     robust z-score of ``projection_score``; vectors with no positive specific effect are not returned."""
@@ -328,7 +343,7 @@ def locate(
         )
     de = direct_effects(model, concept.qa, layers, batch_size=batch_size)
     de_un = direct_effects(model, unrelated, layers, batch_size=batch_size) if unrelated else None
-    proj = projection_scores(model, tokens, layers)
+    proj = projection_scores(model, tokens, layers, final_norm=final_norm)
     effect = torch.stack(
         [de[l].mean(0) - (de_un[l].abs().mean(0) if de_un is not None else 0.0) for l in layers]
     ).cpu()
@@ -354,62 +369,11 @@ def locate(
 # ---- editing and validation --------------------------------------------------------------------------
 
 
-def _refs(vectors: Sequence[VectorRef] | Sequence[ConceptVector] | LocateResult) -> list[VectorRef]:
-    if isinstance(vectors, LocateResult):
-        return vectors.refs()
-    return [(v.layer, v.neuron) if isinstance(v, ConceptVector) else (int(v[0]), int(v[1])) for v in vectors]
-
-
-@dataclass(frozen=True)
-class EditInfo:
-    """What ``edited_vectors`` did: the mean of ``||noise|| / ||v||`` over the vectors (0 for ablation)."""
-
-    mode: str
-    n_vectors: int
-    noise_ratio: float
-
-
-@contextlib.contextmanager
-def edited_vectors(
-    model: Model,
-    vectors: Sequence[VectorRef] | Sequence[ConceptVector] | LocateResult,
-    mode: str = "ablate",
-    scale: float = 0.1,
-    seed: int = 0,
-) -> Iterator[EditInfo]:
-    """Ablate (zero) or add Gaussian noise ``N(0, scale^2 I)`` to value vectors inside the block, through
-    ``model.W_out`` (a view of the HF parameter). The original rows are restored bitwise on exit, also
-    when the block raises; every call draws fresh noise from ``seed``, so nothing accumulates."""
-    if mode not in ("ablate", "noise"):
-        raise VestigeError(f"unknown edit mode {mode!r}", None, "use mode='ablate' or mode='noise'")
-    refs = list(dict.fromkeys(_refs(vectors)))
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    saved: list[tuple[int, int, torch.Tensor]] = []
-    ratios = []
-    try:
-        with torch.no_grad():
-            for layer, neuron in refs:
-                row = model.W_out(layer)[neuron]
-                saved.append((layer, neuron, row.detach().clone()))
-                if mode == "ablate":
-                    row.zero_()
-                else:
-                    noise = torch.randn(row.shape, generator=gen, dtype=torch.float32) * scale
-                    noise = noise.to(row.device, row.dtype)
-                    ratios.append(float(noise.float().norm() / row.float().norm().clamp_min(1e-12)))
-                    row.add_(noise)
-        yield EditInfo(mode, len(refs), sum(ratios) / len(ratios) if ratios else 0.0)
-    finally:
-        with torch.no_grad():
-            for layer, neuron, original in reversed(saved):
-                model.W_out(layer)[neuron].copy_(original)
-
-
 def random_vectors(
     model: Model, vectors: Sequence[VectorRef] | Sequence[ConceptVector] | LocateResult, seed: int = 0
 ) -> list[VectorRef]:
     """A control set: for each vector, a random neuron of the same layer, none of them in ``vectors``."""
-    refs = _refs(vectors)
+    refs = as_refs(vectors)
     taken = set(refs)
     gen = torch.Generator().manual_seed(seed)
     out = []
@@ -425,7 +389,7 @@ def random_vectors(
 
 @dataclass(frozen=True)
 class Validation(Result):
-    """Causal validation of concept vectors (ConceptVectors, section 1 of REFERENCES.md).
+    """Causal validation of concept vectors (ConceptVectors, docs/concept_vectors.md).
 
     Drops are falls of the mean answer log-probability (nats, positive = worse); ``control_*`` come from
     as many random vectors of the same layers edited the same way."""
@@ -495,7 +459,7 @@ def validate(
     next to a seeded control of as many random vectors from the same layers. ``accuracy=False`` skips
     greedy decoding (accuracies are then NaN) and measures only the answer log-probabilities."""
     unrelated = concept.unrelated_qa if unrelated is None else tuple(unrelated)
-    refs = _refs(vectors)
+    refs = as_refs(vectors)
     control = random_vectors(model, refs, seed=seed)
     t0, u0, ta0, ua0 = _score(model, concept, unrelated, batch_size, accuracy)
     with edited_vectors(model, refs, mode, scale, seed) as info:
@@ -534,22 +498,18 @@ def compare(
     concept: Concept | None = None,
     final_norm: bool = False,
 ) -> pd.DataFrame:
-    """Per vector, base vs ``other`` (e.g. the unlearned model): cosine, L2 change, Jaccard of the two
-    top-``k`` token sets (``k`` at most a tenth of the vocabulary), and the share of the base's concept-related top tokens (``concept_token_ids``
-    of ``concept``) still in the other's top-``k`` (NaN when there were none or no concept is given).
-    Both vectors are compared in fp32, so a dtype difference is not reported as a change."""
-    fb, fo = model_fingerprint(base), model_fingerprint(other)
-    if fb != fo:
-        diff = [key for key in fb if fb[key] != fo[key]]
-        raise MismatchError(
-            "the two models cannot be compared vector by vector",
-            f"they differ in {diff}",
-            "compare a model with an unlearned copy of itself (same architecture and tokenizer)",
-        )
+    """Per vector, base vs ``other`` (e.g. the unlearned model): cosine (clamped to at most 1, as the
+    reference's ``evaluate_util.cosine_similarity``: identical vectors give 1.0, not 1.0000004), L2
+    change, Jaccard of the two top-``k`` token sets (``k`` at most a tenth of the vocabulary; the
+    reference's raw projection unless ``final_norm``), and the share of the base's concept-related top
+    tokens (``concept_token_ids`` of ``concept``) still in the other's top-``k`` (NaN when there were
+    none or no concept is given). Both vectors are compared in fp32, so a dtype difference is not
+    reported as a change."""
+    check_compatible(base, other, what="the two models")
     related = set(concept_token_ids(base, concept)) if concept is not None else set()
     k = min(k, max(1, base.cfg.d_vocab // 10))  # a top-k that is most of a small vocabulary says nothing
     rows = []
-    for layer, neuron in _refs(vectors):
+    for layer, neuron in as_refs(vectors):
         vb = base.W_out(layer)[neuron].detach().float()
         vo = other.W_out(layer)[neuron].detach().float().to(vb.device)
         pb = value_vectors(base, layer, final_norm=final_norm)[neuron].float() @ base.W_U.detach().float()
@@ -561,7 +521,7 @@ def compare(
             {
                 "layer": layer,
                 "neuron": neuron,
-                "cosine": float(torch.nn.functional.cosine_similarity(vb, vo, dim=0)),
+                "cosine": min(float(torch.nn.functional.cosine_similarity(vb, vo, dim=0)), 1.0),
                 "l2_change": float((vb - vo).norm()),
                 "jaccard": len(tb & to) / len(tb | to),
                 "concept_tokens_retained": len(rel & to) / len(rel) if rel else float("nan"),

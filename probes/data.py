@@ -1,19 +1,38 @@
-"""Concept files (DESIGN.md data contract): load, validate, pick one concept."""
+"""Concept files (the data contract of docs/data.md): load, check and pick one concept; where the bundled
+data live."""
 
 from __future__ import annotations
 
+import importlib.resources
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from probes.errors import ConceptFileError
 
-if TYPE_CHECKING:
-    from probes.model import Model
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+def _bundled_dir() -> Path:
+    """The folder of the bundled data: the installed package ``vestige_data`` (the repository's ``data/``,
+    mapped by pyproject.toml), or ``data/`` beside this package when running from a plain checkout."""
+    try:
+        return Path(str(importlib.resources.files("vestige_data")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "data"
+
+
+DATA_DIR = _bundled_dir()
 DEFAULT_CONCEPT_FILE = DATA_DIR / "concepts" / "concepts.json"
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences of ``text`` (split after . ! or ? followed by white space), white space normalised."""
+    return [s for s in re.split(r"(?<=[.!?])\s+", " ".join(text.split())) if s]
+
+
+def data_path(*parts: str) -> Path:
+    """A bundled data file, e.g. ``data_path("concepts", "concepts.json")``."""
+    return DATA_DIR.joinpath(*parts)
 
 
 @dataclass(frozen=True)
@@ -60,7 +79,14 @@ def _qa_list(raw: object, where: str, key: str, path: str) -> tuple[QA, ...]:
                 None,
                 "give a non-empty completion prompt and answer",
             )
-        items.append(QA(prompt, answer, item.get("type")))
+        kind = item.get("type")
+        if kind is not None and not isinstance(kind, str):
+            raise ConceptFileError(
+                f"{path}: {where}: {key}[{i}] has a 'type' that is not a string",
+                f"found {kind!r}"[:200],
+                'write the type as a short string, e.g. "type": "surname", or drop it (it is optional)',
+            )
+        items.append(QA(prompt, answer, kind))
     return tuple(items)
 
 
@@ -88,11 +114,24 @@ def parse_concept(obj: object, path: str = "<concept>", index: int = 0) -> Conce
             "every measurement of forgetting needs questions about the concept",
             "add at least one {prompt, answer} item the model answers before unlearning",
         )
+    name = obj["concept"]
+    if not isinstance(name, str) or not name.strip():
+        raise ConceptFileError(
+            f"{path}: {where}: 'concept' must be a non-empty string",
+            f"found {name!r}"[:200],
+            'write the name as a string, e.g. "concept": "Harry Potter"',
+        )
     text = obj.get("text", [])
     if isinstance(text, str):
         text = [text]
+    if not isinstance(text, list) or not all(isinstance(t, str) for t in text):
+        raise ConceptFileError(
+            f"{path}: {where}: 'text' must be a string or a list of strings",
+            f"found {text!r}"[:200],
+            'write "text": ["a paragraph about the concept", ...], or drop it (it is optional)',
+        )
     return Concept(
-        concept=str(obj["concept"]),
+        concept=name,
         qa=qa,
         text=tuple(str(t) for t in text),
         unrelated_qa=_qa_list(obj.get("unrelated_qa", []), where, "unrelated_qa", path),
@@ -103,6 +142,12 @@ def parse_concept(obj: object, path: str = "<concept>", index: int = 0) -> Conce
 def load_concepts(path: str | Path = DEFAULT_CONCEPT_FILE) -> list[Concept]:
     """All concepts of a concept file (one object or a list)."""
     path = Path(path)
+    if path.is_dir():
+        raise ConceptFileError(
+            f"concept file {str(path)!r} is a directory",
+            "a concept file is one JSON file",
+            f"pass the JSON file inside it to --concept-file; the bundled file is {DEFAULT_CONCEPT_FILE}",
+        )
     if not path.is_file():
         raise ConceptFileError(
             f"concept file {str(path)!r} does not exist",
@@ -111,6 +156,16 @@ def load_concepts(path: str | Path = DEFAULT_CONCEPT_FILE) -> list[Concept]:
         )
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConceptFileError(
+            f"{path}: not a UTF-8 text file",
+            f"byte {e.start} cannot be decoded ({e.reason})",
+            "save the concept file as UTF-8 JSON (docs/data.md)",
+        ) from e
+    except OSError as e:
+        raise ConceptFileError(
+            f"concept file {str(path)!r} cannot be read", e.strerror or str(e), "check its permissions"
+        ) from e
     except json.JSONDecodeError as e:
         raise ConceptFileError(
             f"{path}: invalid JSON at line {e.lineno}, column {e.colno}",
@@ -143,51 +198,3 @@ def load_concept(path: str | Path = DEFAULT_CONCEPT_FILE, name: str | None = Non
         f"the file has {names}" + (" ..." if len(concepts) > 12 else ""),
         "pass one of those names to --concept",
     )
-
-
-def validate_concept(model: Model, concept: Concept) -> Concept:
-    """Check that ``model``'s tokenizer can produce every answer of ``concept`` (``qa`` and
-    ``unrelated_qa``): its tokens, as they continue the prompt, must not hold the unknown token, must have
-    an output row in the model, and must decode (as completions are decoded, special tokens skipped) back to
-    the answer; prompt and answer must fit the context. Raises ``ConceptFileError`` naming the file, the
-    entry and the item; returns ``concept`` unchanged otherwise."""
-    from probes.qa import answer_ids, is_correct
-
-    tok = model.tokenizer
-    unk = getattr(tok, "unk_token_id", None)
-    d_vocab, n_ctx = model.cfg.d_vocab, model.cfg.n_ctx
-    where = f"{concept.source or '<concept>'}: entry {concept.concept!r}"
-    for key, items in (("qa", concept.qa), ("unrelated_qa", concept.unrelated_qa)):
-        for i, q in enumerate(items):
-            p_ids, a_ids = answer_ids(model, q.prompt, q.answer)
-            decoded = tok.decode(a_ids, skip_special_tokens=True)
-            problem = (
-                f"{where}: {key}[{i}]: the answer {q.answer!r} cannot be produced by the tokenizer of "
-                f"{model.name!r}"
-            )
-            fix = (
-                "write the answer as plain text the model can generate (no special-token markup, no characters "
-                "the tokenizer drops), or drop the item"
-            )
-            if not a_ids:
-                raise ConceptFileError(problem, "it tokenizes to no token at all", fix)
-            if unk is not None and unk in a_ids:
-                raise ConceptFileError(problem, f"its tokens {a_ids} contain the unknown token {unk}", fix)
-            if max(a_ids) >= d_vocab:
-                raise ConceptFileError(
-                    problem, f"token id {max(a_ids)} has no row in the model's {d_vocab}-row unembedding", fix
-                )
-            if not is_correct(decoded, q.answer):
-                raise ConceptFileError(
-                    problem,
-                    f"its tokens {a_ids} decode to {decoded!r}, so no greedy completion can start with it",
-                    fix,
-                )
-            if len(p_ids) + len(a_ids) > n_ctx:
-                raise ConceptFileError(
-                    f"{where}: {key}[{i}]: prompt and answer take {len(p_ids) + len(a_ids)} tokens, more "
-                    f"than the model's context of {n_ctx}",
-                    None,
-                    "shorten the prompt",
-                )
-    return concept

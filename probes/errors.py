@@ -21,7 +21,7 @@ class ModelLoadError(VestigeError):
 
 
 class ConceptFileError(VestigeError):
-    """A concept file does not follow the data contract (DESIGN.md)."""
+    """A concept file does not follow the data contract (docs/data.md)."""
 
 
 class MismatchError(VestigeError):

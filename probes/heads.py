@@ -1,26 +1,25 @@
 """Attention heads as units: naming, the two masking modes, and the ranking helpers shared by retrieval
 heads (Wu et al. 2024) and memory/context heads (Jin et al. 2024, PH3). See ``probes.retrieval`` and
-``probes.conflict`` for the two experiments.
+``probes.memory_heads`` for the two experiments.
 
-Masking modes (REFERENCES.md section 2):
+Masking modes (docs/retrieval_heads.md, docs/memory_heads.md):
 
 - ``uniform``: the head's pre-softmax scores (``hook_attn_scores``) are set to 0 over the keys its query
   may see, so it attends uniformly to them; positions the causal or padding mask hides stay masked.
   This is Wu et al.'s masking.
-- ``zero``: the head's output before ``W_O`` (``hook_z``) is set to 0 (PH3's pruning).
+- ``zero``: the head's output before ``W_O`` (``hook_z``) is set to 0 (PH3's pruning). The same edit as a
+  weight change (which also holds in copies of the model) is ``probes.edits.zeroed_heads``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from typing import Literal
 
 import torch
 from jaxtyping import Float
 
 from probes import hooks
-from probes.model import Model
 
 Head = tuple[int, int]
 MaskMode = Literal["uniform", "zero"]
@@ -92,26 +91,3 @@ def random_heads(
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(pool), generator=gen)[:k]
     return [pool[int(i)] for i in order]
-
-
-@contextmanager
-def zeroed_heads(model: Model, heads: Iterable[Head]) -> Iterator[None]:
-    """Zero the output-projection rows of ``heads`` (their slice of ``W_O``): the same function as zeroing
-    their ``hook_z`` (the attention output bias stays), but as a weight edit, so it also holds in copies of
-    the model (e.g. inside a relearning attack). Restored bitwise on exit, also on an exception or
-    KeyboardInterrupt."""
-    d_head = model.cfg.d_head
-    saved: list[tuple[torch.Tensor, torch.Tensor]] = []
-    try:
-        with torch.no_grad():
-            for layer, idx in sorted(by_layer(heads).items()):
-                w = model.W_O(layer)
-                for h in sorted(set(idx)):
-                    rows = w[h * d_head : (h + 1) * d_head]
-                    saved.append((rows, rows.clone()))
-                    rows.zero_()
-        yield
-    finally:
-        with torch.no_grad():
-            for rows, original in reversed(saved):
-                rows.copy_(original)

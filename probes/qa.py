@@ -1,6 +1,6 @@
 """Question answering on completion prompts: greedy accuracy and teacher-forced answer log-probability.
 
-The DESIGN.md contract: correct when the greedy continuation, stripped, starts with the answer
+The data contract (docs/data.md): correct when the greedy continuation, stripped, starts with the answer
 (case-insensitive); the answer's log-probability is summed over its tokens under teacher forcing.
 Batches are left-padded with padding-aware positions, so batched = one at a time.
 """
@@ -15,7 +15,8 @@ import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
-from probes.data import QA
+from probes.data import QA, Concept
+from probes.errors import ConceptFileError
 from probes.model import Model
 from probes.results import Result
 
@@ -132,3 +133,49 @@ def score_qa(
         correct=tuple(is_correct(c, a) for c, a in zip(completions, answers)),
         logprobs=tuple(float(x) for x in logprobs),
     )
+
+
+def validate_concept(model: Model, concept: Concept) -> Concept:
+    """Check that ``model``'s tokenizer can produce every answer of ``concept`` (``qa`` and
+    ``unrelated_qa``): its tokens, as they continue the prompt, must not hold the unknown token, must have
+    an output row in the model, and must decode (as completions are decoded, special tokens skipped) back to
+    the answer; prompt and answer must fit the context. Raises ``ConceptFileError`` naming the file, the
+    entry and the item; returns ``concept`` unchanged otherwise."""
+    tok = model.tokenizer
+    unk = getattr(tok, "unk_token_id", None)
+    d_vocab, n_ctx = model.cfg.d_vocab, model.cfg.n_ctx
+    where = f"{concept.source or '<concept>'}: entry {concept.concept!r}"
+    for key, items in (("qa", concept.qa), ("unrelated_qa", concept.unrelated_qa)):
+        for i, q in enumerate(items):
+            p_ids, a_ids = answer_ids(model, q.prompt, q.answer)
+            decoded = tok.decode(a_ids, skip_special_tokens=True)
+            problem = (
+                f"{where}: {key}[{i}]: the answer {q.answer!r} cannot be produced by the tokenizer of "
+                f"{model.name!r}"
+            )
+            fix = (
+                "write the answer as plain text the model can generate (no special-token markup, no characters "
+                "the tokenizer drops), or drop the item"
+            )
+            if not a_ids:
+                raise ConceptFileError(problem, "it tokenizes to no token at all", fix)
+            if unk is not None and unk in a_ids:
+                raise ConceptFileError(problem, f"its tokens {a_ids} contain the unknown token {unk}", fix)
+            if max(a_ids) >= d_vocab:
+                raise ConceptFileError(
+                    problem, f"token id {max(a_ids)} has no row in the model's {d_vocab}-row unembedding", fix
+                )
+            if not is_correct(decoded, q.answer):
+                raise ConceptFileError(
+                    problem,
+                    f"its tokens {a_ids} decode to {decoded!r}, so no greedy completion can start with it",
+                    fix,
+                )
+            if len(p_ids) + len(a_ids) > n_ctx:
+                raise ConceptFileError(
+                    f"{where}: {key}[{i}]: prompt and answer take {len(p_ids) + len(a_ids)} tokens, more "
+                    f"than the model's context of {n_ctx}",
+                    None,
+                    "shorten the prompt",
+                )
+    return concept

@@ -7,12 +7,28 @@ answer that must be copied from the needle. During greedy decoding, at every ste
 the KV cache, so each step computes one query row; argmax of scores = argmax of the pattern). If ``j``
 lies in the needle's answer span and the token at ``j`` is the token generated at this step, the head
 gets ``1 / len(span)``. Scores are averaged over the tests answered correctly (ROUGE-1 recall > 0.5 of
-the answer's words, as in the reference; exact containment is reported too). A head scoring >= 0.1 is a
-retrieval head. The bridge exposes one attention row per *query* head, so grouped-query models
-(SmolLM2: 9 query / 3 key-value heads) need no mapping here.
+the answer's words, as in the reference; exact containment is reported too). A head scoring *more than*
+0.1 is a retrieval head (the paper's rule, "retrieval score larger than 0.1"; a head at exactly 0.1 is
+not one). The bridge exposes one attention row per *query* head, so grouped-query models (SmolLM2:
+9 query / 3 key-value heads) need no mapping here.
 
-Deviations, on purpose: ROUGE-1 is computed without a stemmer (lower-cased word tokens); masking (both
-modes, see ``probes.heads``) acts on the decode steps only, as the reference's does.
+The decoding protocol is the reference's (nightdessert/Retrieval_Head, ``retrieval_head_detection.py``):
+up to 50 new tokens, and decoding stops after the first generated token that holds a newline (the
+reference stops on the newline token; with a BPE vocabulary that is every token containing ``"\n"``), so
+an answer the model repeats on the next line is not counted twice. The answer span is the answer's
+tokens *as they occur in the context*, including a leading-space piece the tokenizer splits off (SmolLM2
+writes " 2,450" as ``" "``, ``"2"``, ``","``, ...): the reference tokenizes the answer with a
+SentencePiece tokenizer, which prepends that space itself, so its span holds the piece too.
+
+Deviations, on purpose, with their measured effect (SmolLM2, the bundled needles, lengths 500 and 1000,
+depths 0.1 / 0.5 / 0.9: 54 tests):
+
+- ROUGE-1 is computed without a stemmer (lower-cased alphanumeric word tokens, rouge_score's tokenizer
+  minus Porter stemming, so no extra dependency): the correct/incorrect verdict equals stemmed ROUGE on
+  all 54 tests.
+- decoding also stops at the end-of-sequence token (the reference decodes past it until a newline); the
+  scores are unchanged on the 54 tests (no head copies from the needle after EOS).
+- masking (both modes, see ``probes.heads``) acts on the decode steps only, as the reference's does.
 """
 
 from __future__ import annotations
@@ -30,7 +46,7 @@ from jaxtyping import Float
 from tqdm.auto import tqdm
 
 from probes import hooks
-from probes.data import DATA_DIR
+from probes.data import DATA_DIR, split_sentences
 from probes.errors import ContextLengthError, VestigeError
 from probes.heads import Head, MaskMode, mask_hooks, random_heads, top_heads
 from probes.model import Model
@@ -38,7 +54,8 @@ from probes.results import Result
 
 HAYSTACK_FILE = DATA_DIR / "haystack" / "haystack.txt"
 NEEDLES_FILE = DATA_DIR / "haystack" / "needles.json"
-RETRIEVAL_THRESHOLD = 0.1
+RETRIEVAL_THRESHOLD = 0.1  # a retrieval head scores strictly more than this
+MAX_NEW_TOKENS = 50  # the reference's decoding length
 _PLACEHOLDER = "\x00CONTEXT\x00"
 
 
@@ -89,10 +106,6 @@ def load_haystack(path: str | Path = HAYSTACK_FILE) -> str:
             f"haystack {str(path)!r} does not exist", None, f"pass a text file like {HAYSTACK_FILE}"
         )
     return path.read_text(encoding="utf-8")
-
-
-def split_sentences(text: str) -> list[str]:
-    return [s for s in re.split(r"(?<=[.!?])\s+", " ".join(text.split())) if s]
 
 
 def rouge1_recall(reference: str, candidate: str) -> float:
@@ -156,6 +169,13 @@ def build_test(
     a0 = (" " + needle.needle).lower().index(needle.answer.lower())
     a1 = a0 + len(needle.answer)
     inside = [k for k, (s, e) in enumerate(enc["offset_mapping"]) if s < a1 and e > a0]
+    # A leading-space piece split off the answer (" 2,450" -> " ", "2", ...) belongs to the span: a
+    # SentencePiece tokenizer, as in the reference, would have prepended it to the answer's first piece.
+    first = inside[0]
+    if first > 0 and enc["offset_mapping"][first - 1][1] == a0:
+        piece = tok.decode([enc["input_ids"][first - 1]])
+        if piece and piece.isspace():
+            inside.insert(0, first - 1)
     offset = len(special) + len(head)
     span = (offset + inside[0], offset + inside[-1] + 1)
     full = special + head + needle_ids + tail
@@ -197,12 +217,15 @@ def decode(
     span: tuple[int, int] | None = None,
     fwd_hooks: Sequence[tuple[str, Callable]] = (),
     argmax_out: list[torch.Tensor] | None = None,
+    stop_at_newline: bool = True,
 ) -> tuple[list[int], Float[torch.Tensor, "layers heads"]]:
     """Greedy decoding through the bridge with the KV cache. The prompt minus its last token is pre-filled;
     each decode step then feeds one token, so every attention row read is the current query's. With
     ``span``, returns per head the retrieval score of this test (sum of ``1/len(span)`` over copy steps);
     ``fwd_hooks`` act on the decode steps only (masking). ``argmax_out`` (a list) receives each step's
-    argmax key position per head, ``[layers, heads]``, when ``span`` is given."""
+    argmax key position per head, ``[layers, heads]``, when ``span`` is given. Decoding stops after EOS
+    and, with ``stop_at_newline`` (the reference's protocol), after a token holding a newline; the
+    stopping token is kept and scored, as in the reference."""
     cfg, br = model.cfg, model.bridge
     if len(ids) + max_new_tokens > cfg.n_ctx:
         raise ContextLengthError(
@@ -242,7 +265,7 @@ def decode(
                 hits += (inside & same).float() / (end - start)
             token = int(nxt)
             out.append(token)
-            if token == eos:
+            if token == eos or (stop_at_newline and "\n" in model.tokenizer.decode([token])):
                 break
             cur = nxt.view(1, 1)
     return out, hits
@@ -293,8 +316,8 @@ class RetrievalScores(Result):
 
     @property
     def retrieval_heads(self) -> list[Head]:
-        """Heads scoring >= the threshold, highest first."""
-        n = int((self.scores >= self.threshold).sum())
+        """Heads scoring more than the threshold (the paper's strict rule), highest first."""
+        n = int((self.scores > self.threshold).sum())
         return top_heads(self.scores, n)
 
     @property
@@ -328,16 +351,20 @@ def retrieval_scores(
     model: Model,
     tests: Sequence[NIAHTest],
     *,
-    max_new_tokens: int = 16,
+    max_new_tokens: int = MAX_NEW_TOKENS,
     threshold: float = RETRIEVAL_THRESHOLD,
+    stop_at_newline: bool = True,
     progress: bool = True,
 ) -> RetrievalScores:
-    """Retrieval scores of all heads from greedy decoding of ``tests`` (Wu et al. 2024)."""
+    """Retrieval scores of all heads from greedy decoding of ``tests`` (Wu et al. 2024), with the
+    reference's protocol by default (50 new tokens, newline stop; see the module docstring)."""
     cfg = model.cfg
     total = torch.zeros(cfg.n_layers, cfg.n_heads)
     outcomes = []
     for test in tqdm(tests, desc="niah", disable=not progress, leave=False):
-        tokens, hits = decode(model, test.ids, max_new_tokens, span=test.span)
+        tokens, hits = decode(
+            model, test.ids, max_new_tokens, span=test.span, stop_at_newline=stop_at_newline
+        )
         outcome = _outcome(model, test, tokens)
         outcomes.append(outcome)
         if outcome.correct:
@@ -352,13 +379,18 @@ def niah_outcomes(
     *,
     heads: Sequence[Head] = (),
     mode: MaskMode = "uniform",
-    max_new_tokens: int = 16,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    stop_at_newline: bool = True,
     progress: bool = True,
 ) -> list[NIAHOutcome]:
     """Answers to ``tests`` with ``heads`` masked in ``mode`` on the decode steps."""
     fwd = mask_hooks(heads, mode) if heads else []
     return [
-        _outcome(model, t, decode(model, t.ids, max_new_tokens, fwd_hooks=fwd)[0])
+        _outcome(
+            model,
+            t,
+            decode(model, t.ids, max_new_tokens, fwd_hooks=fwd, stop_at_newline=stop_at_newline)[0],
+        )
         for t in tqdm(tests, desc=f"niah mask {len(heads)}", disable=not progress, leave=False)
     ]
 
@@ -404,7 +436,7 @@ def masking_experiment(
     mode: MaskMode = "uniform",
     n_random: int = 2,
     seed: int = 0,
-    max_new_tokens: int = 16,
+    max_new_tokens: int = MAX_NEW_TOKENS,
     progress: bool = True,
 ) -> MaskingResult:
     """Mask the top ``fraction`` of heads by retrieval score, then as many random heads drawn outside the

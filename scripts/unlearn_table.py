@@ -72,7 +72,7 @@ def main() -> None:
                 evaluate_before=before,
                 progress=False,
             )
-            steps = r.steps if method != "needle" else f"{r.steps} / {len(r.params['needle_vectors'])}"
+            steps = r.steps if method != "needle" else f"{r.steps} / {len(r.params['options']['vectors'])}"
             row = {
                 "concept": concept.concept,
                 "method": method,

@@ -6,7 +6,7 @@ scored against the model:
 
 * ``completion`` -- greedy continuation of the prompt (left-padded batches);
 * ``correct`` -- the completion, stripped of whitespace, starts with ``answer``
-  (case-insensitive), as the data contract in ``DESIGN.md`` defines it;
+  (case-insensitive), as the data contract (docs/data.md) defines it;
 * ``answer_logprob`` -- sum of log p(answer tokens | prompt) under teacher forcing,
   the answer preceded by a space unless the prompt ends with whitespace.
 

@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-import analyses.audit as audit_mod
+import analyses.audit.stages as audit_stages
 from analyses.audit import AuditConfig, audit, verdict
-from analyses.interventions import check_compatible, patched_vectors, weights_checksum
 from probes.data import QA, Concept
+from probes.edits import check_compatible, edited_vectors, patched_vectors, weights_checksum
 from probes.errors import MismatchError
 
 TOY = Concept(
@@ -129,9 +129,9 @@ def test_audit_resumes_from_cache_and_is_deterministic(smol, tmp_path, monkeypat
         raise AssertionError("stage recomputed instead of read from the cache")
 
     with monkeypatch.context() as m:
-        m.setattr(audit_mod, "_behaviour", boom)
-        m.setattr(audit_mod, "_concept_vectors", boom)
-        m.setattr(audit_mod, "_interventions", boom)
+        m.setattr(audit_stages, "_behaviour", boom)
+        m.setattr(audit_stages, "_concept_vectors", boom)
+        m.setattr(audit_stages, "_interventions", boom)
         audit(smol, unlearned, TOY, config=cfg, out=tmp_path / "a", progress=False)
     assert (tmp_path / "a" / "audit.json").read_text() == text
     audit(smol, unlearned, TOY, config=cfg, out=tmp_path / "b", progress=False)
@@ -151,24 +151,23 @@ def test_trace_vectors_carry_the_concept_in_the_base_smollm2(smol):
     """The trace set the interventions ablate: zeroing it in the base (checked here independently, with
     ``edited_vectors`` on the base itself) takes forget accuracy to at most 25% of its start, while as many
     random value vectors leave it near its start; the base's weights come back bitwise."""
-    from probes import concepts as cv
     from probes.data import DEFAULT_CONCEPT_FILE, load_concept
     from probes.qa import score_qa
 
     concept = load_concept(DEFAULT_CONCEPT_FILE, "Albert Einstein")
     before = weights_checksum(smol)
-    traces = audit_mod._trace_vectors(smol, concept, [], AuditConfig())
+    traces = audit_stages._trace_vectors(smol, concept, [], AuditConfig())
     assert weights_checksum(smol) == before
     refs = [tuple(r) for r in traces["vectors"]]
     start = score_qa(smol, concept.qa).accuracy
     assert traces["reached"] and traces["base_forget_accuracy"] == start == 1.0
     assert len(refs) % 20 == 0 and len(set(refs)) == len(refs) <= 320
-    with cv.edited_vectors(smol, refs, mode="ablate"):
+    with edited_vectors(smol, refs, mode="ablate"):
         ablated = score_qa(smol, concept.qa).accuracy
     assert ablated == traces["base_forget_accuracy_when_ablated"] <= 0.25 * start
     g = torch.Generator().manual_seed(0)
     layers = torch.randint(0, smol.cfg.n_layers, (len(refs),), generator=g).tolist()
     neurons = torch.randint(0, smol.cfg.d_mlp, (len(refs),), generator=g).tolist()
-    with cv.edited_vectors(smol, list(zip(layers, neurons)), mode="ablate"):
+    with edited_vectors(smol, list(zip(layers, neurons)), mode="ablate"):
         assert score_qa(smol, concept.qa).accuracy >= 0.75 * start
     assert weights_checksum(smol) == before

@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from analyses.bench import BENCHMARKS, BenchContext, Case, benchmark, run_benchmarks
+from analyses.bench.harness import BENCHMARKS, BenchContext, Case, benchmark
+from analyses.bench.suite import run_benchmarks
 
 
 def test_harness_ratio_and_schema(tmp_path):

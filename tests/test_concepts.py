@@ -11,6 +11,7 @@ import torch
 
 from probes import concepts as C
 from probes.data import QA, Concept
+from probes.edits import edited_vectors
 from probes.qa import answer_ids, answer_logprobs
 
 UNRELATED = (
@@ -148,12 +149,12 @@ def _assert_same(model, snap):
 def test_edits_restore_bitwise_also_on_exception(gpt2):
     snap = _snapshot(gpt2)
     refs = [(3, 10), (3, 11), (9, 2000)]
-    with C.edited_vectors(gpt2, refs, "ablate"):
+    with edited_vectors(gpt2, refs, "ablate"):
         for l, i in refs:
             assert torch.count_nonzero(gpt2.W_out(l)[i]) == 0
     _assert_same(gpt2, snap)
 
-    with C.edited_vectors(gpt2, refs, "noise", scale=0.1, seed=3) as info:
+    with edited_vectors(gpt2, refs, "noise", scale=0.1, seed=3) as info:
         first = [gpt2.W_out(l)[i].clone() for l, i in refs]
     _assert_same(gpt2, snap)
     noise = [f - snap[f"transformer.h.{l}.mlp.c_proj.weight"][i] for f, (l, i) in zip(first, refs)]
@@ -165,12 +166,12 @@ def test_edits_restore_bitwise_also_on_exception(gpt2):
     assert float(noise[0].std()) == pytest.approx(0.1, rel=0.15)
 
     # the same seed gives the same edit again: nothing accumulates across calls
-    with C.edited_vectors(gpt2, refs, "noise", scale=0.1, seed=3):
+    with edited_vectors(gpt2, refs, "noise", scale=0.1, seed=3):
         again = [gpt2.W_out(l)[i].clone() for l, i in refs]
     assert all(torch.equal(a, b) for a, b in zip(first, again))
 
     with pytest.raises(RuntimeError, match="boom"):
-        with C.edited_vectors(gpt2, refs, "noise", scale=1.0):
+        with edited_vectors(gpt2, refs, "noise", scale=1.0):
             assert not torch.equal(gpt2.W_out(3)[10], snap["transformer.h.3.mlp.c_proj.weight"][10])
             raise RuntimeError("boom")
     _assert_same(gpt2, snap)
@@ -181,7 +182,7 @@ def test_edits_restore_on_llama_layout(smol):
     w = smol.hf.model.layers[20].mlp.down_proj.weight
     before = w.detach().clone()
     with pytest.raises(KeyError):
-        with C.edited_vectors(smol, [(20, 5)], "ablate"):
+        with edited_vectors(smol, [(20, 5)], "ablate"):
             assert torch.count_nonzero(w[:, 5]) == 0 and torch.equal(w[:, 6], before[:, 6])
             raise KeyError("x")
     assert torch.equal(w, before)
@@ -284,6 +285,7 @@ def test_concepts_command_writes_json_and_report(smol, tmp_path, monkeypatch):
     import json
 
     import analyses.cli as cli
+    from analyses.cli import common
 
     concept = SMOL_CONCEPTS[2]
     raw = {
@@ -293,7 +295,7 @@ def test_concepts_command_writes_json_and_report(smol, tmp_path, monkeypatch):
         "unrelated_qa": [{"prompt": q.prompt, "answer": q.answer} for q in concept.unrelated_qa],
     }
     (tmp_path / "c.json").write_text(json.dumps([raw]))
-    monkeypatch.setattr(cli, "_load", lambda spec, args: smol)
+    monkeypatch.setattr(common, "load", lambda spec, args: smol)
     rc = cli.main(
         ["concepts", "--concept-file", str(tmp_path / "c.json"), "--n", "3", "--out", str(tmp_path)]
     )

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from probes import conflict, heads, hooks, retrieval
+from probes import heads, hooks, memory_heads, retrieval
 from probes.data import QA
 
 NEEDLES = [
@@ -201,7 +201,7 @@ def test_random_heads_exclude_retrieval_heads():
 
 # ---- knowledge conflicts and patching -----------------------------------------------------------------
 def test_build_conflicts(gpt2):
-    cs = conflict.build_conflicts(gpt2, QAS)
+    cs = memory_heads.build_conflicts(gpt2, QAS)
     assert len(cs) >= 8
     by_answer = {q.answer: q.type for q in QAS}
     tok = gpt2.tokenizer
@@ -215,7 +215,7 @@ def test_build_conflicts(gpt2):
 
 def test_patching_every_head_reproduces_clean_logits(any_model):
     model = any_model
-    c = conflict.build_conflicts(model, QAS, max_items=1)[0]
+    c = memory_heads.build_conflicts(model, QAS, max_items=1)[0]
     clean, _ = model.tokenize([c.clean_prompt])
     corrupt, _ = model.tokenize([c.corrupt_prompt])
     names = hooks.all_layers(hooks.attn_z, model.cfg.n_layers)
@@ -223,7 +223,7 @@ def test_patching_every_head_reproduces_clean_logits(any_model):
         clean_logits, cache = hooks.run_with_cache(model, clean, names)
         corrupt_logits = model.bridge(corrupt)
     everything = heads.all_heads(model.cfg.n_layers, model.cfg.n_heads)
-    patched = conflict.patch_run(model, corrupt, cache, everything)
+    patched = memory_heads.patch_run(model, corrupt, cache, everything)
     same = (clean == corrupt)[0]  # where the tokens agree, all inputs to the position are now clean
     assert same[-1] and not same.all()
     assert torch.allclose(patched[0, same], clean_logits[0, same], atol=1e-4)
@@ -231,8 +231,8 @@ def test_patching_every_head_reproduces_clean_logits(any_model):
 
 
 def test_exact_patching_batches_equal_single_patches(gpt2):
-    cs = conflict.build_conflicts(gpt2, QAS, max_items=2)
-    eff = conflict.exact_patching(gpt2, cs, heads_per_batch=7, progress=False)
+    cs = memory_heads.build_conflicts(gpt2, QAS, max_items=2)
+    eff = memory_heads.exact_patching(gpt2, cs, heads_per_batch=7, progress=False)
     names = hooks.all_layers(hooks.attn_z, gpt2.cfg.n_layers)
     for layer, head in [(0, 0), (5, 3), (11, 11)]:
         total = 0.0
@@ -242,9 +242,10 @@ def test_exact_patching_batches_equal_single_patches(gpt2):
             mem, ctx = torch.tensor([c.memory_token]), torch.tensor([c.context_token])
             _, cache = hooks.run_with_cache(gpt2, clean, names)
             with torch.no_grad():
-                base = conflict.metric(gpt2.bridge(corrupt), mem, ctx)
+                base = memory_heads.metric(gpt2.bridge(corrupt), mem, ctx)
             total += float(
-                conflict.metric(conflict.patch_run(gpt2, corrupt, cache, [(layer, head)]), mem, ctx) - base
+                memory_heads.metric(memory_heads.patch_run(gpt2, corrupt, cache, [(layer, head)]), mem, ctx)
+                - base
             )
         assert eff.effects[layer, head] == pytest.approx(total / len(cs), abs=1e-4)
 
@@ -252,8 +253,8 @@ def test_exact_patching_batches_equal_single_patches(gpt2):
 def test_attribution_is_the_first_order_effect(gpt2):
     """Patching a small fraction a of one head's clean-corrupt difference moves the metric by a x its
     attribution (finite differences)."""
-    cs = conflict.build_conflicts(gpt2, QAS, max_items=1)
-    attr = conflict.attribution_patching(gpt2, cs)
+    cs = memory_heads.build_conflicts(gpt2, QAS, max_items=1)
+    attr = memory_heads.attribution_patching(gpt2, cs)
     c = cs[0]
     clean, _ = gpt2.tokenize([c.clean_prompt])
     corrupt, _ = gpt2.tokenize([c.corrupt_prompt])
@@ -263,17 +264,20 @@ def test_attribution_is_the_first_order_effect(gpt2):
     _, corrupt_cache = hooks.run_with_cache(gpt2, corrupt, names)
     a = 1e-2
     with torch.no_grad():
-        base = float(conflict.metric(gpt2.bridge(corrupt), mem, ctx))
+        base = float(memory_heads.metric(gpt2.bridge(corrupt), mem, ctx))
     layer, head = heads.top_heads(attr.effects.abs(), 1)[0]
     mixed = {n: corrupt_cache[n] + a * (clean_cache[n] - corrupt_cache[n]) for n in names}
-    moved = float(conflict.metric(conflict.patch_run(gpt2, corrupt, mixed, [(layer, head)]), mem, ctx)) - base
+    moved = (
+        float(memory_heads.metric(memory_heads.patch_run(gpt2, corrupt, mixed, [(layer, head)]), mem, ctx))
+        - base
+    )
     assert moved / a == pytest.approx(float(attr.effects[layer, head]), rel=0.05, abs=1e-4)
     assert attr.corrupt_metric == pytest.approx(base, abs=1e-3)
 
 
 def test_conflict_rates_match_per_prompt_forward(smol):
-    cs = conflict.build_conflicts(smol, QAS)
-    rates = conflict.conflict_rates(smol, cs, batch_size=4)
+    cs = memory_heads.build_conflicts(smol, QAS)
+    rates = memory_heads.conflict_rates(smol, cs, batch_size=4)
     mem = ctx = 0
     with torch.no_grad():
         for c in cs:
@@ -290,9 +294,9 @@ def test_conflict_rates_match_per_prompt_forward(smol):
 def test_attribution_agrees_with_exact_patching_smollm2(smol):
     from scipy.stats import spearmanr
 
-    cs = conflict.build_conflicts(smol, QAS, max_items=4)
-    exact = conflict.exact_patching(smol, cs, heads_per_batch=54, progress=False)
-    attr = conflict.attribution_patching(smol, cs)
+    cs = memory_heads.build_conflicts(smol, QAS, max_items=4)
+    exact = memory_heads.exact_patching(smol, cs, heads_per_batch=54, progress=False)
+    attr = memory_heads.attribution_patching(smol, cs)
     rho = spearmanr(exact.effects.flatten().numpy(), attr.effects.flatten().numpy()).statistic
     assert rho >= 0.7
     assert exact.clean_metric == pytest.approx(attr.clean_metric, abs=1e-3)
@@ -301,9 +305,9 @@ def test_attribution_agrees_with_exact_patching_smollm2(smol):
 def test_zero_baseline_is_the_pruning_effect(gpt2):
     """Exact zero-baseline effect of a head = metric(clean) - metric(clean with that head zeroed), the
     same hooks conflict_rates prunes with; attribution-zero is its first-order estimate (finite diffs)."""
-    cs = conflict.build_conflicts(gpt2, QAS, max_items=2)
-    eff = conflict.exact_patching(gpt2, cs, baseline="zero", heads_per_batch=5, progress=False)
-    attr = conflict.attribution_patching(gpt2, cs, baseline="zero")
+    cs = memory_heads.build_conflicts(gpt2, QAS, max_items=2)
+    eff = memory_heads.exact_patching(gpt2, cs, baseline="zero", heads_per_batch=5, progress=False)
+    attr = memory_heads.attribution_patching(gpt2, cs, baseline="zero")
     assert eff.method == "exact-zero" and attr.method == "attribution-zero"
     for layer, head in [(0, 1), (6, 4), (11, 7)]:
         total = 0.0
@@ -311,15 +315,15 @@ def test_zero_baseline_is_the_pruning_effect(gpt2):
             ids, _ = gpt2.tokenize([c.clean_prompt])
             mem, ctx = torch.tensor([c.memory_token]), torch.tensor([c.context_token])
             with torch.no_grad():
-                clean = conflict.metric(gpt2.bridge(ids), mem, ctx)
+                clean = memory_heads.metric(gpt2.bridge(ids), mem, ctx)
                 pruned = hooks.run_with_hooks(gpt2, ids, heads.mask_hooks([(layer, head)], "zero"))
-            total += float(clean - conflict.metric(pruned, mem, ctx))
+            total += float(clean - memory_heads.metric(pruned, mem, ctx))
         assert eff.effects[layer, head] == pytest.approx(total / len(cs), abs=1e-4)
     # first order: scaling one head's output by (1 - a) moves the metric by -a x its attribution
     c = cs[0]
     ids, _ = gpt2.tokenize([c.clean_prompt])
     mem, ctx = torch.tensor([c.memory_token]), torch.tensor([c.context_token])
-    one = conflict.attribution_patching(gpt2, [c], baseline="zero")
+    one = memory_heads.attribution_patching(gpt2, [c], baseline="zero")
     layer, head = heads.top_heads(one.effects.abs(), 1)[0]
     a = 1e-2
 
@@ -329,9 +333,9 @@ def test_zero_baseline_is_the_pruning_effect(gpt2):
         return z
 
     with torch.no_grad():
-        base = float(conflict.metric(gpt2.bridge(ids), mem, ctx))
+        base = float(memory_heads.metric(gpt2.bridge(ids), mem, ctx))
         moved = float(
-            conflict.metric(hooks.run_with_hooks(gpt2, ids, [(hooks.attn_z(layer), shrink)]), mem, ctx)
+            memory_heads.metric(hooks.run_with_hooks(gpt2, ids, [(hooks.attn_z(layer), shrink)]), mem, ctx)
         )
     assert (base - moved) / a == pytest.approx(float(one.effects[layer, head]), rel=0.05, abs=1e-4)
 
@@ -343,9 +347,9 @@ def test_pruning_memory_and_context_heads_moves_the_rate_smollm2(smol):
     from probes.data import load_concepts
 
     items = [q for c in load_concepts() for q in c.qa]
-    locate, evaluate = conflict.split(conflict.build_conflicts(smol, items, max_items=40))
-    effects = conflict.attribution_patching(smol, locate, baseline="zero")
-    p = conflict.pruning_experiment(smol, effects, evaluate, k=5)
+    locate, evaluate = memory_heads.split(memory_heads.build_conflicts(smol, items, max_items=40))
+    effects = memory_heads.attribution_patching(smol, locate, baseline="zero")
+    p = memory_heads.pruning_experiment(smol, effects, evaluate, k=5)
     assert p.memory_pruned.memory_rate < p.baseline.memory_rate - 0.1
     assert p.context_pruned.memory_rate > p.baseline.memory_rate + 0.1
     assert p.memory_pruned.mean_metric < p.baseline.mean_metric < p.context_pruned.mean_metric
@@ -355,9 +359,9 @@ def test_pruning_memory_and_context_heads_moves_the_rate_smollm2(smol):
 def test_zero_attribution_agrees_with_exact_smollm2(smol):
     from scipy.stats import spearmanr
 
-    cs = conflict.build_conflicts(smol, QAS, max_items=4)
-    exact = conflict.exact_patching(smol, cs, baseline="zero", heads_per_batch=54, progress=False)
-    attr = conflict.attribution_patching(smol, cs, baseline="zero")
+    cs = memory_heads.build_conflicts(smol, QAS, max_items=4)
+    exact = memory_heads.exact_patching(smol, cs, baseline="zero", heads_per_batch=54, progress=False)
+    attr = memory_heads.attribution_patching(smol, cs, baseline="zero")
     rho = spearmanr(exact.effects.flatten().numpy(), attr.effects.flatten().numpy()).statistic
     assert rho >= 0.7
     assert exact.clean_metric == pytest.approx(attr.clean_metric, abs=1e-3)
@@ -394,7 +398,7 @@ def test_heads_command_memory(tmp_path):
 def test_zeroed_heads_equals_zero_mask_and_restores(any_model):
     """The weight edit (W_O rows zeroed) = zeroing hook_z, on GPT-2 and grouped-query Llama; restored
     bitwise, also when the body raises."""
-    from analyses.interventions import weights_checksum
+    from probes.edits import weights_checksum, zeroed_heads
 
     model = any_model
     ids, mask = model.tokenize(["The Eiffel Tower is in Paris. The Eiffel Tower is in"])
@@ -402,11 +406,11 @@ def test_zeroed_heads_equals_zero_mask_and_restores(any_model):
     with torch.no_grad():
         hooked = hooks.run_with_hooks(model, ids, heads.mask_hooks(chosen, "zero"), mask)
     before = weights_checksum(model)
-    with heads.zeroed_heads(model, chosen), torch.no_grad():
+    with zeroed_heads(model, chosen), torch.no_grad():
         edited = model.forward(ids, mask).logits
     torch.testing.assert_close(edited, hooked, rtol=1e-4, atol=1e-4)
     assert weights_checksum(model) == before
-    with pytest.raises(KeyboardInterrupt), heads.zeroed_heads(model, chosen):
+    with pytest.raises(KeyboardInterrupt), zeroed_heads(model, chosen):
         assert float(model.W_O(2)[: model.cfg.d_head].abs().sum()) == 0.0
         raise KeyboardInterrupt
     assert weights_checksum(model) == before
@@ -418,7 +422,7 @@ def test_recall_attribution_is_the_first_order_ablation_effect(gpt2):
     from probes.qa import answer_ids
 
     item = QAS[0]
-    eff = conflict.recall_attribution(gpt2, [item])
+    eff = memory_heads.recall_attribution(gpt2, [item])
     layer, head = heads.top_heads(eff.abs(), 1)[0]
     pid, aid = answer_ids(gpt2, item.prompt, item.answer)
     ids = torch.tensor([pid])

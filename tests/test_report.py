@@ -8,8 +8,7 @@ import subprocess
 
 import pytest
 
-from analyses.audit import AuditResult
-from analyses.report import audit_report
+from analyses.audit import AuditResult, audit_report
 
 EVIL = "<script>document.title='pwned'</script>\"quoted\" & <b>bold</b>"
 

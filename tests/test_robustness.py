@@ -20,15 +20,16 @@ import pytest
 import torch
 
 import analyses.audit as audit_mod
+import analyses.audit.stages as audit_stages
 from analyses.html import Page
-from analyses.interventions import patched_vectors, weights_checksum
 from probes import concepts as C
 from probes.chunks import OutOfMemoryError, run_chunked
-from probes.data import QA, Concept, load_concept, load_concepts, validate_concept
+from probes.data import QA, Concept, load_concept, load_concepts
+from probes.edits import edited_vectors, patched_vectors, weights_checksum
 from probes.errors import ConceptFileError, ContextLengthError, MismatchError, ModelLoadError, NonFiniteError
 from probes.finite import check_activations, check_finite, first_nonfinite_layer
 from probes.model import Model, load_model
-from probes.qa import answer_logprobs, score_qa
+from probes.qa import answer_logprobs, score_qa, validate_concept
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -128,10 +129,11 @@ def test_answer_without_an_output_row(gpt2):
 
 def test_cli_audit_refuses_bad_answer_before_work(gpt2, tmp_path, monkeypatch, capsys):
     import analyses.cli as cli
+    from analyses.cli import common
 
     bad = dict(GOOD, qa=[{"prompt": "The chat ends with", "answer": "<|endoftext|>"}])
     path = _write(tmp_path / "c.json", bad)
-    monkeypatch.setattr(cli, "_load", lambda spec, args: gpt2)
+    monkeypatch.setattr(common, "load", lambda spec, args: gpt2)
     monkeypatch.setattr(audit_mod, "audit", lambda *a, **k: pytest.fail("the audit ran"))
     code = cli.main(
         ["--no-progress", "audit", "--base", "x", "--unlearned", "y", "--concept-file", str(path)]
@@ -154,7 +156,7 @@ def test_different_shapes_refused_before_any_work(gpt2, tmp_path, monkeypatch):
     before any stage runs or any file is written."""
     tiny = _tiny_gpt2(gpt2.tokenizer)
     for stage in ("_behaviour", "_relearn", "_concept_vectors", "_lens", "_interventions"):
-        monkeypatch.setattr(audit_mod, stage, lambda *a, **k: pytest.fail("a stage ran"))
+        monkeypatch.setattr(audit_stages, stage, lambda *a, **k: pytest.fail("a stage ran"))
     with pytest.raises(MismatchError) as e:
         audit_mod.audit(gpt2, tiny, TOY, out=tmp_path / "out", progress=False)
     cause = e.value.cause
@@ -246,7 +248,7 @@ def test_nan_model_scores_raise_instead_of_a_nan_table(diverged):
 
 
 def test_audit_refuses_a_nan_model_before_any_work(gpt2, diverged, tmp_path, monkeypatch):
-    monkeypatch.setattr(audit_mod, "_behaviour", lambda *a, **k: pytest.fail("a stage ran"))
+    monkeypatch.setattr(audit_stages, "_behaviour", lambda *a, **k: pytest.fail("a stage ran"))
     with pytest.raises(NonFiniteError, match=r"layer 5"):
         audit_mod.audit(gpt2, diverged, TOY, out=tmp_path / "out", progress=False)
     assert not (tmp_path / "out" / "stages").exists()
@@ -261,7 +263,7 @@ def test_keyboard_interrupt_inside_edits_restores_bitwise(gpt2, diverged):
     before = weights_checksum(gpt2)
     for mode in ("ablate", "noise"):
         with pytest.raises(KeyboardInterrupt):
-            with C.edited_vectors(gpt2, refs, mode, scale=1.0):
+            with edited_vectors(gpt2, refs, mode, scale=1.0):
                 assert weights_checksum(gpt2) != before
                 raise KeyboardInterrupt
         assert weights_checksum(gpt2) == before, mode
@@ -287,7 +289,7 @@ def test_interrupt_in_the_middle_of_applying_an_edit(gpt2, monkeypatch):
 
     monkeypatch.setattr(torch, "randn", randn)
     with pytest.raises(KeyboardInterrupt):
-        with C.edited_vectors(gpt2, refs, "noise", scale=1.0):
+        with edited_vectors(gpt2, refs, "noise", scale=1.0):
             pytest.fail("the block must not run")
     monkeypatch.undo()
     assert weights_checksum(gpt2) == before
@@ -482,7 +484,7 @@ def _audit_result_with_text(evil: str):
 
 
 def _concepts_page(evil: str) -> Page:
-    from analyses.concepts_cmd import ConceptReport, report_page
+    from analyses.concept_vectors import ConceptReport, report_page
 
     validation = dict.fromkeys(
         [
@@ -511,7 +513,7 @@ def _answers_page(evil: str) -> Page:
 
 
 def test_concept_names_qa_text_and_generations_are_escaped():
-    from analyses.report import audit_report
+    from analyses.audit import audit_report
 
     pages = [
         audit_report([_audit_result_with_text(EVIL)], labels=[EVIL]).render(),
@@ -536,7 +538,7 @@ def _chromium() -> str | None:
 def test_no_injected_element_in_headless_chromium(tmp_path):
     """Concept name, QA text (figure hover text), top tokens and generations with <script>, <img onerror>
     and quotes: Chromium's DOM holds no injected element and the title is untouched."""
-    from analyses.report import audit_report
+    from analyses.audit import audit_report
 
     pages = {
         "audit": audit_report([_audit_result_with_text(EVIL)], labels=[EVIL]),

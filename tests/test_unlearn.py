@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from analyses.unlearn import (
+    NeedleConfig,
     UnlearnConfig,
     UnlearnError,
     dpo_loss,
@@ -206,11 +207,13 @@ def test_checkpoint_reloads_with_identical_logits(ga_run, tmp_path):
 
 def test_needle_changes_only_the_named_vectors(gpt2):
     vectors = ((1, 5), (3, 100), (3, 7))
-    zero = unlearn(gpt2, CONCEPT, UnlearnConfig(method="needle", needle_vectors=vectors), progress=False)
+    zero = unlearn(
+        gpt2, CONCEPT, UnlearnConfig(method="needle", options=NeedleConfig(vectors=vectors)), progress=False
+    )
     noise = unlearn(
         gpt2,
         CONCEPT,
-        UnlearnConfig(method="needle", needle_vectors=vectors, needle_mode="noise"),
+        UnlearnConfig(method="needle", options=NeedleConfig(vectors=vectors, mode="noise")),
         progress=False,
     )
     base = gpt2.state_dict()
@@ -225,7 +228,7 @@ def test_needle_changes_only_the_named_vectors(gpt2):
         for k in base:
             if not k.endswith("mlp.c_proj.weight"):
                 assert torch.equal(base[k], new[k]), k
-    assert zero.params["needle_mode"] == "zero"
+    assert zero.params["options"]["mode"] == "ablate"
     for layer, n in vectors:
         assert not zero.model.W_out(layer)[n].any()
         # the noise has the vector's own norm (scale 1.0)
@@ -245,9 +248,9 @@ def test_needle_search_zeroes_located_vectors_until_the_answers_go_smollm2(smol)
 
     concept = load_concept(DEFAULT_CONCEPT_FILE, "Albert Einstein")
     retain_qa = retain_qa_for(load_concepts(DEFAULT_CONCEPT_FILE), concept)
-    cfg = UnlearnConfig(method="needle", needle_step=20, needle_max=200)
+    cfg = UnlearnConfig(method="needle", options=NeedleConfig(step=20, max_vectors=200))
     r = unlearn(smol, concept, cfg, retain_qa=retain_qa, progress=False)
-    edited = [tuple(v) for v in r.params["needle_vectors"]]
+    edited = [tuple(v) for v in r.params["options"]["vectors"]]
     assert r.passes(), (r.before, r.after)
     assert len(edited) == 20 * r.steps and len(edited) < 200 and r.stopped_early
     assert [c["vectors"] for c in r.checks] == [20 * (i + 1) for i in range(r.steps)]
@@ -279,7 +282,7 @@ def test_cli_unlearn_writes_checkpoint(tmp_path, capsys):
     )
     assert code == 0
     info = json.loads((out / "unlearn.json").read_text())
-    assert info["method"] == "npo" and info["steps"] == 2 and info["params"]["beta"] == 0.1
+    assert info["method"] == "npo" and info["steps"] == 2 and info["params"]["options"]["beta"] == 0.1
     assert (out / "model.safetensors").exists() and (out / "tokenizer_config.json").exists()
     assert "forget accuracy" in capsys.readouterr().out
     bad_vector = ["--method", "needle", "--needle-vectors", "99:0"]

@@ -3,7 +3,8 @@
 Each benchmark returns a baseline and a candidate callable; both get a warm-up and then the median of
 ``repeats`` timings. ``ratio`` is candidate/baseline for overheads (lower is better, e.g. hook caching vs
 a plain forward, target <= 1.15) and baseline/candidate for speed-ups (higher is better, e.g. batched vs
-naive, target >= 3). Later issues add entries with ``@benchmark``.
+naive, target >= 3). Entries register with ``@benchmark``, one module per topic in
+``analyses/bench/entries/``; ``analyses.bench.suite`` imports them and runs them.
 """
 
 from __future__ import annotations
@@ -13,13 +14,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
-from probes.results import Result, write_json
+from probes.results import Result
 
 
 @dataclass(frozen=True)
@@ -122,35 +121,6 @@ def run_case(bench: Benchmark, ctx: BenchContext, repeats: int = 5, warmup: int 
     b, c = statistics.median(base_t) * case.baseline_scale, statistics.median(cand_t)
     ratio = b / c if bench.higher_is_better else c / b
     return BenchResult(bench.name, ratio, bench.target, b, c, ctx.device, bench.higher_is_better, case.detail)
-
-
-def _load_entries() -> None:
-    """Import the modules that register benchmarks."""
-    import analyses.benches  # noqa: F401
-
-
-def run_benchmarks(
-    out: str | Path | None = None,
-    names: list[str] | None = None,
-    *,
-    ctx: BenchContext | None = None,
-    repeats: int = 5,
-    progress: bool = True,
-) -> list[BenchResult]:
-    """Run the registered benchmarks (all, or ``names``), write ``bench.json`` into ``out``."""
-    _load_entries()
-    ctx = ctx or BenchContext()
-    chosen = names or list(BENCHMARKS)
-    unknown = set(chosen) - set(BENCHMARKS)
-    if unknown:
-        raise KeyError(f"unknown benchmarks {sorted(unknown)}; available: {sorted(BENCHMARKS)}")
-    results = [
-        run_case(BENCHMARKS[n], ctx, repeats=repeats)
-        for n in tqdm(chosen, desc="bench", disable=not progress)
-    ]
-    if out is not None:
-        write_json(Path(out) / "bench.json", [r.to_dict() for r in results])
-    return results
 
 
 def table(results: list[BenchResult]) -> pd.DataFrame:

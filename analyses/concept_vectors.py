@@ -1,9 +1,9 @@
-"""``vestige concepts``: locate a concept's value vectors, validate them causally against a random
-control, write ``concepts.json`` and ``report.html`` (ConceptVectors, Hong et al. 2024)."""
+"""Concept vectors of one concept as a report: locate its value vectors, validate them causally against a
+random control, and write ``concepts.json`` and ``report.html`` (ConceptVectors, Hong et al. 2024). What
+``vestige concepts`` runs (``analyses.cli.concepts``)."""
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 
 from analyses.html import Page
 from probes import concepts as C
-from probes.data import DEFAULT_CONCEPT_FILE, Concept, load_concept
+from probes.data import Concept
 from probes.model import Model
 from probes.results import Result, write_json
 
@@ -122,35 +122,3 @@ def report_page(report: ConceptReport) -> Page:
 def write_outputs(report: ConceptReport, out: str | Path) -> tuple[Path, Path]:
     out = Path(out)
     return write_json(out / "concepts.json", report), report_page(report).write(out / "report.html")
-
-
-def add_parser(sub) -> None:
-    from analyses.cli import _add_model_args
-
-    p = sub.add_parser("concepts", help="locate + validate concept vectors; concepts.json + report.html")
-    p.add_argument("--model", default="smollm2-135m")
-    _add_model_args(p)
-    p.add_argument("--concept-file", default=str(DEFAULT_CONCEPT_FILE))
-    p.add_argument("--concept", default=None)
-    p.add_argument("--out", default="vestige-out/concepts")
-    p.add_argument("--n", type=int, default=10, help="number of vectors to locate")
-    p.add_argument("--mode", choices=["ablate", "noise"], default="ablate")
-    p.add_argument("--scale", type=float, default=0.1, help="noise standard deviation (mode noise)")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(run=run_cli)
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    from analyses.cli import _load
-
-    concept = load_concept(args.concept_file, args.concept)
-    model = _load(args.model, args)
-    report = run_concept(model, concept, n=args.n, mode=args.mode, scale=args.scale, seed=args.seed)
-    js, page = write_outputs(report, args.out)
-    v = report.validation
-    print(
-        f"{concept.concept}: {len(report.vectors)} vectors; target drop {v['target_drop']:.3f}, "
-        f"unrelated drop {v['unrelated_drop']:.3f}, control drop {v['control_target_drop']:.3f}"
-    )
-    print(f"wrote {js} and {page}")
-    return 0

@@ -52,7 +52,7 @@ class Conflict:
 
 
 def conflict_prompt(prompt: str, counterfactual: str) -> str:
-    """The counterfactual stated once, then the prompt repeated (REFERENCES.md section 3)."""
+    """The counterfactual stated once, then the prompt repeated (docs/memory_heads.md)."""
     sep = "" if prompt[-1:].isspace() else " "
     return f"{prompt}{sep}{counterfactual}. {prompt}"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from analyses.bench import BenchContext, Case, benchmark
-from probes import conflict, retrieval
+from analyses.bench.harness import BenchContext, Case, benchmark
+from probes import memory_heads, retrieval
 from probes.data import QA
 
 _NEEDLES = [
@@ -57,13 +57,13 @@ def retrieval_decoding(ctx: BenchContext) -> Case:
 @benchmark("attribution_vs_exact_patching", target=20.0, higher_is_better=True)
 def attribution_vs_exact(ctx: BenchContext) -> Case:
     model = ctx.model
-    conflicts = conflict.build_conflicts(model, _QA, max_items=1 if ctx.quick else 2)
+    conflicts = memory_heads.build_conflicts(model, _QA, max_items=1 if ctx.quick else 2)
     n_heads = model.cfg.n_layers * model.cfg.n_heads
 
     def exact():
-        return conflict.exact_patching(model, conflicts, progress=False)
+        return memory_heads.exact_patching(model, conflicts, progress=False)
 
     def attribution():
-        return conflict.attribution_patching(model, conflicts)
+        return memory_heads.attribution_patching(model, conflicts)
 
     return Case(exact, attribution, f"{len(conflicts)} conflicts x {n_heads} heads")

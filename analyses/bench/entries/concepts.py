@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from analyses.bench import BenchContext, Case, benchmark
+from analyses.bench.harness import BenchContext, Case, benchmark
 from probes.concepts import scan
 
 CHUNK = 1024

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import pandas as pd
 import plotly.graph_objects as go
 
-from analyses.audit import VERDICT_RULE, AuditResult
+from analyses.audit.result import VERDICT_RULE, AuditResult
 from analyses.html import Page
 
 
@@ -21,7 +21,7 @@ def _fmt(x: float | None) -> str:
 
 
 def _label(r: AuditResult, label: str | None) -> str:
-    return label or r.concept
+    return label or r.label
 
 
 def _mean_attack(accs: dict) -> float:
@@ -216,6 +216,8 @@ def audit_report(
     page.paragraph("Rule: " + VERDICT_RULE, cls="note")
     for r, lab in zip(results, labels):
         page.paragraph(f"{lab}: {r.verdict} — " + "; ".join(r.reasons), cls=r.verdict)
+        for note in r.notes:
+            page.paragraph(f"{lab}: {note}", cls="note")
     page.heading("Behaviour before, after and under attack")
     page.figure(_behaviour_figure(results, labels))
     page.heading("Recovery: attacks before and after ablating the traces")

@@ -1,15 +1,16 @@
-"""``vestige heads --model M --kind retrieval|memory --out DIR``: head traces, masking and pruning.
+"""Head traces as experiments with typed configs (what ``vestige heads`` and the notebooks run).
 
 ``retrieval``: needle-in-a-haystack grid, retrieval scores of all heads (Wu et al. 2024), masking of the
 top 5% heads vs as many random non-retrieval heads, in both masking modes. ``memory``: knowledge
 conflicts from the concept QA, per-head patching effects on logit(memory) - logit(context) (PH3), pruning
-the top-k memory heads and the top-k context heads. Writes ``heads.json`` and ``report.html``.
+the top-k memory heads and the top-k context heads. ``write_heads`` writes ``heads.json`` and
+``report.html``.
 """
 
 from __future__ import annotations
 
-import argparse
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -17,41 +18,39 @@ import plotly.graph_objects as go
 import torch
 
 from analyses.html import Page
-from probes import conflict, retrieval
+from probes import memory_heads, retrieval
 from probes.data import DEFAULT_CONCEPT_FILE, load_concepts
 from probes.errors import VestigeError
 from probes.model import Model
-from probes.results import write_json
+from probes.results import Result, write_json
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--kind", choices=["retrieval", "memory"], required=True)
-    p.add_argument("--out", default="vestige-out/heads")
-    g = p.add_argument_group("retrieval")
-    g.add_argument("--haystack", default=str(retrieval.HAYSTACK_FILE))
-    g.add_argument("--needles", default=str(retrieval.NEEDLES_FILE))
-    g.add_argument("--lengths", type=int, nargs="+", default=[500, 1000], help="context lengths (tokens)")
-    g.add_argument("--depths", type=float, nargs="+", default=[0.1, 0.5, 0.9], help="needle depths in [0, 1]")
-    g.add_argument("--max-needles", type=int, default=None)
-    g.add_argument("--max-new-tokens", type=int, default=16)
-    g.add_argument("--no-chat", action="store_true", help="plain prompt instead of the chat template")
-    g.add_argument("--mask-fraction", type=float, default=0.05, help="share of heads masked (top and random)")
-    g.add_argument("--mask-modes", nargs="+", choices=["uniform", "zero"], default=["uniform", "zero"])
-    g.add_argument("--n-random", type=int, default=2, help="random-head draws for the control")
-    g.add_argument("--seed", type=int, default=0)
-    g = p.add_argument_group("memory")
-    g.add_argument("--concept-file", default=str(DEFAULT_CONCEPT_FILE))
-    g.add_argument("--max-conflicts", type=int, default=40)
-    g.add_argument("--k", type=int, default=10, help="heads pruned per kind")
-    g.add_argument("--method", choices=["exact", "attribution"], default="exact")
-    g.add_argument(
-        "--baseline",
-        choices=list(conflict.BASELINES),
-        default="zero",
-        help="head effect = clean minus head zeroed (default; what pruning removes) or clean -> corrupted "
-        "counterfactual patching (PH3's contrast)",
-    )
+@dataclass(frozen=True)
+class RetrievalExperiment(Result):
+    """Needle-in-a-haystack retrieval heads (Wu et al. 2024) and masking them against random heads."""
+
+    haystack: str = str(retrieval.HAYSTACK_FILE)
+    needles: str = str(retrieval.NEEDLES_FILE)
+    lengths: tuple[int, ...] = (500, 1000)  # context lengths (tokens)
+    depths: tuple[float, ...] = (0.1, 0.5, 0.9)  # needle depths in [0, 1]
+    max_needles: int | None = None
+    max_new_tokens: int | None = None  # None: the instrument's default (retrieval.retrieval_scores)
+    chat: bool = True  # the chat template (False: a plain prompt)
+    mask_fraction: float = 0.05  # share of heads masked (top and random)
+    mask_modes: tuple[str, ...] = ("uniform", "zero")
+    n_random: int = 2  # random-head draws for the control
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class MemoryExperiment(Result):
+    """Memory and context heads on knowledge conflicts (Jin et al. 2024, PH3) and pruning them."""
+
+    concept_file: str = str(DEFAULT_CONCEPT_FILE)
+    max_conflicts: int = 40
+    k: int = 10  # heads pruned per kind
+    method: str = "exact"  # "exact" or "attribution" patching
+    baseline: str = "zero"  # head effect = clean minus head zeroed, or "counterfactual" patching
 
 
 def heatmap(matrix: torch.Tensor, title: str, *, diverging: bool = False) -> go.Figure:
@@ -69,38 +68,45 @@ def bars(values: dict[str, float], title: str, yaxis: str) -> go.Figure:
     return fig
 
 
-def run_retrieval(model: Model, args: argparse.Namespace, progress: bool = True) -> tuple[dict, Page]:
-    needles = retrieval.load_needles(args.needles)[: args.max_needles]
-    haystack = retrieval.load_haystack(args.haystack)
-    tests = retrieval.build_tests(model, needles, haystack, args.lengths, args.depths, chat=not args.no_chat)
+def find_retrieval_heads(
+    model: Model, config: RetrievalExperiment | None = None, *, progress: bool = True
+) -> tuple[dict, Page]:
+    """Score every head on the needle grid, mask the top heads and random ones; returns the JSON result
+    and the report page."""
+    cfg = config or RetrievalExperiment()
+    lengths, depths = list(cfg.lengths), list(cfg.depths)
+    decode = {} if cfg.max_new_tokens is None else {"max_new_tokens": cfg.max_new_tokens}
+    needles = retrieval.load_needles(cfg.needles)[: cfg.max_needles]
+    haystack = retrieval.load_haystack(cfg.haystack)
+    tests = retrieval.build_tests(model, needles, haystack, lengths, depths, chat=cfg.chat)
     t0 = time.perf_counter()
-    scores = retrieval.retrieval_scores(model, tests, max_new_tokens=args.max_new_tokens, progress=progress)
+    scores = retrieval.retrieval_scores(model, tests, progress=progress, **decode)
     seconds = time.perf_counter() - t0
     if scores.n_correct == 0:
         raise VestigeError(
             f"the model answered none of the {len(tests)} needle tests",
             "retrieval scores are averaged over correctly answered tests only (Wu et al.)",
-            "use shorter --lengths, more --max-new-tokens, or try --no-chat / the chat template",
+            "use shorter lengths (--lengths), more new tokens (--max-new-tokens), or try --no-chat",
         )
     masking = {
         mode: retrieval.masking_experiment(
             model,
             tests,
             scores,
-            fraction=args.mask_fraction,
+            fraction=cfg.mask_fraction,
             mode=mode,
-            n_random=args.n_random,
-            seed=args.seed,
-            max_new_tokens=args.max_new_tokens,
+            n_random=cfg.n_random,
+            seed=cfg.seed,
             progress=progress,
+            **decode,
         )
-        for mode in args.mask_modes
+        for mode in cfg.mask_modes
     }
     s = scores.to_dict()
     top = scores.to_frame().head(20)
     result = {
         "kind": "retrieval",
-        "model": args.model,
+        "model": model.name,
         "scores": s["scores"],
         "threshold": s["threshold"],
         "retrieval_heads": s["retrieval_heads"],
@@ -109,20 +115,20 @@ def run_retrieval(model: Model, args: argparse.Namespace, progress: bool = True)
         "n_tests": s["n_tests"],
         "n_correct": s["n_correct"],
         "accuracy": s["accuracy"],
-        "masking": _masking_summary(masking[args.mask_modes[0]]),
+        "masking": _masking_summary(masking[cfg.mask_modes[0]]),
         "masking_by_mode": {m: r.to_dict() for m, r in masking.items()},
         "outcomes": s["outcomes"],
         "grid": {
-            "lengths": args.lengths,
-            "depths": args.depths,
+            "lengths": lengths,
+            "depths": depths,
             "needles": len(needles),
-            "chat": not args.no_chat,
+            "chat": cfg.chat,
         },
         "seconds_scoring": seconds,
     }
     page = Page(
-        f"Retrieval heads of {args.model}",
-        f"{len(tests)} needle tests ({len(needles)} needles x lengths {args.lengths} x depths {args.depths}); "
+        f"Retrieval heads of {model.name}",
+        f"{len(tests)} needle tests ({len(needles)} needles x lengths {lengths} x depths {depths}); "
         "Wu et al. 2024 retrieval score, averaged over the correctly answered tests.",
     )
     page.heading("Retrieval score per head")
@@ -165,32 +171,37 @@ def _masking_summary(r: retrieval.MaskingResult) -> dict:
     }
 
 
-def run_memory(model: Model, args: argparse.Namespace, progress: bool = True) -> tuple[dict, Page]:
-    items = [q for c in load_concepts(args.concept_file) for q in c.qa]
-    conflicts = conflict.build_conflicts(model, items, max_items=args.max_conflicts)
+def find_memory_heads(
+    model: Model, config: MemoryExperiment | None = None, *, progress: bool = True
+) -> tuple[dict, Page]:
+    """Build conflicts from the concept file, rank heads on half of them, prune the top memory and context
+    heads and measure on the other half; returns the JSON result and the report page."""
+    cfg = config or MemoryExperiment()
+    items = [q for c in load_concepts(cfg.concept_file) for q in c.qa]
+    conflicts = memory_heads.build_conflicts(model, items, max_items=cfg.max_conflicts)
     if len(conflicts) < 2:
         raise VestigeError(
-            f"only {len(conflicts)} knowledge conflicts could be built from {args.concept_file}",
+            f"only {len(conflicts)} knowledge conflicts could be built from {cfg.concept_file}",
             "a conflict needs two other answers of the same type with distinct first tokens and equal lengths",
             "use a concept file with more typed QA items",
         )
-    locate, evaluate = conflict.split(conflicts)
+    locate, evaluate = memory_heads.split(conflicts)
     t0 = time.perf_counter()
-    if args.method == "exact":
-        effects = conflict.exact_patching(model, locate, baseline=args.baseline, progress=progress)
+    if cfg.method == "exact":
+        effects = memory_heads.exact_patching(model, locate, baseline=cfg.baseline, progress=progress)
     else:
-        effects = conflict.attribution_patching(model, locate, baseline=args.baseline)
+        effects = memory_heads.attribution_patching(model, locate, baseline=cfg.baseline)
     seconds = time.perf_counter() - t0
-    pruning = conflict.pruning_experiment(model, effects, evaluate, k=args.k, n_locate=len(locate))
+    pruning = memory_heads.pruning_experiment(model, effects, evaluate, k=cfg.k, n_locate=len(locate))
     p = pruning.to_dict()
     result = {
         "kind": "memory",
-        "model": args.model,
-        "method": args.method,
-        "baseline": args.baseline,
+        "model": model.name,
+        "method": cfg.method,
+        "baseline": cfg.baseline,
         "effects": effects.effects.tolist(),
-        "memory_heads": [list(h) for h in effects.memory_heads(args.k)],
-        "context_heads": [list(h) for h in effects.context_heads(args.k)],
+        "memory_heads": [list(h) for h in effects.memory_heads(cfg.k)],
+        "context_heads": [list(h) for h in effects.context_heads(cfg.k)],
         "pruning": {
             k: p[k]
             for k in (
@@ -221,21 +232,21 @@ def run_memory(model: Model, args: argparse.Namespace, progress: bool = True) ->
         "seconds_patching": seconds,
     }
     page = Page(
-        f"Memory and context heads of {args.model}",
-        f"{len(conflicts)} knowledge conflicts from {Path(args.concept_file).name}: heads located on "
-        f"{len(locate)} by {args.method} patching, pruning measured on the other {len(evaluate)}.",
+        f"Memory and context heads of {model.name}",
+        f"{len(conflicts)} knowledge conflicts from {Path(cfg.concept_file).name}: heads located on "
+        f"{len(locate)} by {cfg.method} patching, pruning measured on the other {len(evaluate)}.",
     )
     page.heading("Effect of each head on logit(memory) - logit(context)")
     page.paragraph(
         "Patching a head's output from the conflict prompt into a prompt with a different counterfactual: "
         "positive (red) = memory head, negative (blue) = context head (Jin et al. 2024, PH3)."
     )
-    page.figure(heatmap(effects.effects, f"{args.method} patching effect (layer x head)", diverging=True))
+    page.figure(heatmap(effects.effects, f"{cfg.method} patching effect (layer x head)", diverging=True))
     frame = effects.to_frame().sort_values("effect")
-    page.table(pd.concat([frame.tail(args.k).iloc[::-1], frame.head(args.k)]))
+    page.table(pd.concat([frame.tail(cfg.k).iloc[::-1], frame.head(cfg.k)]))
     page.heading("Pruning")
     page.paragraph(
-        f"Top {args.k} memory heads and, separately, top {args.k} context heads zeroed (hook_z); rate = share of "
+        f"Top {cfg.k} memory heads and, separately, top {cfg.k} context heads zeroed (hook_z); rate = share of "
         "held-out conflicts whose next token is the memory (context) answer's first token."
     )
     page.figure(
@@ -266,27 +277,9 @@ def run_memory(model: Model, args: argparse.Namespace, progress: bool = True) ->
     return result, page
 
 
-def run(args: argparse.Namespace, model: Model) -> int:
-    progress = not getattr(args, "no_progress", False)
-    if args.kind == "retrieval":
-        result, page = run_retrieval(model, args, progress)
-    else:
-        result, page = run_memory(model, args, progress)
-    out = Path(args.out)
+def write_heads(result: dict, page: Page, out: str | Path) -> Path:
+    """``heads.json`` and ``report.html`` in ``out``."""
+    out = Path(out)
     write_json(out / "heads.json", result)
     page.write(out / "report.html")
-    if args.kind == "retrieval":
-        m = result["masking"]
-        print(
-            f"{len(result['retrieval_heads'])} retrieval heads ({result['share']:.1%}); NIAH accuracy "
-            f"{m['baseline_accuracy']:.2f}, top masked {m['top_masked_accuracy']:.2f}, "
-            f"random masked {m['random_masked_accuracy']:.2f}"
-        )
-    else:
-        p = result["pruning"]
-        print(
-            f"memory rate {p['baseline_memory_rate']:.2f}; memory heads pruned "
-            f"{p['memory_pruned_memory_rate']:.2f}; context heads pruned {p['context_pruned_memory_rate']:.2f}"
-        )
-    print(f"wrote {out}/heads.json and {out}/report.html")
-    return 0
+    return out

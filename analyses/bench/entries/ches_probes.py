@@ -8,13 +8,13 @@ import time
 
 import torch
 
-from analyses.bench import BenchContext, Case, benchmark
+from analyses.bench.harness import BenchContext, Case, benchmark
 from probes.ches import ches, ches_pairs
 from probes.linear import ProbeConfig, collect_activations, fit_probes_on, load_probe_dataset, subset
 
 
 def _ches_inputs(n: int) -> tuple[list[str], list[str], list[str]]:
-    """``n`` (prompt, true answer, refusal) triples, the DPO-IDK displacement check of REFERENCES.md 4."""
+    """``n`` (prompt, true answer, refusal) triples, the DPO-IDK displacement check of docs/ches.md."""
     cities = load_probe_dataset("city_country")
     step = max(1, len(cities) // n)
     idx = list(range(0, len(cities), step))[:n]

@@ -1,0 +1,33 @@
+"""The audit: is the concept removed from the unlearned model, or only suppressed? (docs/audit.md)
+
+``audit(base, unlearned, concept)`` runs, on both models: behaviour with attacks and relearning; concept
+vectors located on the base and compared on the unlearned (Hong et al. 2024); the logit lens of the
+answers; memory heads, linear probes and CHES; then interventions in the unlearned model (ablate the
+traces; patch them back from the base) and measures again. Each stage is cached as JSON in
+``out/stages`` under a key of the models' weights, the concept and the config, so an interrupted audit
+resumes where it stopped. The verdict rule is ``VERDICT_RULE`` (also printed in the report).
+
+Layout: ``config`` (AuditConfig), ``stages`` (one function per trace family), ``cache`` (the stage cache
+and the base-side memo), ``rule`` (the verdict), ``result`` (AuditResult), ``report`` (the HTML page),
+``runner`` (``audit``).
+"""
+
+from analyses.audit.cache import BASE_MEMO, BaseMemo, StageCache
+from analyses.audit.config import AuditConfig
+from analyses.audit.report import audit_report, verdict_table
+from analyses.audit.result import VERDICT_RULE, AuditResult
+from analyses.audit.rule import verdict
+from analyses.audit.runner import audit
+
+__all__ = [
+    "BASE_MEMO",
+    "VERDICT_RULE",
+    "AuditConfig",
+    "AuditResult",
+    "BaseMemo",
+    "StageCache",
+    "audit",
+    "audit_report",
+    "verdict",
+    "verdict_table",
+]

@@ -1,0 +1,41 @@
+"""What an audit measures and how hard it attacks (``AuditConfig``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from analyses.behaviour import ATTACKS
+from probes.results import Result
+
+
+@dataclass(frozen=True)
+class AuditConfig(Result):
+    n_vectors: int = 10
+    attacks: tuple[str, ...] = ATTACKS
+    relearn_steps: int = 10
+    relearn_lr: float = 3e-5
+    noise_scale: float = 0.1  # N(0, 0.1^2 I) as in ConceptVectors
+    head_top_k: int = 5
+    probe_dataset: str = "city_country"
+    probe_folds: int = 5
+    # Entities of the probe dataset that the unlearning targeted: their attribute is also probed by a probe
+    # fitted on the other entities of the same model (``probes.linear.split_accuracy``).
+    probe_forget_entities: tuple[str, ...] = ()
+    seed: int = 0
+    batch_size: int = 16
+    context_chars: int = 1200  # concept text placed before the question by the in-context attack
+    # The trace set the interventions ablate: located vectors zeroed in the *base*, ``trace_step`` at a
+    # time, until its forget accuracy is at most 25% of its start (at most ``trace_max``; 0: the
+    # ``n_vectors`` located ones). See ``_trace_vectors``.
+    trace_step: int = 20
+    trace_max: int = 320
+
+    @classmethod
+    def quick(cls, **overrides) -> AuditConfig:
+        """A first look in a few minutes on a CPU: 5 vectors, the prefix attack, 2 relearning steps, the
+        located vectors as the trace set (no trace search), 2 probe folds, 3 memory heads. Every stage still
+        runs; the full defaults attack harder and search the trace set."""
+        quick = dict(
+            n_vectors=5, attacks=("prefix",), relearn_steps=2, trace_max=0, probe_folds=2, head_top_k=3
+        )
+        return cls(**{**quick, **overrides})

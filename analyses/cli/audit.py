@@ -1,0 +1,72 @@
+"""``vestige audit --base M --unlearned M2``: removed or suppressed? Writes ``audit.json`` and
+``report.html``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from analyses.behaviour import ATTACKS
+from analyses.cli import common
+
+
+def register(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("audit", help="removed or suppressed? audit.json + report.html")
+    p.add_argument("--base", required=True, help="model spec of the original model")
+    p.add_argument("--unlearned", required=True, help="model spec of the unlearned model")
+    common.add_concept_args(p)
+    p.add_argument("--out", default="vestige-out/audit")
+    p.add_argument("--json", action="store_true", help="also print the audit's JSON summary on stdout")
+    p.add_argument(
+        "--n-vectors", type=common.positive_int, default=None, help="concept vectors to locate (default 10)"
+    )
+    p.add_argument(
+        "--relearn-steps",
+        type=common.non_negative_int,
+        default=None,
+        help="relearning attack steps (0: off; default 10)",
+    )
+    p.add_argument(
+        "--attacks", nargs="+", choices=ATTACKS, default=None, help="prompt attacks (default: all of them)"
+    )
+    p.add_argument(
+        "--trace-max",
+        type=common.non_negative_int,
+        default=None,
+        help="at most this many vectors in the searched trace set (0: the located vectors; default 320)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a first look in minutes: 5 vectors, the prefix attack, 2 relearning steps, no trace search",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    common.add_model_args(p, flag=None)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from analyses import audit as audit_mod
+    from probes.qa import validate_concept
+
+    concept = common.load_concept_from_args(args)
+    common.check_out_dir(args.out)
+    base, unlearned = common.load(args.base, args), common.load(args.unlearned, args)
+    validate_concept(base, concept)
+    given = {
+        "n_vectors": args.n_vectors,
+        "relearn_steps": args.relearn_steps,
+        "attacks": tuple(args.attacks) if args.attacks else None,
+        "trace_max": args.trace_max,
+    }
+    given = {k: v for k, v in given.items() if v is not None} | {"seed": args.seed}
+    cfg = audit_mod.AuditConfig.quick(**given) if args.quick else audit_mod.AuditConfig(**given)
+    result = audit_mod.audit(
+        base, unlearned, concept, config=cfg, out=args.out, progress=not args.no_progress
+    )
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(result.to_frame().to_string(index=False))
+        print(f"verdict: {result.verdict}\nwrote {args.out}/audit.json and {args.out}/report.html")
+    return 0
