@@ -77,6 +77,7 @@ _FAMILIES = {
     "gpt2": dict(
         layers="transformer.h",
         mlp_out="mlp.c_proj",
+        mlp_in=("mlp.c_fc",),  # Conv1D [d_model, d_mlp]: neuron i reads column i (and bias i)
         out_rows=True,
         attn_out="attn.c_proj",
         final_norm="transformer.ln_f",
@@ -85,6 +86,7 @@ _FAMILIES = {
     "llama": dict(
         layers="model.layers",
         mlp_out="mlp.down_proj",
+        mlp_in=("mlp.gate_proj", "mlp.up_proj"),  # Linear [d_mlp, d_model]: neuron i reads row i
         out_rows=False,
         attn_out="self_attn.o_proj",
         final_norm="model.norm",
@@ -198,6 +200,19 @@ class Model:
     def layer_module(self, layer: int, part: str) -> torch.nn.Module:
         """The HF submodule ``part`` (``mlp_out``, ``attn_out``, ``mlp_act``) of block ``layer``."""
         return _get(self.layers()[layer], self._paths[part])
+
+    def mlp_inputs(self, layer: int) -> list[torch.Tensor]:
+        """The parameters through which the neurons of layer ``layer`` read the residual stream, each as a
+        **view** with one row per neuron (``[d_mlp, ...]``): Llama's gate and up projections, GPT-2's
+        ``c_fc`` weight (transposed) and bias. With ``W_out`` these are everything a neuron owns: permuting
+        the rows of all of them together leaves the model's function unchanged."""
+        out = []
+        for path in self._paths["mlp_in"]:
+            module = _get(self.layers()[layer], path)
+            out.append(module.weight if not self._paths["out_rows"] else module.weight.T)
+            if getattr(module, "bias", None) is not None:
+                out.append(module.bias)
+        return out
 
     @property
     def final_norm(self) -> torch.nn.Module:

@@ -23,12 +23,25 @@ def verdict(
     if best_attack is not None:
         reasons.append(f"best attack {best_attack}: forget accuracy {attacked[best_attack]:.2f}")
     reasons.append(f"patching base concept vectors back: forget accuracy {patched:.2f}")
-    cos_present = vectors["mean_cosine"] >= 0.9
+    basis = vectors.get("basis", {"comparable": True})
+    # a per-index vector comparison says something only when the two models share a neuron basis (a
+    # fine-tuned copy, or a permuted one after re-alignment; not another training run)
+    cos_present = bool(basis["comparable"]) and vectors["mean_cosine"] >= 0.9
     excess = lens.get("unlearned_max_inner_excess_over_decoys", 1.0)
     if "present_layers" in lens:
         lens_present = bool(lens["present_layers"])
     else:  # a lens summary without per-layer decoys: the maxima over inner layers
         lens_present = lens["unlearned_max_inner_top10_share"] >= 0.5 and excess >= 0.25
+    if not basis["comparable"]:
+        reasons.append(
+            f"concept vectors not comparable: control neurons agree at median cosine {basis['agreement']:.2f} "
+            "(the models share no neuron basis), so the vector cosine does not vote"
+        )
+    elif basis.get("realigned"):
+        reasons.append(
+            f"the unlearned model's neurons were re-aligned to the base (a permutation: control cosine "
+            f"{basis['agreement']:.2f} -> {basis['agreement_after']:.2f})"
+        )
     reasons.append(
         f"concept vectors mean cosine {vectors['mean_cosine']:.3f}; logit lens top-10 share inside "
         f"{lens['unlearned_max_inner_top10_share']:.2f} (layer {lens['best_inner_layer']}), "

@@ -11,12 +11,14 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from analyses.audit import stages
 from analyses.audit.cache import BASE_MEMO, StageCache, stage_key
 from analyses.audit.config import AuditConfig
 from analyses.audit.report import audit_report
 from analyses.audit.result import AuditResult
 from analyses.audit.rule import verdict
 from analyses.behaviour import answer_free_text
+from probes.alignment import aligned_to
 from probes.data import QA, Concept
 from probes.edits import check_compatible, weights_checksum
 from probes.finite import check_finite
@@ -69,27 +71,34 @@ def audit(
         bar.update(1)
         return value
 
-    behaviour = run("behaviour", lambda: stages._behaviour(base, unlearned, concept, cfg, on_base))
-    relearn = run(
-        "relearn",
-        lambda: {
-            "base": on_base("relearn", lambda: stages._relearn(base, concept, cfg)),
-            "unlearned": stages._relearn(unlearned, concept, cfg),
-        },
-    )
-    vectors = run("concept_vectors", lambda: stages._concept_vectors(base, unlearned, concept, cfg, on_base))
-    lens = run("logit_lens", lambda: stages._lens(base, unlearned, concept, on_base))
-    heads = run("heads", lambda: stages._heads(base, unlearned, concept, retain, cfg, on_base))
-    probes = run("probes", lambda: stages._probes(base, unlearned, cfg, on_base)) if cfg.probe_dataset else {}
-    ches = run("ches", lambda: stages._ches(base, unlearned, concept, retain, cfg, on_base))
+    # A permuted copy (function unchanged) is put back into the base's neuron order for the stages that
+    # index weights; another training run cannot be, and its vector comparison is "not comparable".
+    with aligned_to(base, unlearned, seed=cfg.seed) as basis:
+        behaviour = run("behaviour", lambda: stages._behaviour(base, unlearned, concept, cfg, on_base))
+        relearn = run(
+            "relearn",
+            lambda: {
+                "base": on_base("relearn", lambda: stages._relearn(base, concept, cfg)),
+                "unlearned": stages._relearn(unlearned, concept, cfg),
+            },
+        )
+        vectors = run(
+            "concept_vectors", lambda: stages._concept_vectors(base, unlearned, concept, cfg, on_base)
+        )
+        lens = run("logit_lens", lambda: stages._lens(base, unlearned, concept, on_base))
+        heads = run("heads", lambda: stages._heads(base, unlearned, concept, retain, cfg, on_base))
+        probes = (
+            run("probes", lambda: stages._probes(base, unlearned, cfg, on_base)) if cfg.probe_dataset else {}
+        )
+        ches = run("ches", lambda: stages._ches(base, unlearned, concept, retain, cfg, on_base))
 
-    def interventions_stage() -> dict[str, Any]:
-        traces = None
-        if cfg.trace_max > 0:
-            traces = on_base("trace_vectors", lambda: stages._trace_vectors(base, concept, retain, cfg))
-        return stages._interventions(base, unlearned, concept, cfg, vectors["vectors"], heads, traces)
+        def interventions_stage() -> dict[str, Any]:
+            traces = None
+            if cfg.trace_max > 0:
+                traces = on_base("trace_vectors", lambda: stages._trace_vectors(base, concept, retain, cfg))
+            return stages._interventions(base, unlearned, concept, cfg, vectors["vectors"], heads, traces)
 
-    interventions = run("interventions", interventions_stage)
+        interventions = run("interventions", interventions_stage)
     bar.close()
 
     recovery = {"base": {}, "unlearned": {}, "unlearned_after_ablation": {}}
@@ -101,6 +110,7 @@ def audit(
             "relearn": relearn[who],
         }
     recovery["unlearned_after_ablation"] = interventions["ablate_traces"]
+    vectors = {**vectors, "basis": basis.to_dict()}
     v, reasons = verdict(behaviour, vectors, lens, recovery, interventions)
     summary = {
         "forget_accuracy": {
