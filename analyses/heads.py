@@ -134,7 +134,7 @@ def find_retrieval_heads(
     page.heading("Retrieval score per head")
     page.paragraph(
         f"{scores.n_correct}/{len(tests)} tests answered correctly (ROUGE-1 recall > 0.5). "
-        f"{len(scores.retrieval_heads)} of {scores.scores.numel()} heads ({scores.share:.1%}) score >= "
+        f"{len(scores.retrieval_heads)} of {scores.scores.numel()} heads ({scores.share:.1%}) score > "
         f"{scores.threshold} and are retrieval heads."
     )
     page.figure(heatmap(scores.scores, "retrieval score (layer x head)"))

@@ -8,8 +8,21 @@ With ``h_{x,z<k}`` the final hidden state (after the final norm: the vector the 
     CHES_x(y+, y-)       = <S+, S-> - ||S+||^2
     length-normalized    = <S+, S-> / (|y+| |y-|) - ||S+||^2 / |y+|^2
 
-The sum runs over the positions that predict the response tokens: from the last prompt token to the
-second-to-last position of the full sequence. Here those positions are computed from the attention mask,
+The response is taken to end with the end-of-sequence token, as in both reference scripts
+(princeton-nlp/unintentional-unalignment, ``ches/ches.py`` and ``compute_preference_similarity_per_example.py``):
+the sum runs over the positions that predict the response tokens *and* the EOS that closes it, from the
+last prompt token to the last response token, and ``|y|`` counts that EOS (``eos=True``, the default,
+what to use when comparing with the paper). The EOS itself is never fed: the hidden state that predicts
+it is the one at the last response token, which a causal model computes without seeing what follows.
+``eos=False`` sums one position fewer (only the response tokens, ``|y|`` without EOS); on the five
+chat-template SmolLM2 triples of ``tests/test_fidelity.py`` that changes raw CHES by 3-40% and
+length-normalized CHES by 9-190%. With ``eos=True`` vestige equals both reference rules on those
+triples to a relative 3e-14.
+
+Deviations, on purpose: the prompt and the response are tokenized separately (``pair_ids``: one space
+between them unless either side brings its own white space), where the reference tokenizes the
+concatenated text and cuts it at the prompt's length; the two agree whenever the boundary does not merge
+tokens (a chat-template prompt ends with a newline, so they always agree there). Positions are computed from the attention mask,
 so left and right padding give the same numbers (the reference is correct only with left padding), the
 hidden states come from one padding-aware forward pass of the HF base model (the same numbers as the
 ``ln_final.hook_out`` hook, without computing the logits), and the sums are accumulated in float64
@@ -66,15 +79,16 @@ def pair_ids(model: Model, prompt: str, response: str) -> tuple[list[int], list[
 
 
 def response_positions(
-    mask: Int[torch.Tensor, "batch pos"], prompt_lens: Int[torch.Tensor, " batch"]
+    mask: Int[torch.Tensor, "batch pos"], prompt_lens: Int[torch.Tensor, " batch"], *, eos: bool = True
 ) -> torch.Tensor:
     """Boolean ``[batch, pos]``: the positions whose hidden state predicts a response token, i.e. token
-    indices ``prompt_len - 1 .. len - 2`` of each unpadded sequence, located through the mask (so any
-    padding side works)."""
+    indices ``prompt_len - 1 .. len - 2`` of each unpadded sequence, plus ``len - 1`` (the state that
+    predicts the closing EOS) with ``eos``; located through the mask (so any padding side works)."""
     rank = mask.long().cumsum(-1) - 1  # index of each real token inside its own sequence
     length = mask.long().sum(-1, keepdim=True)
     start = prompt_lens.to(mask.device)[:, None] - 1
-    return mask.bool() & (rank >= start) & (rank <= length - 2)
+    last = length - 1 if eos else length - 2
+    return mask.bool() & (rank >= start) & (rank <= last)
 
 
 @torch.inference_mode()
@@ -93,10 +107,13 @@ def response_embeddings(
     *,
     batch_size: int = 16,
     padding_side: str = "left",
+    eos: bool = True,
     progress: bool = False,
 ) -> tuple[Float[torch.Tensor, "n d_model"], Int[torch.Tensor, " n"]]:
-    """``S = sum_k h_{x,z<k}`` (float64, CPU) and the response lengths ``|z|`` for each (prompt, response).
-    Identical sequences are run once; batches are sorted by length to keep padding small."""
+    """``S = sum_k h_{x,z<k}`` (float64, CPU) and the response lengths ``|z|`` for each (prompt, response);
+    with ``eos`` (the reference's protocol) the response ends with EOS: one more summed state and
+    ``|z|`` counts the EOS. Identical sequences are run once; batches are sorted by length to keep
+    padding small."""
     if len(prompts) != len(responses):
         raise CHESInputError(
             f"{len(prompts)} prompts but {len(responses)} responses",
@@ -108,13 +125,13 @@ def response_embeddings(
     tokenized = [pair_ids(model, p, r) for p, r in unique]
     order = sorted(range(len(unique)), key=lambda i: len(tokenized[i][0]) + len(tokenized[i][1]))
     sums = torch.zeros(len(unique), model.cfg.d_model, dtype=torch.float64)
-    lengths = torch.tensor([len(r) for _, r in tokenized], dtype=torch.long)
+    lengths = torch.tensor([len(r) + int(eos) for _, r in tokenized], dtype=torch.long)
     starts = range(0, len(order), batch_size)
     for start in tqdm(starts, desc="CHES", disable=not progress):
         chunk = order[start : start + batch_size]
         ids, mask = model.pad([tokenized[i][0] + tokenized[i][1] for i in chunk], padding_side=padding_side)
         prompt_lens = torch.tensor([len(tokenized[i][0]) for i in chunk], device=ids.device)
-        sel = response_positions(mask, prompt_lens)
+        sel = response_positions(mask, prompt_lens, eos=eos)
         h = final_hidden(model, ids, mask)
         summed = torch.where(sel[..., None], h.to(torch.float64), 0.0).sum(1)
         sums[chunk] = summed.cpu()
@@ -150,9 +167,11 @@ def ches_pairs(
     length_normalized: bool = False,
     batch_size: int = 16,
     padding_side: str = "left",
+    eos: bool = True,
     progress: bool = False,
 ) -> Float[torch.Tensor, " n"]:
-    """CHES_x(y+, y-) for each (prompt, preferred, dispreferred) triple, batched (float64, CPU)."""
+    """CHES_x(y+, y-) for each (prompt, preferred, dispreferred) triple, batched (float64, CPU); ``eos``
+    as in ``response_embeddings`` (default: the reference's EOS-terminated responses)."""
     n = len(prompts)
     if not (len(preferred) == len(dispreferred) == n):
         raise CHESInputError(
@@ -166,18 +185,27 @@ def ches_pairs(
         list(preferred) + list(dispreferred),
         batch_size=batch_size,
         padding_side=padding_side,
+        eos=eos,
         progress=progress,
     )
     return ches_from_sums(sums[:n], sums[n:], lengths[:n], lengths[n:], length_normalized=length_normalized)
 
 
 def ches(
-    model: Model, prompt: str, preferred: str, dispreferred: str, length_normalized: bool = False
+    model: Model,
+    prompt: str,
+    preferred: str,
+    dispreferred: str,
+    length_normalized: bool = False,
+    *,
+    eos: bool = True,
 ) -> float:
     """CHES_x(y+, y-) of one pair (Razin et al. 2024). High values: y- looks like y+ to the model, and
-    pushing y- down displaces likelihood away from y+."""
+    pushing y- down displaces likelihood away from y+. ``eos``: see ``response_embeddings``."""
     return float(
-        ches_pairs(model, [prompt], [preferred], [dispreferred], length_normalized=length_normalized)[0]
+        ches_pairs(
+            model, [prompt], [preferred], [dispreferred], length_normalized=length_normalized, eos=eos
+        )[0]
     )
 
 
@@ -254,9 +282,11 @@ def ches_matrix(
     *,
     batch_size: int = 16,
     padding_side: str = "left",
+    eos: bool = True,
     progress: bool = False,
 ) -> CHESMatrix:
-    """CHES for all forget x retain pairs from one forward per distinct sequence and a Gram matrix."""
+    """CHES for all forget x retain pairs from one forward per distinct sequence and a Gram matrix;
+    ``eos`` as in ``response_embeddings`` (default: the reference's EOS-terminated responses)."""
     f_items = tuple(_as_pair(x) for x in forget)
     r_items = tuple(_as_pair(x) for x in retain)
     items = f_items + r_items
@@ -266,6 +296,7 @@ def ches_matrix(
         [r for _, r in items],
         batch_size=batch_size,
         padding_side=padding_side,
+        eos=eos,
         progress=progress,
     )
     nf = len(f_items)

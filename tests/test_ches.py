@@ -34,11 +34,13 @@ DISPREFERRED = ["I don't know.", "Malfoy, of course, who lives in", "Saturn and 
 _NAIVE: dict[tuple, tuple[torch.Tensor, int]] = {}
 
 
-def naive_sum(model, prompt: str, response: str) -> tuple[torch.Tensor, int]:
-    """Sum of HF hidden_states[-1] over the positions predicting each response token, one at a time."""
-    key = (id(model), prompt, response)
+def naive_sum(model, prompt: str, response: str, eos: bool = True) -> tuple[torch.Tensor, int]:
+    """Sum of HF hidden_states[-1] over the positions predicting each response token, one at a time;
+    with ``eos`` (the default) also the one predicting the EOS appended after the response."""
+    key = (id(model), prompt, response, eos)
     if key not in _NAIVE:
         p, r = pair_ids(model, prompt, response)
+        r = r + [model.tokenizer.eos_token_id] if eos else r
         ids = torch.tensor([p + r])
         with torch.no_grad():
             h = model.hf(input_ids=ids, output_hidden_states=True).hidden_states[-1][0].double()
@@ -49,18 +51,19 @@ def naive_sum(model, prompt: str, response: str) -> tuple[torch.Tensor, int]:
     return _NAIVE[key]
 
 
-def naive_ches(model, prompt, pos, neg, normalized=False) -> float:
-    sp, lp = naive_sum(model, prompt, pos)
-    sn, ln = naive_sum(model, prompt, neg)
+def naive_ches(model, prompt, pos, neg, normalized=False, eos=True) -> float:
+    sp, lp = naive_sum(model, prompt, pos, eos)
+    sn, ln = naive_sum(model, prompt, neg, eos)
     if normalized:
         return float(sp @ sn / (lp * ln) - sp @ sp / lp**2)
     return float(sp @ sn - sp @ sp)
 
 
-def test_batched_equals_unbatched_equals_naive(any_model):
-    naive = [naive_ches(any_model, *t) for t in zip(PROMPTS, PREFERRED, DISPREFERRED)]
-    single = [ches(any_model, *t) for t in zip(PROMPTS, PREFERRED, DISPREFERRED)]
-    batched = ches_pairs(any_model, PROMPTS, PREFERRED, DISPREFERRED, batch_size=8)
+@pytest.mark.parametrize("eos", [True, False])
+def test_batched_equals_unbatched_equals_naive(any_model, eos):
+    naive = [naive_ches(any_model, *t, eos=eos) for t in zip(PROMPTS, PREFERRED, DISPREFERRED)]
+    single = [ches(any_model, *t, eos=eos) for t in zip(PROMPTS, PREFERRED, DISPREFERRED)]
+    batched = ches_pairs(any_model, PROMPTS, PREFERRED, DISPREFERRED, batch_size=8, eos=eos)
     assert batched.dtype == torch.float64
     for a, b, c in zip(naive, single, batched.tolist()):
         assert a != 0.0
@@ -68,13 +71,15 @@ def test_batched_equals_unbatched_equals_naive(any_model):
         assert c == pytest.approx(a, rel=1e-4)
 
 
-def test_left_and_right_padding_agree(any_model):
-    left = ches_pairs(any_model, PROMPTS, PREFERRED, DISPREFERRED, batch_size=8, padding_side="left")
-    right = ches_pairs(any_model, PROMPTS, PREFERRED, DISPREFERRED, batch_size=8, padding_side="right")
+@pytest.mark.parametrize("eos", [True, False])
+def test_left_and_right_padding_agree(any_model, eos):
+    kw = dict(batch_size=8, eos=eos)
+    left = ches_pairs(any_model, PROMPTS, PREFERRED, DISPREFERRED, padding_side="left", **kw)
+    right = ches_pairs(any_model, PROMPTS, PREFERRED, DISPREFERRED, padding_side="right", **kw)
     torch.testing.assert_close(left, right, rtol=1e-4, atol=1e-6)
     # and the summed embeddings themselves, right-padded in uneven batches, against the naive loop
-    s_r, n_r = response_embeddings(any_model, PROMPTS, PREFERRED, batch_size=3, padding_side="right")
-    naive = [naive_sum(any_model, p, r) for p, r in zip(PROMPTS, PREFERRED)]
+    s_r, n_r = response_embeddings(any_model, PROMPTS, PREFERRED, batch_size=3, padding_side="right", eos=eos)
+    naive = [naive_sum(any_model, p, r, eos) for p, r in zip(PROMPTS, PREFERRED)]
     torch.testing.assert_close(s_r, torch.stack([s for s, _ in naive]), rtol=1e-4, atol=1e-3)
     assert n_r.tolist() == [n for _, n in naive]
 
@@ -105,16 +110,20 @@ def test_matrix_reuses_sums_and_matches_pairs(gpt2):
     prompt = "The capital of France is"
     forget = [(prompt, "Paris"), (prompt, "the city of Paris"), (prompt, "I don't know")]
     retain = [(prompt, "Rome"), (prompt, "Paris"), (prompt, "a large city")]
-    m = ches_matrix(gpt2, forget, retain)
-    assert m.raw.shape == (3, 3)
-    for i, (_, f) in enumerate(forget):
-        for j, (_, r) in enumerate(retain):
-            # retain = preferred (kept), forget = dispreferred (pushed down)
-            assert m.raw[i, j].item() == pytest.approx(ches(gpt2, prompt, r, f), rel=1e-6, abs=1e-6)
-            assert m.normalized[i, j].item() == pytest.approx(
-                ches(gpt2, prompt, r, f, length_normalized=True), rel=1e-6, abs=1e-9
-            )
-    # one-token responses under one prompt share their only predicting position: CHES is exactly 0
+    for eos in (True, False):
+        m = ches_matrix(gpt2, forget, retain, eos=eos)
+        assert m.raw.shape == (3, 3)
+        for i, (_, f) in enumerate(forget):
+            for j, (_, r) in enumerate(retain):
+                # retain = preferred (kept), forget = dispreferred (pushed down)
+                assert m.raw[i, j].item() == pytest.approx(
+                    ches(gpt2, prompt, r, f, eos=eos), rel=1e-6, abs=1e-6
+                )
+                assert m.normalized[i, j].item() == pytest.approx(
+                    ches(gpt2, prompt, r, f, length_normalized=True, eos=eos), rel=1e-6, abs=1e-9
+                )
+    # without the EOS position, one-token responses under one prompt share their only predicting
+    # position: CHES is exactly 0
     assert m.raw[0, 0].item() == m.raw[0, 1].item() == 0.0
     # across prompts: each item under its own prompt
     cross = ches_matrix(gpt2, list(zip(PROMPTS, DISPREFERRED)), list(zip(PROMPTS, PREFERRED)))

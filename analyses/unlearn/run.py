@@ -142,6 +142,13 @@ def unlearn(
     known before-evaluation of ``model`` (several methods on one base)."""
     cfg = resolve(config or UnlearnConfig())
     method = get_method(cfg.method)
+    if method.needs_retain and not concept.unrelated_qa and not any(t.strip() for t in retain_texts):
+        raise UnlearnError(
+            f"{cfg.method} needs retain data",
+            f"concept {concept.concept!r} has no unrelated_qa and no retain text was given",
+            "add unrelated_qa to the concept file, pass retain_texts (vestige unlearn: other concepts of the "
+            "same file with text, without --no-retain-text), or use ga, npo, dpo_idk or needle",
+        )
     t0 = time.perf_counter()
     before = evaluate_before or evaluate(model, concept)
     work = model.copy()
