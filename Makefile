@@ -30,7 +30,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 test: lint
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra --durations=25
 
 quick: lint
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra -m "not slow"

@@ -3,10 +3,11 @@ data live."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.resources
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from probes.errors import ConceptFileError
@@ -55,6 +56,45 @@ class Concept:
     @property
     def name(self) -> str:
         return self.concept
+
+    def split(self, heldout: float, seed: int = 0) -> tuple[Concept, Concept]:
+        """``(trained, held_out)``: the QA split deterministically (by a seeded hash of each prompt, so the
+        split does not depend on the order of the file) into items a method may train, stop or attack on,
+        and ``heldout`` of them (at least one, at most all but one) that nothing may see. The trained
+        side's ``text`` drops every sentence that states a held-out answer; the held-out side keeps the
+        whole concept but its QA."""
+        if not 0.0 < heldout < 1.0:
+            raise ConceptFileError(
+                f"cannot hold out a fraction {heldout} of {self.concept!r}'s QA",
+                "the held-out fraction must be strictly between 0 and 1",
+                "use e.g. 0.5 (half the items are evaluation items)",
+            )
+        if len(self.qa) < 2:
+            raise ConceptFileError(
+                f"{self.concept!r} has {len(self.qa)} QA item(s): nothing can be held out",
+                "a held-out split needs at least one item to train on and one to evaluate",
+                "add QA items to the concept, or run without a held-out split",
+            )
+        key = {q: hashlib.sha256(f"{seed}:{q.prompt}:{q.answer}".encode()).hexdigest() for q in self.qa}
+        order = sorted(self.qa, key=key.__getitem__)
+        n_out = min(len(order) - 1, max(1, round(heldout * len(order))))
+        out = set(order[:n_out])
+        held = tuple(q for q in self.qa if q in out)
+        kept = tuple(q for q in self.qa if q not in out)
+        text = drop_sentences_with(self.text, [q.answer for q in held])
+        return replace(self, qa=kept, text=text), replace(self, qa=held)
+
+
+def drop_sentences_with(texts: tuple[str, ...], answers: list[str]) -> tuple[str, ...]:
+    """``texts`` without the sentences that contain any of ``answers`` (case-insensitive); texts left
+    empty are dropped."""
+    lowered = [a.lower() for a in answers]
+    out = []
+    for t in texts:
+        kept = [s for s in split_sentences(t) if not any(a in s.lower() for a in lowered)]
+        if kept:
+            out.append(" ".join(kept))
+    return tuple(out)
 
 
 def _qa_list(raw: object, where: str, key: str, path: str) -> tuple[QA, ...]:

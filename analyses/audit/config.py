@@ -29,6 +29,10 @@ class AuditConfig(Result):
     # ``n_vectors`` located ones). See ``_trace_vectors``.
     trace_step: int = 20
     trace_max: int = 320
+    # Audit only the held-out items of ``Concept.split(heldout, heldout_seed)``: the same split as
+    # ``vestige unlearn --heldout`` (0: every item; then the audit cannot tell forgetting from memorising).
+    heldout: float = 0.0
+    heldout_seed: int = 0
 
     @classmethod
     def quick(cls, **overrides) -> AuditConfig:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +21,10 @@ from analyses.behaviour import answer_free_text
 from probes.alignment import aligned_to
 from probes.data import QA, Concept
 from probes.edits import check_compatible, weights_checksum
+from probes.errors import VestigeError
 from probes.finite import check_finite
 from probes.model import Model
+from probes.qa import score_qa
 from probes.results import to_jsonable, write_json
 
 
@@ -34,12 +36,24 @@ def audit(
     config: AuditConfig | None = None,
     out: str | Path | None = None,
     retain_qa: list[QA] | None = None,
+    trained_items: Sequence[str] | None = None,
     progress: bool = True,
 ) -> AuditResult:
     """Audit ``unlearned`` against ``base`` for ``concept``; with ``out``, cache stages and write
     ``audit.json`` and ``report.html`` there (atomically). ``retain_qa`` (default: the concept's unrelated
     QA) are the items CHES compares with the forget items and the pool of knowledge-conflict answers."""
     cfg = config or AuditConfig()
+    trained_split = None
+    if cfg.heldout > 0:  # measure forgetting on items nothing trained on; the trained ones are reported too
+        trained_split, concept = concept.split(cfg.heldout, cfg.heldout_seed)
+    seen = sorted({q.prompt for q in concept.qa} & set(trained_items or ()))
+    if seen and cfg.heldout > 0:
+        raise VestigeError(
+            f"{len(seen)} of the {len(concept.qa)} held-out items were trained on by the unlearning run",
+            f"e.g. {seen[0]!r}: the audit's held-out split (heldout={cfg.heldout}, seed {cfg.heldout_seed}) "
+            "is not the one the unlearning run used",
+            "audit with the --heldout and --heldout-seed the unlearning run used (its unlearn.json)",
+        )
     check_compatible(base, unlearned)
     check_finite(base, unlearned)  # NaN/inf weights (a diverged run): refused, naming the layer
     retain = list(retain_qa) if retain_qa is not None else list(concept.unrelated_qa)
@@ -133,6 +147,21 @@ def audit(
     }
     extra = {"probes": probes, "heads": heads, "ches": ches, "config": cfg.to_dict()}
     notes = []
+    if seen:
+        notes.append(
+            f"{len(seen)} of the {len(concept.qa)} audited items were trained on by the unlearning run "
+            "(its unlearn.json): their forget accuracy measures memorisation of the training items, not "
+            "forgetting of the concept; unlearn and audit with --heldout to measure on items nothing saw"
+        )
+    if trained_split is not None:
+        summary["trained_split_forget_accuracy"] = {
+            "base": score_qa(base, trained_split.qa).accuracy,
+            "unlearned": score_qa(unlearned, trained_split.qa).accuracy,
+        }
+        summary["items"] = {
+            "heldout": [q.prompt for q in concept.qa],
+            "trained": [q.prompt for q in trained_split.qa],
+        }
     if cfg.relearn_steps > 0 and not answer_free_text(concept):
         notes.append(
             "relearning attack skipped: the concept has no text without its answers to relearn from (add "

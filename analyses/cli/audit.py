@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from analyses.behaviour import ATTACKS
 from analyses.cli import common
@@ -40,6 +41,13 @@ def register(sub) -> argparse.ArgumentParser:
         action="store_true",
         help="a first look in minutes: 5 vectors, the prefix attack, 2 relearning steps, no trace search",
     )
+    p.add_argument(
+        "--heldout",
+        type=common.fraction,
+        default=None,
+        help="audit only the items `vestige unlearn --heldout` held out (the same fraction; default 0: all)",
+    )
+    p.add_argument("--heldout-seed", type=int, default=None, help="the unlearning run's --heldout-seed")
     p.add_argument("--seed", type=int, default=0)
     common.add_model_args(p, flag=None)
     return p
@@ -58,11 +66,19 @@ def run(args: argparse.Namespace) -> int:
         "relearn_steps": args.relearn_steps,
         "attacks": tuple(args.attacks) if args.attacks else None,
         "trace_max": args.trace_max,
+        "heldout": args.heldout,
+        "heldout_seed": args.heldout_seed,
     }
     given = {k: v for k, v in given.items() if v is not None} | {"seed": args.seed}
     cfg = audit_mod.AuditConfig.quick(**given) if args.quick else audit_mod.AuditConfig(**given)
     result = audit_mod.audit(
-        base, unlearned, concept, config=cfg, out=args.out, progress=not args.no_progress
+        base,
+        unlearned,
+        concept,
+        config=cfg,
+        out=args.out,
+        trained_items=trained_items(args.unlearned),
+        progress=not args.no_progress,
     )
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
@@ -70,3 +86,15 @@ def run(args: argparse.Namespace) -> int:
         print(result.to_frame().to_string(index=False))
         print(f"verdict: {result.verdict}\nwrote {args.out}/audit.json and {args.out}/report.html")
     return 0
+
+
+def trained_items(spec: str) -> list[str] | None:
+    """The prompts the unlearning run trained on, from ``unlearn.json`` beside a checkpoint that
+    ``vestige unlearn`` wrote (None when there is none)."""
+    record = Path(spec).expanduser() / "unlearn.json"
+    if not record.is_file():
+        return None
+    try:
+        return list(json.loads(record.read_text()).get("trained_items") or []) or None
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return None

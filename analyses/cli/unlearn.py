@@ -217,6 +217,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"  unrelated accuracy  {b.unrelated_accuracy:.3f} -> {a.unrelated_accuracy:.3f}")
     print(f"  forget logprob      {b.forget_logprob:.2f} -> {a.forget_logprob:.2f}")
     print(f"  unrelated logprob   {b.unrelated_logprob:.2f} -> {a.unrelated_logprob:.2f}")
+    if result.heldout_before is not None and result.heldout_after is not None:
+        hb, ha = result.heldout_before.forget_accuracy, result.heldout_after.forget_accuracy
+        print(
+            f"  held-out accuracy   {hb:.3f} -> {ha:.3f} ({len(result.heldout_items)} items nothing trained on)"
+        )
     if args.out:
         print(f"wrote {args.out} (checkpoint + unlearn.json)")
     return 0

@@ -102,6 +102,10 @@ class UnlearnResult(Result):
     checks: tuple[dict[str, float], ...]
     stopped_early: bool
     model: Model = field(repr=False, compare=False)
+    trained_items: tuple[str, ...] = ()  # prompts of the QA items the run trained and stopped on
+    heldout_items: tuple[str, ...] = ()  # prompts nothing saw (``UnlearnConfig.heldout``)
+    heldout_before: QAStats | None = None
+    heldout_after: QAStats | None = None
 
     def passes(self, forget_fraction: float = 0.25, unrelated_fraction: float = 0.8) -> bool:
         """The issue's criterion: forget accuracy at most 25% of its start, unrelated at least 80%."""
@@ -150,6 +154,10 @@ def unlearn(
             "same file with text, without --no-retain-text), or use ga, npo, dpo_idk or needle",
         )
     t0 = time.perf_counter()
+    heldout = None
+    if cfg.heldout > 0:  # the method, its early stop and its text see only the trained items
+        concept, heldout = concept.split(cfg.heldout, cfg.heldout_seed)
+        evaluate_before = None
     before = evaluate_before or evaluate(model, concept)
     work = model.copy()
     work.name = f"{model.name} unlearned with {cfg.method}"  # what reports call it until it is saved
@@ -196,6 +204,10 @@ def unlearn(
         checks=tuple(ctx.checks),
         stopped_early=stopped,
         model=work,
+        trained_items=tuple(q.prompt for q in concept.qa),
+        heldout_items=tuple(q.prompt for q in heldout.qa) if heldout else (),
+        heldout_before=evaluate(model, heldout) if heldout else None,
+        heldout_after=evaluate(work, heldout) if heldout else None,
     )
 
 

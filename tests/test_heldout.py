@@ -1,0 +1,115 @@
+"""Held-out items: a deterministic split of a concept's QA, unlearning that never sees the held-out side
+(QA, early stop, and the text sentences that state its answers), and an audit that measures on it and
+refuses a split that overlaps what the run trained on."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from analyses.audit import AuditConfig, audit
+from analyses.cli import main
+from analyses.unlearn import UnlearnConfig, unlearn
+from analyses.unlearn.run import forget_pool
+from probes.data import QA, Concept
+from probes.errors import ConceptFileError, VestigeError
+from probes.results import write_json
+
+CONCEPT = Concept(
+    concept="Harry Potter",
+    qa=(
+        QA("Harry Potter's best friend is Ron", "Weasley"),
+        QA("The author of the Harry Potter books is J. K.", "Rowling"),
+        QA("Harry Potter studied at the school of", "Hogwarts"),
+        QA("Harry Potter's owl is called", "Hedwig"),
+    ),
+    text=(
+        "Harry Potter is a series of fantasy novels by J. K. Rowling. His best friend is Ron Weasley. "
+        "He studies at Hogwarts. His owl Hedwig carries his letters.",
+    ),
+    unrelated_qa=(QA("The capital of France is", "Paris"), QA("The opposite of hot is", "cold")),
+)
+
+
+def test_split_is_deterministic_disjoint_and_order_free():
+    trained, held = CONCEPT.split(0.5, seed=0)
+    assert len(trained.qa) == 2 and len(held.qa) == 2
+    assert set(trained.qa).isdisjoint(held.qa) and set(trained.qa) | set(held.qa) == set(CONCEPT.qa)
+    again = Concept(CONCEPT.concept, tuple(reversed(CONCEPT.qa)), CONCEPT.text, CONCEPT.unrelated_qa)
+    t2, h2 = again.split(0.5, seed=0)
+    assert set(h2.qa) == set(held.qa) and set(t2.qa) == set(trained.qa)
+    assert {frozenset(CONCEPT.split(0.5, seed=s)[1].qa) for s in range(8)} != {frozenset(held.qa)}
+    for q in held.qa:  # the trained side's text states no held-out answer
+        assert all(q.answer.lower() not in t.lower() for t in trained.text)
+    assert held.text == CONCEPT.text and held.unrelated_qa == CONCEPT.unrelated_qa
+    assert len(CONCEPT.split(0.01)[1].qa) == 1 and len(CONCEPT.split(0.99)[0].qa) == 1
+    with pytest.raises(ConceptFileError, match="nothing can be held out"):
+        Concept("x", CONCEPT.qa[:1]).split(0.5)
+    with pytest.raises(ConceptFileError, match="strictly between 0 and 1"):
+        CONCEPT.split(1.0)
+
+
+def test_unlearning_never_sees_the_heldout_items(gpt2, tmp_path):
+    cfg = UnlearnConfig(method="ga", steps=2, lr=1e-4, batch_size=4, window=16, heldout=0.5)
+    run = unlearn(gpt2, CONCEPT, cfg, progress=False)
+    trained, held = CONCEPT.split(0.5)
+    assert run.trained_items == tuple(q.prompt for q in trained.qa)
+    assert run.heldout_items == tuple(q.prompt for q in held.qa)
+    assert run.heldout_before is not None and run.heldout_after is not None
+    pool = {tuple(e.ids) for e in forget_pool(gpt2, trained, cfg.window)}
+    for q in held.qa:  # no training sequence holds a held-out prompt + answer
+        from probes.qa import answer_ids
+
+        p, a = answer_ids(gpt2, q.prompt, q.answer)
+        assert tuple(p + a) not in pool
+    info = json.loads((run.save(tmp_path / "ga") / "unlearn.json").read_text())
+    assert info["trained_items"] == list(run.trained_items) and info["params"]["heldout"] == 0.5
+
+
+def test_audit_of_trained_items_is_noted_and_a_mismatched_split_refused(gpt2, tmp_path):
+    cfg = AuditConfig.quick(probe_dataset="", relearn_steps=0, n_vectors=2)
+    trained, held = CONCEPT.split(0.5)
+    with pytest.raises(VestigeError, match="held-out items were trained on"):
+        audit(
+            gpt2,
+            gpt2.copy(),
+            CONCEPT,
+            config=AuditConfig(heldout=0.5, heldout_seed=0),
+            trained_items=[q.prompt for q in held.qa],
+            progress=False,
+        )
+    r = audit(
+        gpt2, gpt2.copy(), CONCEPT, config=cfg, trained_items=[q.prompt for q in CONCEPT.qa], progress=False
+    )
+    assert any("were trained on by the unlearning run" in n for n in r.notes)
+    r = audit(
+        gpt2,
+        gpt2.copy(),
+        CONCEPT,
+        config=AuditConfig.quick(probe_dataset="", relearn_steps=0, n_vectors=2, heldout=0.5),
+        trained_items=[q.prompt for q in trained.qa],
+        progress=False,
+    )
+    assert not r.notes and r.behaviour["items"]["heldout"] == [q.prompt for q in held.qa]
+    assert "trained_split_forget_accuracy" in r.behaviour
+
+
+def test_cli_audit_reads_the_runs_trained_items(gpt2, tmp_path, monkeypatch, capsys):
+    import analyses.audit as audit_mod
+    from analyses.cli import common
+
+    trained, held = CONCEPT.split(0.5)
+    run = tmp_path / "run"
+    run.mkdir()
+    write_json(run / "unlearn.json", {"trained_items": [q.prompt for q in held.qa]})
+    path = write_json(tmp_path / "c.json", CONCEPT)
+    monkeypatch.setattr(common, "load", lambda spec, args: gpt2)
+    seen = {}
+    monkeypatch.setattr(
+        audit_mod, "audit", lambda *a, **k: seen.update(k) or (_ for _ in ()).throw(SystemExit(7))
+    )
+    argv = ["audit", "--base", "b", "--unlearned", str(run), "--concept-file", str(path), "--heldout", "0.5"]
+    with pytest.raises(SystemExit):
+        main(argv + ["--out", str(tmp_path / "out")])
+    assert seen["trained_items"] == [q.prompt for q in held.qa] and seen["config"].heldout == 0.5
