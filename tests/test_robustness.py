@@ -385,6 +385,8 @@ def test_killed_audit_resumes_and_matches_an_uninterrupted_run(tmp_path):
     # a half-written stage (as a non-atomic writer would leave it) must be recomputed, not read
     half = killed / "stages" / "interventions.json"
     half.write_text('{"key": "abc", "value": {"ablate_vec')
+    # and so must the temporary file of a write the kill cut short (whichever stage it hit)
+    (killed / "stages" / ".interventions.json.k1ll3d.tmp").write_text('{"key": "abc", "val')
 
     resumed = start(killed)
     log = resumed.communicate(timeout=600)[0]
@@ -415,6 +417,24 @@ class _Payload:
 
     def __reduce__(self):
         return (os.mkdir, (str(self.marker),))
+
+
+def test_stage_cache_drops_the_temporary_file_of_a_cut_write(tmp_path):
+    """A kill between mkstemp and the rename leaves ``.<stage>.json.*.tmp``; the rerun that completes the
+    stage removes it, reads no half file, and leaves other stages' files alone."""
+    from analyses.audit.cache import StageCache
+
+    stages = tmp_path / "stages"
+    stages.mkdir()
+    (stages / ".relearn.json.k1ll3d.tmp").write_text('{"key": "k", "val')
+    (stages / "lens.json").write_text(json.dumps({"key": "k", "value": {"x": 1}}))
+    cache = StageCache(tmp_path, "k")
+    calls = []
+    assert cache.get_or_run("lens", lambda: calls.append("lens") or {"x": 2}) == {"x": 1}
+    assert cache.get_or_run("relearn", lambda: calls.append("relearn") or {"y": 3}) == {"y": 3}
+    assert calls == ["relearn"]
+    assert sorted(p.name for p in stages.iterdir()) == ["lens.json", "relearn.json"]
+    assert json.loads((stages / "relearn.json").read_text()) == {"key": "k", "value": {"y": 3}}
 
 
 def test_allowed_pickle_still_loads_with_weights_only(gpt2, tmp_path):

@@ -35,6 +35,10 @@ class StageCache:
         value = to_jsonable(fn())
         if self.dir is not None:
             write_json(self.dir / f"{name}.json", {"key": self.key, "value": value})
+            # a run killed while writing this stage leaves its temporary file behind: the stage is now
+            # complete, so the leftover is garbage
+            for stale in self.dir.glob(f".{name}.json.*.tmp"):
+                stale.unlink(missing_ok=True)
         return value
 
 
