@@ -117,13 +117,13 @@ class World(Result):
         f = set(self.forget)
         return [p for p in self.people if p.name not in f]
 
-    def bios(self, person: Person) -> list[str]:
-        """``bios_per_person`` biographies: the facts in a random order, each in a random training
-        template (never the held-out one)."""
+    def bios(self, person: Person, attributes: tuple[str, ...] = ATTRIBUTES) -> list[str]:
+        """``bios_per_person`` biographies: the facts of ``attributes`` in a random order, each in a random
+        training template (never the held-out one)."""
         rng = random.Random(f"{self.config.seed}-bio-{person.name}")
         out = []
         for _ in range(self.config.bios_per_person):
-            attrs = list(ATTRIBUTES)
+            attrs = list(attributes)
             rng.shuffle(attrs)
             sents = []
             for a in attrs:
@@ -158,6 +158,38 @@ class World(Result):
 
     def retain_qa(self) -> list[QA]:
         return [q for p in self.retain_people for q in self.qa(p)]
+
+    def floor_people(self, n: int = 20) -> list[Person]:
+        """``n`` people outside the world, the knowledge floor: facts that no model of the world ever saw.
+        Each name pairs a first name and a surname of existing people (so every word is in the vocabulary)
+        in a combination no existing person has; facts are uniform over the values and one template per
+        attribute is held out, as for the world's people. Deterministic from ``config.seed`` through an own
+        random stream: the world's people, corpus and models do not depend on it."""
+        rng = random.Random(f"{self.config.seed}-floor")
+        first = sorted({p.name.split()[0] for p in self.people})
+        last = sorted({p.name.split()[1] for p in self.people})
+        taken = {p.name for p in self.people}
+        free = [f"{f} {s}" for f in first for s in last if f"{f} {s}" not in taken]
+        if n > len(free):
+            raise ValueError(
+                f"the world has only {len(free)} unused name combinations, {n} floor people asked"
+            )
+        out = []
+        for name in rng.sample(free, n):
+            facts = {a: rng.choice(self.values[a]) for a in ATTRIBUTES}
+            heldout = {a: rng.randrange(len(TEMPLATES[a])) for a in ATTRIBUTES}
+            out.append(Person(name, facts, heldout))
+        return out
+
+    def floor_concept(self, n: int = 20) -> Concept:
+        """The floor people as one concept, measured like the forget people: their QA, and as text two
+        distinct biographies each of the attributes that are not asked (so the text, which attacks feed the
+        model, states no QA answer). No unrelated QA."""
+        people = self.floor_people(n)
+        qa = [q for p in people for q in self.qa(p)]
+        text_attrs = tuple(a for a in ATTRIBUTES if a not in QA_ATTRIBUTES)
+        text = [b for p in people for b in list(dict.fromkeys(self.bios(p, text_attrs)))[:2]]
+        return Concept("the floor people", tuple(qa), tuple(text), (), source="world")
 
     def vocabulary(self) -> list[str]:
         words = {w for a in ATTRIBUTES for t in TEMPLATES[a] for w in t.split() if "{" not in w}
