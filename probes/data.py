@@ -24,6 +24,9 @@ def _bundled_dir() -> Path:
 
 DATA_DIR = _bundled_dir()
 DEFAULT_CONCEPT_FILE = DATA_DIR / "concepts" / "concepts.json"
+# the knowledge floor: facts about fictional entities that no model knows (data/floor/README.md);
+# the same as data_path("floor", "fictional.json"), which is defined below
+FLOOR_FILE = DATA_DIR / "floor" / "fictional.json"
 
 
 def split_sentences(text: str) -> list[str]:
@@ -238,3 +241,10 @@ def load_concept(path: str | Path = DEFAULT_CONCEPT_FILE, name: str | None = Non
         f"the file has {names}" + (" ..." if len(concepts) > 12 else ""),
         "pass one of those names to --concept",
     )
+
+
+def load_floor(path: str | Path = FLOOR_FILE) -> Concept:
+    """The knowledge floor: one concept (the format of docs/data.md) of completion prompts about fictional
+    entities with invented attributes, and answer-free background text about them. A model has never seen
+    these facts, so every measurement on it gives the chance level a trace must beat (data/floor/README.md)."""
+    return load_concept(path)
