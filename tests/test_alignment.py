@@ -1,5 +1,6 @@
 """Neuron bases: permuting MLP neurons changes nothing the model computes, the audit re-aligns a permuted
-copy (so its verdict cannot be gamed that way), and another training run is "not comparable"."""
+copy (so its verdict cannot be gamed that way), and another training run is "not comparable". The same
+for attention heads (permuted within a layer, grouped-query groups kept whole)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,16 @@ import torch
 
 from analyses.audit import AuditConfig, audit, verdict
 from probes.alignment import (
+    HEAD_ARCHITECTURES,
+    HeadLayoutError,
     aligned_to,
     basis_agreement,
+    head_agreement,
+    head_alignment,
     neuron_alignment,
+    permute_attention_heads,
     permute_mlp_neurons,
+    random_head_permutations,
     random_permutations,
 )
 from probes.data import QA, Concept
@@ -130,3 +137,181 @@ def test_audit_verdict_survives_a_neuron_permutation_smollm2(smol):
     )
     itself = audit(smol, smol.copy(), TOY, config=cfg, progress=False)
     assert itself.verdict == "inconclusive"
+
+
+# ---- attention heads --------------------------------------------------------------------------------------
+def _head_permuted(base, seed: int = 3, neurons: bool = False):
+    other = base.copy()
+    perms = random_head_permutations(other, seed=seed)
+    assert any(not torch.equal(p, torch.arange(base.cfg.n_heads)) for p in perms.values())
+    permute_attention_heads(other, perms)
+    if neurons:
+        permute_mlp_neurons(other, random_permutations(other, seed=seed + 1))
+    return other, perms
+
+
+def _kept_groups(model, perm: torch.Tensor) -> bool:
+    r = model.cfg.n_heads // model.cfg.n_kv_heads
+    groups = perm.view(model.cfg.n_kv_heads, r) // r
+    return bool((groups == groups[:, :1]).all())
+
+
+# gpt2 (seeded): logits |x| <= ~3, a head permutation moves them by ~2.3e-6. SmolLM2 fp32: |x| <= ~32, by
+# 6e-5 on this input; that is fp32 rounding of the reordered sums (over 8 inputs and two permutations,
+# 5e-5 .. 3.2e-4, and 5e-5 .. 1.5e-4 for a neuron permutation), so 1e-4 holds for this input only.
+@pytest.mark.parametrize("name, atol", [("gpt2", 2e-5), ("smol", 1e-4)])
+def test_permuting_heads_preserves_the_function_and_is_found_back(name, atol, request):
+    base = request.getfixturevalue(name)
+    other, perms = _head_permuted(base)
+    assert all(_kept_groups(base, p) for p in perms.values())  # GQA: each query head keeps its kv group
+    ref, got = _logits(base), _logits(other)
+    assert torch.allclose(ref, got, atol=atol, rtol=0), (ref - got).abs().max()
+    assert not torch.equal(other.W_O(0), base.W_O(0))
+    assert head_agreement(base, base) == pytest.approx(1.0, abs=1e-9)
+    assert head_agreement(base, other) < 0.2
+    for layer in range(base.cfg.n_layers):  # base head i is the permuted copy's head perms^-1[i]
+        perm, match = head_alignment(base, other, layer)
+        assert torch.equal(perm, torch.argsort(perms[layer])), layer
+        assert match == pytest.approx(1.0, abs=1e-9)
+
+
+def test_head_permutations_refuse_a_split_group_and_an_unknown_architecture(smol, gpt2, monkeypatch):
+    split = torch.tensor([0, 3, 1, 2, 4, 5, 6, 7, 8])  # head 3 (group 1) into group 0
+    keep = smol.W_O(0).clone()
+    with pytest.raises(HeadLayoutError, match="not a grouped-query head permutation"):
+        permute_attention_heads(smol, {1: torch.arange(9), 0: split})
+    assert torch.equal(smol.W_O(0), keep)
+    other = gpt2.copy()
+    monkeypatch.setattr(other.hf.config, "model_type", "falcon")
+    with pytest.raises(HeadLayoutError, match="cannot permute the attention heads of a 'falcon'") as err:
+        permute_attention_heads(other, random_head_permutations(other))
+    assert err.value.cause and "gpt2" in err.value.fix
+    before = weights_checksum(other)
+    with aligned_to(gpt2, other) as info:  # the audit still runs: heads not checked, left alone
+        assert info.heads_comparable is None and not info.heads_realigned and info.comparable
+        assert info.to_dict()["head_agreement"] is None
+    assert weights_checksum(other) == before
+
+
+@pytest.mark.parametrize("arch", [a for a in HEAD_ARCHITECTURES if a != "gpt2"])
+def test_head_permutation_on_every_supported_llama_family_layout(arch):
+    """Tiny random models of each family (GQA 6/2; qwen2 q/k/v biases, qwen3 shared and olmo2 full-width
+    q/k norms): the function is kept, and aligned_to puts the copy back into the base's order bitwise."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from probes.model import Model, smollm2_tokenizer
+
+    torch.manual_seed(0)
+    cfg = AutoConfig.for_model(
+        arch, vocab_size=49152, hidden_size=96, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=6, num_key_value_heads=2, head_dim=16, attn_implementation="eager",
+    )  # fmt: skip
+    hf = AutoModelForCausalLM.from_config(cfg)
+    with torch.no_grad():
+        for p in hf.parameters():
+            if p.dim() == 1:  # norms start at ones, biases at zeros: make every per-head slice distinct
+                p.normal_(1.0, 0.2)
+    base = Model(hf, smollm2_tokenizer(), name=arch)
+    other, perms = _head_permuted(base, seed=1)
+    ref, got = _logits(base), _logits(other)
+    assert torch.allclose(ref, got, atol=1e-5, rtol=0), (ref - got).abs().max()
+    before = weights_checksum(other)
+    assert before != weights_checksum(base)
+    with aligned_to(base, other) as info:
+        assert info.heads_realigned and info.heads_comparable
+        assert weights_checksum(other) == weights_checksum(base)
+    assert weights_checksum(other) == before
+
+
+def _assert_heads_equal(base, other) -> None:
+    from probes.alignment import _head_parts
+
+    for layer in range(base.cfg.n_layers):
+        a, b = _head_parts(base, layer), _head_parts(other, layer)
+        for (_, x), (_, y) in zip(a.query + a.kv, b.query + b.kv, strict=True):
+            assert torch.equal(x, y), layer
+
+
+@pytest.mark.parametrize(
+    "name, neurons",
+    [
+        ("gpt2", False),
+        ("gpt2", True),
+        ("smol", False),
+        pytest.param("smol", True, marks=pytest.mark.slow),  # SmolLM2's neuron re-alignment dominates
+    ],
+    ids=["gpt2-heads", "gpt2-heads+neurons", "smol-heads", "smol-heads+neurons"],
+)
+def test_alignment_restores_the_base_head_order_and_then_the_copy(name, neurons, request):
+    base = request.getfixturevalue(name)
+    other, _ = _head_permuted(base, neurons=neurons)
+    before = weights_checksum(other)
+    with aligned_to(base, other) as info:
+        assert info.heads_realigned and info.heads_comparable and info.comparable
+        assert info.head_layers_realigned == tuple(range(base.cfg.n_layers))
+        assert info.head_agreement < 0.2 and info.head_agreement_after == pytest.approx(1.0, abs=1e-9)
+        assert info.head_agreement_after == pytest.approx(head_agreement(base, other), abs=1e-12)
+        assert info.realigned == neurons
+        _assert_heads_equal(base, other)  # every per-head weight equal to the base's, bitwise
+        ours, theirs = other.state_dict(), base.state_dict()  # and so is everything else
+        assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    assert weights_checksum(other) == before
+    if name == "gpt2" or neurons:  # (SmolLM2 heads-only: the same code path, kept under 20 s)
+        with pytest.raises(RuntimeError, match="boom"), aligned_to(base, other):
+            raise RuntimeError("boom")
+        assert weights_checksum(other) == before
+
+
+@pytest.mark.parametrize("name", ["gpt2", "smol"])
+def test_a_fine_tuned_copy_keeps_its_heads(name, request):
+    """Base plus small noise: the identity assignment, nothing written; permuted on top of that, the noisy
+    heads are still found back."""
+    base = request.getfixturevalue(name)
+    tuned = base.copy()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in tuned.hf.parameters():
+            p.add_(0.05 * p.std() * torch.randn(p.shape, generator=gen).to(p))
+    before = weights_checksum(tuned)
+    with aligned_to(base, tuned) as info:
+        assert not info.heads_realigned and info.heads_comparable and not info.realigned
+        assert info.head_agreement > 0.99 and info.head_agreement_after == info.head_agreement
+        assert weights_checksum(tuned) == before
+    assert weights_checksum(tuned) == before
+    last = base.cfg.n_layers - 1
+    perms = {layer: p for layer, p in random_head_permutations(tuned, seed=7).items() if layer in (0, last)}
+    permute_attention_heads(tuned, perms)
+    for layer in (0, last):
+        perm, match = head_alignment(base, tuned, layer)
+        assert torch.equal(perm, torch.argsort(perms[layer])) and match > 0.99
+
+
+def test_another_training_run_has_no_comparable_heads(gpt2):
+    other = load_model("gpt2-seeded", device="cpu", seed=1)
+    before = weights_checksum(other)
+    with aligned_to(gpt2, other) as info:
+        assert not info.heads_comparable and not info.heads_realigned and abs(info.head_agreement) < 0.2
+        assert weights_checksum(other) == before
+    assert weights_checksum(other) == before
+
+
+@pytest.mark.slow
+def test_memory_head_effects_follow_the_heads_and_are_realigned_smollm2(smol):
+    """Zero-baseline attribution patching is per (layer, head): on a head-permuted copy it comes out
+    permuted (the negative control), inside aligned_to it equals the base's."""
+    from probes import memory_heads
+
+    cities = [("The Eiffel Tower", "Paris"), ("The Colosseum", "Rome"), ("Big Ben", "London")]
+    items = [QA(f"{place} is in the city of", city, "city") for place, city in cities]
+    conflicts = memory_heads.build_conflicts(smol, items, max_items=2)
+    assert len(conflicts) == 2
+    ref = memory_heads.attribution_patching(smol, conflicts, baseline="zero").effects
+    other, perms = _head_permuted(smol)
+    moved = memory_heads.attribution_patching(other, conflicts, baseline="zero").effects
+    assert (moved - ref).abs().max() > 0.1 * ref.abs().max()  # without re-alignment: other heads' effects
+    expected = torch.stack([ref[layer][perms[layer]] for layer in range(smol.cfg.n_layers)])
+    torch.testing.assert_close(moved, expected, atol=1e-4, rtol=0)  # ... exactly the permuted ones
+    with aligned_to(smol, other) as info:
+        assert info.heads_realigned
+        got = memory_heads.attribution_patching(other, conflicts, baseline="zero").effects
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
