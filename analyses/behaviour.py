@@ -158,6 +158,21 @@ def relearn_attack(
     ``model`` for ``steps`` AdamW steps on the concept's text with every sentence that contains an
     evaluated answer removed, then score forget-QA. Knowledge that was only suppressed comes back from
     such unrelated-looking text; knowledge that is gone does not. ``model`` itself is never modified."""
+    work = relearned_copy(model, concept, steps=steps, lr=lr, window=window, batch_size=batch_size, seed=seed)
+    return score_qa(work, concept.qa)
+
+
+def relearned_copy(
+    model: Model,
+    concept: Concept,
+    *,
+    steps: int = 10,
+    lr: float = 3e-5,
+    window: int = 64,
+    batch_size: int = 8,
+    seed: int = 0,
+) -> Model:
+    """The copy of ``model`` that ``relearn_attack`` fine-tunes (to score other items on it too)."""
     import torch
 
     from analyses.training import train
@@ -182,4 +197,4 @@ def relearn_attack(
         return sequence_nll(work, make_batch(work, [examples[i] for i in pick])).mean()
 
     train(params, step_loss, steps, lr=lr, desc="relearn")
-    return score_qa(work, concept.qa)
+    return work

@@ -164,6 +164,7 @@ def run_oracle(
         seed=cfg.seed,
     )
     retain_texts = [b for p in world.retain_people[:40] for b in world.bios(p)[:1]]
+    floor = world.floor_concept(len(world.forget))  # people neither model saw: the knowledge floor
     audits: dict[str, AuditResult] = {}
     unlearning: dict[str, dict[str, Any]] = {}
     for method in cfg.methods:
@@ -179,9 +180,11 @@ def run_oracle(
             k: v for k, v in run.to_dict().items() if k in ("before", "after", "steps", "seconds", "params")
         }
         sub = Path(out) / method if out is not None else None
-        audits[method] = audit(wm.full, run.model, concept, config=acfg, out=sub, progress=progress)
+        audits[method] = audit(
+            wm.full, run.model, concept, config=acfg, out=sub, floor=floor, progress=progress
+        )
     sub = Path(out) / "oracle" if out is not None else None
-    audits["oracle"] = audit(wm.full, wm.oracle, concept, config=acfg, out=sub, progress=progress)
+    audits["oracle"] = audit(wm.full, wm.oracle, concept, config=acfg, out=sub, floor=floor, progress=progress)
     result = OracleResult(audits, unlearning, wm.train_seconds, time.perf_counter() - t0, cfg)
     if out is not None:
         write_json(Path(out) / "oracle.json", result.to_dict())

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
 import analyses.audit.stages as audit_stages
 from analyses.audit import AuditConfig, audit, verdict
+from analyses.audit.rule import TraceCall, call_family, call_vectors
 from probes.data import QA, Concept
 from probes.edits import check_compatible, edited_vectors, patched_vectors, weights_checksum
 from probes.errors import MismatchError
+from probes.stats import Interval, bootstrap_mean
 
 TOY = Concept(
     "Harry Potter",
@@ -61,53 +64,108 @@ def test_patched_vectors_restore_bitwise_on_exception(gpt2):
     assert weights_checksum(other) == before
 
 
-def _fake_stages():
-    b = {"forget": {"accuracy": 1.0}, "unrelated": {"accuracy": 1.0}}
-    u = {"forget": {"accuracy": 0.0}, "unrelated": {"accuracy": 1.0}}
-    return {"base": b, "unlearned": u}
+def _iv(mean: float, lo: float, hi: float, n: int = 12) -> Interval:
+    return Interval(mean, lo, hi, n)
+
+
+ZERO = [0.0] * 12
+ALL = [1.0] * 12
 
 
 @pytest.mark.parametrize(
-    "cosine,lens_share,decoy_share,attack,patched,expected",
+    "forget,control,floor,base_forget,expected",
     [
-        (0.99, 0.0, 0.0, 0.0, 0.0, "suppressed"),  # vectors untouched
-        (0.2, 0.0, 0.0, 1.0, 0.0, "suppressed"),  # an attack brings it back
-        (0.2, 0.0, 0.0, 0.0, 1.0, "suppressed"),  # patching the base's vectors back brings it back
-        (0.2, 0.0, 0.0, 0.0, 0.0, "removed"),  # nothing left, nothing comes back
-        (0.2, 0.75, 0.0, 0.0, 0.0, "suppressed"),  # still decodable inside
-        (0.2, 0.75, 0.6, 0.0, 0.0, "removed"),  # "decodable" only as any answer of the right type is
+        (ALL, ALL, ZERO, ALL, "present"),  # the unlearned model still shows it, far above the floor
+        (ZERO, ALL, ZERO, ALL, "gone"),  # at the floor while the control is not
+        (ZERO, ZERO, ZERO, ALL, "inconclusive"),  # at the floor, but so is everything else
+        ([1.0] * 2 + [0.0] * 10, ALL, ZERO, ALL, "inconclusive"),  # 2 of 12 overlap the floor [0, 0]
+        ([1.0] * 6 + [0.0] * 6, ALL, ZERO, ALL, "present"),  # 6 of 12: above the floor's interval
+        (ALL, ALL, ALL, ALL, "not informative"),  # the measure reads the same on facts never known
     ],
 )
-def test_verdict_rule(cosine, lens_share, decoy_share, attack, patched, expected):
-    shares = [lens_share, lens_share, 0.0]  # two inner layers, then the output
-    decoys = [decoy_share, decoy_share, 0.0]
-    present = [l for l in range(2) if shares[l] >= 0.5 and shares[l] - decoys[l] >= 0.25]
+def test_call_family(forget, control, floor, base_forget, expected):
+    values = {"forget": forget, "control": control, "floor": floor}
+    call = call_family("logit_lens", values, {"forget": base_forget, "floor": floor})
+    assert call.call == expected, call.why
+    assert call.forget.mean == pytest.approx(sum(forget) / len(forget))
+    assert call.floor.lo <= call.floor.mean <= call.floor.hi
+
+
+def test_call_family_without_a_floor_is_not_measured():
+    call = call_family("behaviour", {"forget": ALL, "control": ALL, "floor": []})
+    assert call.call == "not measured" and not call.votes
+
+
+@pytest.mark.parametrize(
+    "forget,control,comparable,expected",
+    [
+        ([0.999] * 10, [0.999] * 64, True, "present"),  # moved no more than any vector
+        ([0.0] * 10, [0.999] * 64, True, "gone"),  # zeroed or scrambled: at the unrelated-vector floor
+        ([0.5] * 10, [0.999] * 64, True, "inconclusive"),  # edited, but not erased
+        ([0.999] * 10, [0.999] * 64, False, "not comparable"),  # another training run
+    ],
+)
+def test_call_vectors(forget, control, comparable, expected):
+    floor = list(np.random.default_rng(0).normal(0, 0.05, 64))
+    call = call_vectors({"forget": forget, "control": control, "floor": floor}, comparable, agreement=0.02)
+    assert call.call == expected, call.why
+
+
+def _calls(**families: str) -> list[TraceCall]:
+    return [TraceCall(f, c, "test") for f, c in families.items()]
+
+
+@pytest.mark.parametrize(
+    "calls,expected",
+    [
+        (_calls(behaviour="gone", prompt_attacks="present", logit_lens="gone"), "suppressed"),
+        (_calls(behaviour="gone", prompt_attacks="gone", logit_lens="gone"), "removed"),
+        (_calls(behaviour="gone", prompt_attacks="inconclusive", logit_lens="gone"), "inconclusive"),
+        # families that cannot vote do not block a verdict, and do not make one
+        (_calls(behaviour="gone", concept_vectors="not comparable", probes="not informative"), "removed"),
+        (_calls(concept_vectors="not comparable", probes="not measured"), "inconclusive"),
+    ],
+)
+def test_verdict_rule(calls, expected):
     v, reasons = verdict(
-        _fake_stages(),
-        {"mean_cosine": cosine},
-        {
-            "unlearned_max_inner_top10_share": lens_share,
-            "unlearned_max_inner_excess_over_decoys": lens_share - decoy_share,
-            "best_inner_layer": 0,
-            "present_layers": present,
-        },
-        {"unlearned": {"none": 0.0, "prefix": attack, "relearn": 0.0}},
-        {"patch_vectors_from_base": {"forget_accuracy": patched}},
+        calls, base_accuracy=_iv(1.0, 1.0, 1.0), unlearned_accuracy=_iv(0.0, 0.0, 0.0), base_floor=_iv(0, 0, 0)
     )
     assert v == expected and reasons
+    assert any(c.family in r for c in calls for r in reasons)
 
 
-def test_verdict_inconclusive_when_behaviour_stays():
-    stages = _fake_stages()
-    stages["unlearned"]["forget"]["accuracy"] = 1.0
+def test_verdict_inconclusive_when_behaviour_stays_or_the_base_does_not_know():
+    calls = _calls(prompt_attacks="present")
     v, reasons = verdict(
-        stages,
-        {"mean_cosine": 1.0},
-        {"unlearned_max_inner_top10_share": 1.0, "best_inner_layer": 0},
-        {"unlearned": {"none": 1.0}},
-        {"patch_vectors_from_base": {"forget_accuracy": 1.0}},
+        calls, base_accuracy=_iv(1.0, 1.0, 1.0), unlearned_accuracy=_iv(0.9, 0.7, 1.0), base_floor=_iv(0, 0, 0)
     )
     assert v == "inconclusive" and "still answers" in reasons[-1]
+    v, reasons = verdict(
+        calls,
+        base_accuracy=_iv(0.1, 0.0, 0.25),
+        unlearned_accuracy=_iv(0.0, 0.0, 0.0),
+        base_floor=_iv(0.05, 0.0, 0.1),
+    )
+    assert v == "inconclusive" and "above the floor" in reasons[-1]
+
+
+def test_bootstrap_interval_agrees_with_the_normal_approximation_and_covers():
+    """Against an independent computation: for Bernoulli(0.5) items the 95% interval's width is close to
+    2 * 1.96 * sqrt(p (1-p) / n), and over 300 samples it covers the true mean about 95% of the time."""
+    rng = np.random.default_rng(1)
+    n, p, covered, widths = 60, 0.5, 0, []
+    for i in range(300):
+        x = rng.random(n) < p
+        iv = bootstrap_mean(x, n_boot=1000, seed=i)
+        covered += iv.lo <= p <= iv.hi
+        widths.append(iv.hi - iv.lo)
+    assert 0.90 <= covered / 300 <= 0.99
+    assert np.mean(widths) == pytest.approx(2 * 1.96 * np.sqrt(p * (1 - p) / n), rel=0.1)
+    same = bootstrap_mean([0.25] * 7)
+    assert (same.mean, same.lo, same.hi, same.n) == (0.25, 0.25, 0.25, 7)
+    assert bootstrap_mean([0, 1, 1, 0], seed=3) == bootstrap_mean([0, 1, 1, 0], seed=3)  # seeded
+    with pytest.raises(ValueError, match="no values"):
+        bootstrap_mean([])
 
 
 @pytest.mark.slow

@@ -33,6 +33,10 @@ class AuditConfig(Result):
     # ``vestige unlearn --heldout`` (0: every item; then the audit cannot tell forgetting from memorising).
     heldout: float = 0.0
     heldout_seed: int = 0
+    # The control: at most this many facts of the control pool (the concept's unrelated QA and the retain QA)
+    # that the base answers. Every interval: a percentile bootstrap over items with this many resamples.
+    control_limit: int = 48
+    bootstrap: int = 2000
 
     @classmethod
     def quick(cls, **overrides) -> AuditConfig:

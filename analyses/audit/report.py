@@ -65,6 +65,15 @@ def verdict_table(results: Sequence[AuditResult], labels: Sequence[str]) -> pd.D
     return pd.DataFrame(rows)
 
 
+def _families_table(results: Sequence[AuditResult], labels: Sequence[str]) -> pd.DataFrame:
+    frames = []
+    for r, lab in zip(results, labels):
+        f = r.traces_frame()
+        if len(f):
+            frames.append(f.assign(model=lab)[["model", *f.columns]])
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
 def _behaviour_figure(results, labels) -> go.Figure:
     fig = go.Figure()
     conds = ["base"] + [f"unlearned: {lab}" for lab in labels]
@@ -218,6 +227,14 @@ def audit_report(
         page.paragraph(f"{lab}: {r.verdict} — " + "; ".join(r.reasons), cls=r.verdict)
         for note in r.notes:
             page.paragraph(f"{lab}: {note}", cls="note")
+    if any(r.traces for r in results):
+        page.heading("Evidence by trace family: forget vs control vs floor (95% bootstrap intervals)")
+        page.paragraph(
+            "Each cell: mean [2.5%, 97.5%] over items of the family's per-item measure in the unlearned "
+            "model (base columns: the same measure in the base). Only present / gone / inconclusive vote.",
+            cls="note",
+        )
+        page.table(_families_table(results, labels))
     page.heading("Behaviour before, after and under attack")
     page.figure(_behaviour_figure(results, labels))
     page.heading("Recovery: attacks before and after ablating the traces")
@@ -242,6 +259,10 @@ def audit_report(
     if ches_fig is not None:
         page.heading("CHES similarity vs collateral damage")
         page.figure(ches_fig)
+    for r, lab in zip(results, labels):
+        if r.items:
+            page.heading(f"Items — {lab}")
+            page.table(r.items_frame())
     page.heading("Interventions in the unlearned model")
     page.paragraph(
         "Trace vectors: the located concept vectors that, zeroed in the base model 20 at a time, bring its "

@@ -16,7 +16,8 @@ from analyses.audit.cache import BASE_MEMO, StageCache, stage_key
 from analyses.audit.config import AuditConfig
 from analyses.audit.report import audit_report
 from analyses.audit.result import AuditResult
-from analyses.audit.rule import verdict
+from analyses.audit.rule import FAMILIES, TraceCall, call_family, call_vectors, verdict
+from analyses.audit.traces import item_sets
 from analyses.behaviour import answer_free_text
 from probes.alignment import aligned_to
 from probes.data import QA, Concept
@@ -26,6 +27,7 @@ from probes.finite import check_finite
 from probes.model import Model
 from probes.qa import score_qa
 from probes.results import to_jsonable, write_json
+from probes.stats import bootstrap_mean
 
 
 def audit(
@@ -37,11 +39,18 @@ def audit(
     out: str | Path | None = None,
     retain_qa: list[QA] | None = None,
     trained_items: Sequence[str] | None = None,
+    floor: Concept | None = None,
+    control_qa: Sequence[QA] | None = None,
     progress: bool = True,
 ) -> AuditResult:
     """Audit ``unlearned`` against ``base`` for ``concept``; with ``out``, cache stages and write
     ``audit.json`` and ``report.html`` there (atomically). ``retain_qa`` (default: the concept's unrelated
-    QA) are the items CHES compares with the forget items and the pool of knowledge-conflict answers."""
+    QA) are the items CHES compares with the forget items and the pool of knowledge-conflict answers.
+
+    Every trace family is also measured on a control and a knowledge floor (``analyses.audit.traces``):
+    ``control_qa`` (default: the unrelated QA and ``retain_qa``; only the items the base answers count) and
+    ``floor``, facts the base never knew (default: the bundled fictional facts, ``probes.data.load_floor``,
+    when the base's tokenizer can write their answers; the world passes its unseen people)."""
     cfg = config or AuditConfig()
     trained_split = None
     if cfg.heldout > 0:  # measure forgetting on items nothing trained on; the trained ones are reported too
@@ -57,7 +66,15 @@ def audit(
     check_compatible(base, unlearned)
     check_finite(base, unlearned)  # NaN/inf weights (a diverged run): refused, naming the layer
     retain = list(retain_qa) if retain_qa is not None else list(concept.unrelated_qa)
-    setup = (json.dumps(to_jsonable([concept, retain])), json.dumps(cfg.to_dict(), sort_keys=True))
+    notes = []
+    floor, floor_note = _floor_for(base, floor)
+    if floor_note:
+        notes.append(floor_note)
+    control_pool = list(control_qa) if control_qa is not None else list(concept.unrelated_qa) + retain
+    setup = (
+        json.dumps(to_jsonable([concept, retain, floor, control_pool])),
+        json.dumps(cfg.to_dict(), sort_keys=True),
+    )
     base_key = stage_key(weights_checksum(base), *setup)
     cache = StageCache(out, stage_key(base_key, weights_checksum(unlearned)))
 
@@ -73,6 +90,7 @@ def audit(
         "probes",
         "ches",
         "interventions",
+        "traces",
     ]
     bar = tqdm(total=len(stage_names), desc=f"audit {concept.concept}", disable=not progress)
     timings: dict[str, float] = {}
@@ -113,6 +131,19 @@ def audit(
             return stages._interventions(base, unlearned, concept, cfg, vectors["vectors"], heads, traces)
 
         interventions = run("interventions", interventions_stage)
+
+        def traces_stage() -> dict[str, Any]:
+            sets = on_base(
+                "item_sets",
+                lambda: item_sets(
+                    base, concept, control_pool, floor or Concept(concept.concept, ()), limit=cfg.control_limit
+                ),
+            )
+            return stages._traces(
+                base, unlearned, sets, retain, cfg, on_base, vectors["vectors"], heads, basis.comparable
+            )
+
+        trace_values = run("traces", traces_stage)
     bar.close()
 
     recovery = {"base": {}, "unlearned": {}, "unlearned_after_ablation": {}}
@@ -125,7 +156,20 @@ def audit(
         }
     recovery["unlearned_after_ablation"] = interventions["ablate_traces"]
     vectors = {**vectors, "basis": basis.to_dict()}
-    v, reasons = verdict(behaviour, vectors, lens, recovery, interventions)
+    calls = family_calls(trace_values, basis.to_dict(), cfg)
+    tb, tu = trace_values["behaviour"]["base"], trace_values["behaviour"]["unlearned"]
+    n_boot = cfg.bootstrap
+    v, reasons = verdict(
+        calls,
+        base_accuracy=bootstrap_mean(tb["forget"], n_boot=n_boot, seed=cfg.seed),
+        unlearned_accuracy=bootstrap_mean(tu["forget"], n_boot=n_boot, seed=cfg.seed),
+        base_floor=bootstrap_mean(tb["floor"], n_boot=n_boot, seed=cfg.seed) if tb["floor"] else None,
+    )
+    patched = interventions["patch_vectors_from_base"]["forget_accuracy"]
+    reasons.append(
+        f"patching the base's concept vectors back: forget accuracy {patched:.2f} (re-inserts knowledge: "
+        "reported, does not vote)"
+    )
     summary = {
         "forget_accuracy": {
             "base": behaviour["base"]["forget"]["accuracy"],
@@ -145,8 +189,7 @@ def audit(
         },
         "attacks": {"base": behaviour["base"]["attacks"], "unlearned": behaviour["unlearned"]["attacks"]},
     }
-    extra = {"probes": probes, "heads": heads, "ches": ches, "config": cfg.to_dict()}
-    notes = []
+    extra = {"probes": probes, "heads": heads, "ches": ches, "config": cfg.to_dict(), "trace_values": trace_values}
     if seen:
         notes.append(
             f"{len(seen)} of the {len(concept.qa)} audited items were trained on by the unlearning run "
@@ -180,6 +223,8 @@ def audit(
         base_model=base.name,
         unlearned_model=unlearned.name,
         notes=tuple(notes),
+        traces=tuple(calls),
+        items=tuple(_items(concept, trace_values, "heldout" if cfg.heldout > 0 else "all")),
     )
     if out is not None:
         out = Path(out)
@@ -187,3 +232,73 @@ def audit(
         write_json(out / "timings.json", timings)
         audit_report([result]).write(out / "report.html")
     return result
+
+
+def _floor_for(base: Model, floor: Concept | None) -> tuple[Concept | None, str | None]:
+    """The floor to measure against: the one given, else the bundled fictional facts when the base's
+    tokenizer can write their answers (a note says why not otherwise)."""
+    from probes.data import load_floor
+    from probes.errors import ConceptFileError
+    from probes.qa import validate_concept
+
+    if floor is not None:
+        return validate_concept(base, floor), None
+    bundled = load_floor()
+    try:
+        return validate_concept(base, bundled), None
+    except ConceptFileError as e:
+        return None, (
+            f"no knowledge floor: the bundled fictional facts do not fit this tokenizer ({e.problem}); every "
+            "trace is 'not measured' until a floor is passed (audit(..., floor=...), facts the base never knew)"
+        )
+
+
+def family_calls(values: dict[str, Any], basis: dict[str, Any], cfg: AuditConfig) -> list[TraceCall]:
+    """One ``TraceCall`` per family of ``FAMILIES`` from the ``traces`` stage."""
+    kw = dict(n_boot=cfg.bootstrap, seed=cfg.seed)
+    calls = []
+    for family in FAMILIES:
+        v = values.get(family)
+        if family == "concept_vectors":
+            calls.append(
+                call_vectors(
+                    v["unlearned"] if v else None, bool(basis["comparable"]), agreement=basis.get("agreement"), **kw
+                )
+            )
+        elif family == "activations" and not basis["comparable"]:
+            calls.append(TraceCall(family, "not comparable", "the models share no neuron basis"))
+        elif v is None:
+            why = {
+                "relearning": "relearning is off (relearn_steps=0)",
+                "probes": "fewer than 4 control or floor items to fit a probe on",
+                "memory_heads": "no memory head was found in the base",
+            }.get(family, "not measured")
+            calls.append(TraceCall(family, "not measured", why))
+        else:
+            base = v.get("base")
+            if family in ("prompt_attacks", "relearning"):  # the base answers anyway: its plain answers
+                base = values["behaviour"]["base"]
+            calls.append(call_family(family, v["unlearned"], base, **kw))
+    return calls
+
+
+def _items(concept: Concept, values: dict[str, Any], split: str) -> list[dict[str, Any]]:
+    """Per forget item: prompt, expected answer, split, and the base / unlearned / attacked completions."""
+    tb, tu = values["behaviour"]["base"], values["behaviour"]["unlearned"]
+    attacks = values["prompt_attacks"]["unlearned"]
+    rows = []
+    for i, q in enumerate(concept.qa):
+        row = {
+            "prompt": q.prompt,
+            "answer": q.answer,
+            "split": split,
+            "base": tb["forget_completions"][i],
+            "unlearned": tu["forget_completions"][i],
+            "base_correct": bool(tb["forget"][i]),
+            "unlearned_correct": bool(tu["forget"][i]),
+            "attacked_correct": bool(attacks["forget"][i]),
+        }
+        for a in attacks["attacks"]:
+            row[f"attack_{a}"] = attacks[f"forget_completions_{a}"][i]
+        rows.append(row)
+    return rows

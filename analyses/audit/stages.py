@@ -354,3 +354,65 @@ def _interventions(
                 "n_vectors": len(patched),
             }
     return out
+
+
+def _traces(
+    base: Model,
+    unlearned: Model,
+    sets: Any,
+    pool: list[QA],
+    cfg: AuditConfig,
+    on_base: OnBase,
+    vectors: list[dict[str, Any]],
+    heads: dict[str, Any],
+    comparable: bool,
+) -> dict[str, Any]:
+    """Per-item values of every trace family on the forget, control and floor sets
+    (``analyses.audit.traces``): the unlearned model's, and the base's where a family measures the base."""
+    from analyses.audit import traces as T
+
+    bs = cfg.batch_size
+    out: dict[str, Any] = {"sizes": sets.sizes()}
+    out["behaviour"] = {
+        "base": on_base("traces_behaviour", lambda: T.behaviour_values(base, sets, batch_size=bs)),
+        "unlearned": T.behaviour_values(unlearned, sets, batch_size=bs),
+    }
+    out["prompt_attacks"] = {
+        "unlearned": T.attack_values(unlearned, sets, cfg.attacks, batch_size=bs, context_chars=cfg.context_chars)
+    }
+    if cfg.relearn_steps > 0:
+        out["relearning"] = {
+            "unlearned": T.relearn_values(
+                unlearned, sets, steps=cfg.relearn_steps, lr=cfg.relearn_lr, seed=cfg.seed
+            )
+        }
+    out["logit_lens"] = {
+        "base": on_base("traces_lens", lambda: T.lens_values(base, sets, batch_size=bs)),
+        "unlearned": T.lens_values(unlearned, sets, batch_size=bs),
+    }
+    if len(sets.control.qa) >= 4 and len(sets.floor.qa) >= 4:
+        layer = on_base("traces_probe_layer", lambda: T.probe_layer(base, sets, folds=cfg.probe_folds, seed=cfg.seed))
+        out["probes"] = {
+            "layer": layer,
+            "base": on_base(
+                "traces_probe", lambda: T.probe_values(base, sets, layer["layer"], folds=cfg.probe_folds, seed=cfg.seed)
+            ),
+            "unlearned": T.probe_values(unlearned, sets, layer["layer"], folds=cfg.probe_folds, seed=cfg.seed),
+        }
+    mem = [tuple(h) for h in heads.get("memory_heads", [])]
+    if mem:
+        conflicts = on_base("traces_conflicts", lambda: T.conflicts_of(base, sets, pool))
+        out["memory_heads"] = {
+            "heads": [list(h) for h in mem],
+            "base": on_base("traces_heads", lambda: T.memory_head_values(base, conflicts, mem, batch_size=bs)),
+            "unlearned": T.memory_head_values(unlearned, conflicts, mem, batch_size=bs),
+        }
+    refs = [(v["layer"], v["neuron"]) for v in vectors]
+    if refs and comparable:
+        scale = on_base("traces_scale", lambda: T.activation_scale(base, sets, refs))
+        out["activations"] = {
+            "base": on_base("traces_acts", lambda: T.activation_values(base, sets, refs, scale)),
+            "unlearned": T.activation_values(unlearned, sets, refs, scale),
+        }
+        out["concept_vectors"] = {"unlearned": T.vector_values(base, unlearned, refs, seed=cfg.seed)}
+    return out

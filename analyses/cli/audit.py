@@ -48,6 +48,12 @@ def register(sub) -> argparse.ArgumentParser:
         help="audit only the items `vestige unlearn --heldout` held out (the same fraction; default 0: all)",
     )
     p.add_argument("--heldout-seed", type=int, default=None, help="the unlearning run's --heldout-seed")
+    p.add_argument(
+        "--floor",
+        default=None,
+        help="concept file of facts the base never knew, the chance level of every trace (default: the "
+        "bundled fictional facts)",
+    )
     p.add_argument("--seed", type=int, default=0)
     common.add_model_args(p, flag=None)
     return p
@@ -57,7 +63,13 @@ def run(args: argparse.Namespace) -> int:
     from analyses import audit as audit_mod
     from probes.qa import validate_concept
 
+    from analyses.unlearn.run import retain_qa_for
+    from probes.data import load_concept, load_concepts
+
     concept = common.load_concept_from_args(args)
+    floor = load_concept(args.floor) if args.floor else None
+    # the control: facts of the file's other concepts (those the base answers count)
+    control = list(concept.unrelated_qa) + retain_qa_for(load_concepts(common.concept_file(args)), concept)
     common.check_out_dir(args.out)
     base, unlearned = common.load(args.base, args), common.load(args.unlearned, args)
     validate_concept(base, concept)
@@ -78,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
         config=cfg,
         out=args.out,
         trained_items=trained_items(args.unlearned),
+        floor=floor,
+        control_qa=control,
         progress=not args.no_progress,
     )
     if args.json:

@@ -1,0 +1,292 @@
+"""Per-item values of every trace family on three item sets: the forget concept, a control (facts the base
+knows that the method did not target) and a knowledge floor (facts the base never knew).
+
+Each function returns plain lists (one value per item, JSON-ready) so that the rule
+(``analyses.audit.rule``) can put bootstrap intervals on them and the stage cache can store them. The
+same measurement is applied to the three sets, so the floor is the chance level of that measurement: what
+it reads on knowledge that was never there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from analyses.behaviour import answer_free_text, attack_scores, relearned_copy
+from probes import hooks
+from probes.data import QA, Concept
+from probes.heads import mask_hooks
+from probes.memory_heads import Conflict, build_conflicts, metric
+from probes.model import Model
+from probes.qa import answer_ids, score_qa
+
+SETS = ("forget", "control", "floor")
+
+
+@dataclass(frozen=True)
+class ItemSets:
+    """The three item sets of one audit. ``control`` and ``floor`` carry the forget concept's name (an
+    attack that names the concept names it for every set: the same measurement) and their own text."""
+
+    forget: Concept
+    control: Concept
+    floor: Concept
+
+    def qa(self, which: str) -> tuple[QA, ...]:
+        return getattr(self, which).qa
+
+    def sizes(self) -> dict[str, int]:
+        return {s: len(self.qa(s)) for s in SETS}
+
+
+def item_sets(
+    base: Model, concept: Concept, control_pool: Sequence[QA], floor: Concept, *, limit: int = 48
+) -> ItemSets:
+    """The control is the part of ``control_pool`` the base answers (greedy, as the forget items are
+    scored), minus the concept's own prompts, at most ``limit`` items in pool order."""
+    own = {q.prompt for q in concept.qa}
+    seen: set[str] = set()
+    pool = []
+    for q in control_pool:
+        if q.prompt not in own and q.prompt not in seen:
+            seen.add(q.prompt)
+            pool.append(q)
+    known = []
+    if pool:
+        s = score_qa(base, pool)
+        known = [q for q, ok in zip(pool, s.correct, strict=True) if ok][:limit]
+    name = concept.concept
+    return ItemSets(
+        forget=concept,
+        control=Concept(name, tuple(known), (), (), source="control"),
+        floor=Concept(name, tuple(floor.qa), tuple(floor.text), (), source=floor.source or "floor"),
+    )
+
+
+def _correct(scores) -> list[float]:
+    return [float(c) for c in scores.correct]
+
+
+def behaviour_values(model: Model, sets: ItemSets, *, batch_size: int = 16) -> dict[str, Any]:
+    """Greedy correctness per item, and the completions."""
+    out: dict[str, Any] = {}
+    for which in SETS:
+        s = score_qa(model, sets.qa(which), batch_size=batch_size) if sets.qa(which) else None
+        out[which] = _correct(s) if s else []
+        out[f"{which}_completions"] = list(s.completions) if s else []
+    return out
+
+
+def attack_values(
+    model: Model, sets: ItemSets, attacks: Sequence[str], *, batch_size: int = 16, context_chars: int = 1200
+) -> dict[str, Any]:
+    """Per item: answered under at least one of ``attacks`` (the battery's success, as an attacker who
+    tries them all would see it). The forget items' completion under each attack is kept."""
+    out: dict[str, Any] = {"attacks": list(attacks)}
+    for which in SETS:
+        qa = sets.qa(which)
+        hit = np.zeros(len(qa), dtype=bool)
+        for a in attacks:
+            if not qa:
+                break
+            s = attack_scores(model, getattr(sets, which), a, batch_size=batch_size, context_chars=context_chars)
+            hit |= np.array(s.correct, dtype=bool)
+            if which == "forget":
+                out[f"forget_completions_{a}"] = list(s.completions)
+        out[which] = hit.astype(float).tolist()
+    return out
+
+
+def relearn_values(model: Model, sets: ItemSets, *, steps: int, lr: float, seed: int) -> dict[str, Any]:
+    """A copy relearned on the concept's answer-free text answers the forget and the control items; a copy
+    relearned the same way on the floor's text answers the floor items. Empty when a set has no text."""
+    out: dict[str, Any] = {s: [] for s in SETS}
+    if answer_free_text(sets.forget):
+        torch.manual_seed(seed)
+        work = relearned_copy(model, sets.forget, steps=steps, lr=lr, seed=seed)
+        out["forget"] = _correct(score_qa(work, sets.forget.qa))
+        if sets.control.qa:
+            out["control"] = _correct(score_qa(work, sets.control.qa))
+        del work
+    if answer_free_text(sets.floor):
+        torch.manual_seed(seed)
+        work = relearned_copy(model, sets.floor, steps=steps, lr=lr, seed=seed)
+        out["floor"] = _correct(score_qa(work, sets.floor.qa))
+        del work
+    return out
+
+
+@torch.no_grad()
+def _last_resid(model: Model, items: Sequence[QA], *, batch_size: int = 16) -> torch.Tensor:
+    """``[item, layer, d_model]``: the residual stream after every layer at each prompt's last token."""
+    names = [hooks.resid_post(l) for l in range(model.cfg.n_layers)]
+    out = []
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        ids, mask = model.pad([answer_ids(model, q.prompt, q.answer)[0] for q in chunk], padding_side="left")
+        _, cache = hooks.run_with_cache(model, ids, names, mask)
+        out.append(torch.stack([cache[n][:, -1].float().cpu() for n in names], dim=1))
+    return torch.cat(out) if out else torch.zeros(0, model.cfg.n_layers, model.cfg.d_model)
+
+
+@torch.no_grad()
+def lens_values(model: Model, sets: ItemSets, *, batch_size: int = 16) -> dict[str, Any]:
+    """Per item: the answer's first token is among the 10 most likely at some inner layer (the logit lens:
+    final norm and unembedding applied to the residual stream)."""
+    from probes.lens import logit_lens
+
+    out: dict[str, Any] = {}
+    for which in SETS:
+        qa = sets.qa(which)
+        if not qa:
+            out[which] = []
+            continue
+        r = logit_lens(model, [q.prompt for q in qa], [q.answer for q in qa], batch_size=batch_size)
+        out[which] = (r.rank[:, :-1].min(axis=1) < 10).astype(float).tolist()
+    return out
+
+
+def probe_layer(base: Model, sets: ItemSets, *, folds: int = 5, seed: int = 0) -> dict[str, Any]:
+    """The layer where a linear probe tells the base's control items (known) from the floor (never known)
+    best, by cross-validated accuracy on the base: chosen on the base so that nothing of the unlearned
+    model tunes it."""
+    acc = _known_probe_cv(_last_resid(base, sets.control.qa), _last_resid(base, sets.floor.qa), folds, seed)
+    return {"layer": int(np.argmax(acc)), "cv_accuracy_by_layer": [float(a) for a in acc]}
+
+
+def _known_probe_cv(ctrl: torch.Tensor, floor: torch.Tensor, folds: int, seed: int) -> np.ndarray:
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    X = torch.cat([ctrl, floor]).numpy()
+    y = np.r_[np.ones(len(ctrl)), np.zeros(len(floor))]
+    cv = StratifiedKFold(n_splits=min(folds, len(ctrl), len(floor)), shuffle=True, random_state=seed)
+    return np.array([cross_val_score(_probe(), X[:, l], y, cv=cv).mean() for l in range(X.shape[1])])
+
+
+def _probe():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
+
+
+def probe_values(model: Model, sets: ItemSets, layer: int, *, folds: int = 5, seed: int = 0) -> dict[str, Any]:
+    """A "known fact" probe fitted on ``model`` itself at ``layer``: logistic regression from the last
+    prompt token's residual stream to known (control) vs never known (floor). Per item: its probability of
+    "known"; control and floor items scored out of fold (never by a probe that saw them), forget items by
+    the probe fitted on all control and floor items (it never saw a forget item)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    ctrl = _last_resid(model, sets.control.qa)[:, layer].numpy()
+    flo = _last_resid(model, sets.floor.qa)[:, layer].numpy()
+    fgt = _last_resid(model, sets.forget.qa)[:, layer].numpy()
+    X = np.concatenate([ctrl, flo])
+    y = np.r_[np.ones(len(ctrl)), np.zeros(len(flo))]
+    oof = np.zeros(len(y))
+    cv = StratifiedKFold(n_splits=min(folds, len(ctrl), len(flo)), shuffle=True, random_state=seed)
+    for train, test in cv.split(X, y):
+        oof[test] = _probe().fit(X[train], y[train]).predict_proba(X[test])[:, 1]
+    full = _probe().fit(X, y)
+    return {
+        "layer": layer,
+        "forget": full.predict_proba(fgt)[:, 1].tolist(),
+        "control": oof[: len(ctrl)].tolist(),
+        "floor": oof[len(ctrl) :].tolist(),
+    }
+
+
+def conflicts_of(base: Model, sets: ItemSets, pool: Sequence[QA]) -> dict[str, list[Conflict]]:
+    """Knowledge conflicts (``probes.memory_heads.build_conflicts``) of each set's items; counterfactual
+    answers come from the same set and ``pool``."""
+    out = {}
+    for which in SETS:
+        own = {q.prompt for q in sets.qa(which)}
+        made = build_conflicts(base, list(sets.qa(which)) + list(pool)) if own else []
+        out[which] = [c for c in made if c.prompt in own]
+    return out
+
+
+@torch.no_grad()
+def memory_head_values(
+    model: Model, conflicts: dict[str, list[Conflict]], heads: Sequence[tuple[int, int]], *, batch_size: int = 16
+) -> dict[str, Any]:
+    """Per conflict: how much the memory heads raise logit(memory answer) - logit(context answer), i.e. the
+    metric minus the metric with those heads' outputs zeroed (PH3's pruning, per item)."""
+    prune = mask_hooks([tuple(h) for h in heads], "zero")
+    out: dict[str, Any] = {}
+    for which, items in conflicts.items():
+        vals: list[float] = []
+        for s in range(0, len(items), batch_size):
+            chunk = items[s : s + batch_size]
+            ids, mask = model.tokenize([c.clean_prompt for c in chunk], padding_side="left")
+            mem = torch.tensor([c.memory_token for c in chunk], device=ids.device)
+            ctx = torch.tensor([c.context_token for c in chunk], device=ids.device)
+            clean = metric(hooks.run_with_hooks(model, ids, [], mask), mem, ctx)
+            pruned = metric(hooks.run_with_hooks(model, ids, prune, mask), mem, ctx)
+            vals += (clean - pruned).float().cpu().tolist()
+        out[which] = vals
+    return out
+
+
+@torch.no_grad()
+def _neuron_acts(model: Model, items: Sequence[QA], refs: Sequence[tuple[int, int]]) -> np.ndarray:
+    """``[item, vector]``: each value vector's coefficient (the MLP's hidden activation) at the last prompt
+    token."""
+    layers = sorted({l for l, _ in refs})
+    names = [hooks.mlp_post(l) for l in layers]
+    out = []
+    for start in range(0, len(items), 16):
+        chunk = items[start : start + 16]
+        ids, mask = model.pad([answer_ids(model, q.prompt, q.answer)[0] for q in chunk], padding_side="left")
+        _, cache = hooks.run_with_cache(model, ids, names, mask)
+        out.append(np.stack([cache[hooks.mlp_post(l)][:, -1, n].float().cpu().numpy() for l, n in refs], 1))
+    return np.concatenate(out) if out else np.zeros((0, len(refs)))
+
+
+def activation_scale(base: Model, sets: ItemSets, refs: Sequence[tuple[int, int]]) -> list[float]:
+    """Each vector's mean absolute activation on the forget prompts in the base (the unit of
+    ``activation_values``)."""
+    return np.abs(_neuron_acts(base, sets.forget.qa, refs)).mean(axis=0).clip(min=1e-6).tolist()
+
+
+def activation_values(
+    model: Model, sets: ItemSets, refs: Sequence[tuple[int, int]], scale: Sequence[float]
+) -> dict[str, Any]:
+    """Per item: the located vectors' mean activation at the last prompt token, each in units of its mean
+    absolute activation on the forget prompts in the base (1: fires as in the base)."""
+    s = np.asarray(scale)
+    return {w: (_neuron_acts(model, sets.qa(w), refs) / s).mean(axis=1).tolist() for w in SETS if sets.qa(w)}
+
+
+def vector_values(
+    base: Model, unlearned: Model, refs: Sequence[tuple[int, int]], *, n_control: int = 64, seed: int = 0
+) -> dict[str, Any]:
+    """Cosine between base and unlearned of: the located value vectors (forget); seeded random vectors of
+    the same layers (control: what the method did to vectors it did not target); each located base vector
+    against a random *other* vector of the same layer in the unlearned model (floor: the cosine of
+    unrelated vectors)."""
+    from probes.concepts import value_vectors
+
+    rng = np.random.default_rng(seed)
+    layers = sorted({l for l, _ in refs})
+    Vb = {l: value_vectors(base, l).float() for l in layers}
+    Vu = {l: value_vectors(unlearned, l).float() for l in layers}
+    d_mlp = base.cfg.d_mlp
+
+    def cos(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
+
+    forget = [cos(Vb[l][n], Vu[l][n]) for l, n in refs]
+    control, floor = [], []
+    for i in range(n_control):
+        l = layers[i % len(layers)]
+        control.append(cos(Vb[l][(m := int(rng.integers(d_mlp)))], Vu[l][m]))
+        l, n = refs[i % len(refs)]
+        other = int(rng.integers(d_mlp - 1))
+        floor.append(cos(Vb[l][n], Vu[l][other + (other >= n)]))
+    return {"forget": forget, "control": control, "floor": floor}
