@@ -4,10 +4,12 @@ for attention heads (permuted within a layer, grouped-query groups kept whole)."
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from analyses.audit import AuditConfig, audit, verdict
+from analyses.audit.rule import TraceCall, call_vectors
 from probes.alignment import (
     HEAD_ARCHITECTURES,
     HeadLayoutError,
@@ -24,6 +26,7 @@ from probes.alignment import (
 from probes.data import QA, Concept
 from probes.edits import weights_checksum
 from probes.model import load_model
+from probes.stats import bootstrap_mean
 
 
 def _logits(model, seed: int = 0) -> torch.Tensor:
@@ -74,24 +77,29 @@ def test_alignment_restores_on_an_exception(gpt2):
     assert weights_checksum(other) == before
 
 
-def _verdict_inputs(cosine: float, basis: dict) -> tuple:
-    behaviour = {"base": {"forget": {"accuracy": 1.0}}, "unlearned": {"forget": {"accuracy": 0.0}}}
-    vectors = {"mean_cosine": cosine, "basis": basis}
-    lens = {"unlearned_max_inner_top10_share": 0.0, "best_inner_layer": 3, "present_layers": []}
-    recovery = {"unlearned": {"none": 0.0, "prefix": 0.25}}
-    interventions = {"patch_vectors_from_base": {"forget_accuracy": 0.0}}
-    return behaviour, vectors, lens, recovery, interventions
+def _vector_call(cosine: float, comparable: bool):
+    """The concept-vector call on ten located vectors at ``cosine``, 64 control vectors barely moved and a
+    floor of unrelated-vector cosines near 0."""
+    floor = list(np.random.default_rng(0).normal(0.0, 0.05, 64))
+    values = {"forget": [cosine] * 10, "control": [0.999] * 64, "floor": floor}
+    return call_vectors(values, comparable, agreement=1.0 if comparable else 0.02)
 
 
 def test_the_vector_cosine_votes_only_between_models_that_share_a_basis():
-    shared = {"agreement": 1.0, "realigned": False, "agreement_after": 1.0, "comparable": True}
-    other_run = {"agreement": 0.02, "realigned": False, "agreement_after": 0.02, "comparable": False}
-    v, _ = verdict(*_verdict_inputs(1.0, shared))
-    assert v == "suppressed"
-    v, reasons = verdict(*_verdict_inputs(1.0, other_run))  # a high cosine from no shared basis means nothing
-    assert v == "removed" and any("not comparable" in r for r in reasons)
-    v, _ = verdict(*_verdict_inputs(0.0, other_run))
-    assert v == "removed"
+    """A permuted copy re-aligned into the base's basis: its cosine is evidence. Another training run (or a
+    permutation that could not be undone): the cosine is "not comparable" whatever its value, so a cosine
+    of 0 cannot make a suppressed model pass as removed and a cosine of 1 cannot convict a retrained one."""
+    acc = dict(base_accuracy=bootstrap_mean([1.0] * 8), unlearned_accuracy=bootstrap_mean([0.0] * 8))
+    floor = bootstrap_mean([0.0] * 8)
+    gone = [TraceCall(f, "gone", "at the floor") for f in ("behaviour", "prompt_attacks", "logit_lens")]
+    kept = _vector_call(1.0, comparable=True)
+    assert kept.call == "present"
+    assert verdict([*gone, kept], **acc, base_floor=floor)[0] == "suppressed"
+    for cosine in (1.0, 0.0):
+        call = _vector_call(cosine, comparable=False)
+        assert call.call == "not comparable" and not call.votes and "0.02" in call.why
+        v, reasons = verdict([*gone, call], **acc, base_floor=floor)
+        assert v == "removed" and any("not comparable" in r for r in reasons)
 
 
 TOY = Concept(
