@@ -117,12 +117,21 @@ TOY = Concept(
 )
 
 
+# the families whose per-item values read only what the model computes (no weight index): equal under any
+# function-preserving permutation, to fp32 rounding of the reordered sums
+BASIS_FREE = ("behaviour", "prompt_attacks", "relearning", "logit_lens", "probes", "memory_heads")
+
+
 @pytest.mark.slow
-def test_audit_verdict_survives_a_neuron_permutation_smollm2(smol):
-    """GA-style suppression stand-in (the located vectors' first-token logits pushed down by zeroing
-    them in a copy) audited as it is and with every MLP layer permuted: the same verdict, the same vector
-    cosine (the audit re-aligns), and the base audited against itself is not 'removed'."""
+def test_audit_verdict_survives_a_neuron_and_head_permutation_smollm2(smol):
+    """A suppression stand-in (40 located vectors zeroed in a copy) audited as it is and with every MLP
+    layer's neurons and every layer's attention heads permuted (outputs equal): the same verdict, the same
+    call for every family, every basis-free per-item value equal (1e-4: fp32 rounding), the weight-space
+    values equal once re-aligned (1e-5); the base audited against itself (nothing unlearned) is
+    inconclusive, never removed."""
     from probes import concepts as cv
+    from probes.data import load_concepts
+    from analyses.unlearn.run import retain_qa_for
 
     unlearned = smol.copy()
     with torch.no_grad():
@@ -130,20 +139,33 @@ def test_audit_verdict_survives_a_neuron_permutation_smollm2(smol):
             unlearned.W_out(layer)[neuron].zero_()
     permuted = unlearned.copy()
     permute_mlp_neurons(permuted, random_permutations(permuted, seed=11))
-    cfg = AuditConfig.quick(probe_dataset="")
-    plain = audit(smol, unlearned, TOY, config=cfg, progress=False)
-    moved = audit(smol, permuted, TOY, config=cfg, progress=False)
+    permute_attention_heads(permuted, random_head_permutations(permuted, seed=12))
+    cfg = AuditConfig.quick(probe_dataset="", control_limit=24)
+    control = retain_qa_for(load_concepts(), TOY)  # facts of the other bundled concepts
+    kw = dict(config=cfg, control_qa=control, progress=False)
+    plain = audit(smol, unlearned, TOY, **kw)
+    moved = audit(smol, permuted, TOY, **kw)
     assert moved.verdict == plain.verdict
-    assert moved.concept_vectors["basis"]["realigned"] and not plain.concept_vectors["basis"]["realigned"]
+    basis = moved.concept_vectors["basis"]
+    assert basis["realigned"] and not plain.concept_vectors["basis"]["realigned"]
+    assert [(c.family, c.call) for c in moved.traces] == [(c.family, c.call) for c in plain.traces]
+    pv, mv = plain.extra["trace_values"], moved.extra["trace_values"]
+    assert pv["sizes"] == mv["sizes"] and pv["sizes"]["control"] >= 4 and pv["sizes"]["floor"] >= 4
+    for family in BASIS_FREE:
+        if family not in pv:
+            continue
+        for side in ("unlearned",):
+            for which in ("forget", "control", "floor"):
+                a, b = pv[family][side].get(which, []), mv[family][side].get(which, [])
+                assert np.allclose(a, b, atol=1e-4), (family, which)
+    for family in ("activations", "concept_vectors"):
+        for which in ("forget", "control", "floor"):
+            a, b = pv[family]["unlearned"][which], mv[family]["unlearned"][which]
+            assert np.allclose(a, b, atol=1e-5), (family, which)
     assert moved.concept_vectors["mean_cosine"] == pytest.approx(
         plain.concept_vectors["mean_cosine"], abs=1e-5
     )
-    for key in ("forget_accuracy", "unrelated_accuracy"):
-        assert moved.behaviour[key] == plain.behaviour[key]
-    assert moved.logit_lens["unlearned_max_inner_top10_share"] == pytest.approx(
-        plain.logit_lens["unlearned_max_inner_top10_share"], abs=1e-6
-    )
-    itself = audit(smol, smol.copy(), TOY, config=cfg, progress=False)
+    itself = audit(smol, smol.copy(), TOY, **kw)
     assert itself.verdict == "inconclusive"
 
 

@@ -14,7 +14,7 @@ from analyses.audit.rule import TraceCall, call_family, call_vectors
 from probes.data import QA, Concept
 from probes.edits import check_compatible, edited_vectors, patched_vectors, weights_checksum
 from probes.errors import MismatchError
-from probes.stats import Interval, bootstrap_mean
+from probes.stats import Interval, bootstrap_difference, bootstrap_mean
 
 TOY = Concept(
     "Harry Potter",
@@ -78,8 +78,11 @@ ALL = [1.0] * 12
         (ALL, ALL, ZERO, ALL, "present"),  # the unlearned model still shows it, far above the floor
         (ZERO, ALL, ZERO, ALL, "gone"),  # at the floor while the control is not
         (ZERO, ZERO, ZERO, ALL, "inconclusive"),  # at the floor, but so is everything else
-        ([1.0] * 2 + [0.0] * 10, ALL, ZERO, ALL, "inconclusive"),  # 2 of 12 overlap the floor [0, 0]
-        ([1.0] * 6 + [0.0] * 6, ALL, ZERO, ALL, "present"),  # 6 of 12: above the floor's interval
+        # 2 of 12 against 0 of 12: not above the floor, and with 95% confidence under half the base's signal
+        ([1.0] * 2 + [0.0] * 10, ALL, ZERO, ALL, "gone"),
+        # 5 of 12 against a floor of 3 of 12: not above it, but it may keep more than half the base's signal
+        ([1.0] * 5 + [0.0] * 7, ALL, [1.0] * 3 + [0.0] * 9, ALL, "inconclusive"),
+        ([1.0] * 6 + [0.0] * 6, ALL, ZERO, ALL, "present"),  # 6 of 12: the difference's interval excludes 0
         (ALL, ALL, ALL, ALL, "not informative"),  # the measure reads the same on facts never known
     ],
 )
@@ -89,6 +92,7 @@ def test_call_family(forget, control, floor, base_forget, expected):
     assert call.call == expected, call.why
     assert call.forget.mean == pytest.approx(sum(forget) / len(forget))
     assert call.floor.lo <= call.floor.mean <= call.floor.hi
+    assert call.difference.mean == pytest.approx(call.forget.mean - call.floor.mean)
 
 
 def test_call_family_without_a_floor_is_not_measured():
@@ -166,6 +170,37 @@ def test_bootstrap_interval_agrees_with_the_normal_approximation_and_covers():
     assert bootstrap_mean([0, 1, 1, 0], seed=3) == bootstrap_mean([0, 1, 1, 0], seed=3)  # seeded
     with pytest.raises(ValueError, match="no values"):
         bootstrap_mean([])
+
+
+def test_bootstrap_difference_agrees_with_the_normal_approximation_and_covers():
+    """Against an independent computation: for two Bernoulli samples the 95% interval of the difference has
+    the width 2 * 1.96 * sqrt(p1 q1 / n1 + p2 q2 / n2) and covers the true difference about 95% of the time;
+    one correct item of 40 against none is not a difference (its lower end is 0)."""
+    rng = np.random.default_rng(2)
+    n1, n2, p1, p2, covered, widths = 40, 60, 0.4, 0.2, 0, []
+    for i in range(300):
+        iv = bootstrap_difference(rng.random(n1) < p1, rng.random(n2) < p2, n_boot=1000, seed=i)
+        covered += iv.lo <= p1 - p2 <= iv.hi
+        widths.append(iv.hi - iv.lo)
+    assert 0.90 <= covered / 300 <= 0.99
+    expected = 2 * 1.96 * np.sqrt(p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2)
+    assert np.mean(widths) == pytest.approx(expected, rel=0.1)
+    one = bootstrap_difference([1.0] + [0.0] * 39, [0.0] * 40)
+    assert one.mean == pytest.approx(0.025) and one.lo == 0.0 and one.hi > 0.0
+    with pytest.raises(ValueError, match="no values"):
+        bootstrap_difference([], [1.0])
+
+
+def test_the_gone_margin_is_a_share_of_the_base_signal():
+    """A stricter margin turns the same values from gone to inconclusive; the margin scales with what the
+    base shows (forget - floor), so a measure on another scale gets the same call."""
+    values = {"forget": [1.0] * 2 + [0.0] * 10, "control": ALL, "floor": ZERO}
+    base = {"forget": ALL, "floor": ZERO}
+    assert call_family("behaviour", values, base).call == "gone"
+    assert call_family("behaviour", values, base, margin=0.2).call == "inconclusive"
+    scaled = {k: [10 * x for x in v] for k, v in values.items()}
+    call = call_family("memory_heads", scaled, {k: [10 * x for x in v] for k, v in base.items()})
+    assert call.call == "gone" and call.margin == pytest.approx(5.0)
 
 
 @pytest.mark.slow

@@ -37,6 +37,9 @@ class AuditConfig(Result):
     # that the base answers. Every interval: a percentile bootstrap over items with this many resamples.
     control_limit: int = 48
     bootstrap: int = 2000
+    # A family is "gone" when its forget - floor difference stays, with 95% confidence, under this share of
+    # the base's forget - floor difference (``analyses.audit.rule.call_family``); smaller is stricter.
+    gone_margin: float = 0.5
 
     @classmethod
     def quick(cls, **overrides) -> AuditConfig:

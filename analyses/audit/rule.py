@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from probes.results import Result
-from probes.stats import Interval, bootstrap_mean
+from probes.stats import Interval, bootstrap_difference, bootstrap_mean
 
 # family -> what one item's value is
 FAMILIES: dict[str, str] = {
@@ -26,6 +26,9 @@ FAMILIES: dict[str, str] = {
 }
 CALLS = ("present", "gone", "inconclusive", "not comparable", "not informative", "not measured")
 VOTING = ("present", "gone", "inconclusive")
+# "gone" needs the unlearned model's forget - floor difference to stay, with 95% confidence, under this share
+# of the base's (what separates the concept from facts never known where it is known)
+GONE_MARGIN = 0.5
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,9 @@ class TraceCall(Result):
     floor: Interval | None = None
     base_forget: Interval | None = None
     base_floor: Interval | None = None
+    difference: Interval | None = None  # the unlearned model's forget - floor
+    base_difference: Interval | None = None  # the base's forget - floor
+    margin: float | None = None  # "gone" when ``difference.hi`` is at most this
 
     @property
     def votes(self) -> bool:
@@ -60,8 +66,11 @@ class TraceCall(Result):
             "forget": fmt(self.forget),
             "control": fmt(self.control),
             "floor": fmt(self.floor),
+            "forget - floor": fmt(self.difference),
             "base forget": fmt(self.base_forget),
             "base floor": fmt(self.base_floor),
+            "base forget - floor": fmt(self.base_difference),
+            "gone below": "" if self.margin is None else f"{self.margin:.2f}",
             "measure": self.measure,
             "why": self.why,
         }
@@ -82,16 +91,20 @@ def call_family(
     *,
     n_boot: int = 2000,
     seed: int = 0,
+    margin: float = GONE_MARGIN,
 ) -> TraceCall:
     """The generic rule. ``values`` are the unlearned model's per-item values on ``forget``, ``control``
-    and ``floor``; ``base`` the base's on ``forget`` and ``floor`` (where the family measures the base).
+    and ``floor``; ``base`` the base's on ``forget`` and ``floor``. Every comparison is a bootstrap interval
+    of a difference of means (``probes.stats.bootstrap_difference``), forget minus floor:
 
-    - not informative: in the base the forget interval is not above the floor's (the measure cannot see
-      the concept even where it is known); the family does not vote.
-    - present: the unlearned forget interval lies above the floor's interval.
-    - gone: the unlearned forget mean is within (or below) the floor's interval, while the control stays
-      above the floor (else the measure, or the model, lost everything, not the concept: inconclusive).
-    - inconclusive: the forget interval overlaps the floor's without its mean inside it.
+    - not informative: in the base the difference is not above 0 (the measure cannot see the concept even
+      where it is known); the family does not vote.
+    - present: the unlearned model's difference is above 0 (its 95% interval excludes 0).
+    - gone: the difference's upper end is at most ``margin`` times the base's difference (with 95%
+      confidence less than that share of the concept's signal is left), while the control stays above the
+      floor (else the method, or the measure, lost what is not the concept too: inconclusive). Without base
+      values: the forget mean within the floor's interval.
+    - inconclusive: neither (too few items, or a part of the signal left that the items cannot place).
     """
     values = values or {}
     f = _iv(values.get("forget"), n_boot, seed)
@@ -99,32 +112,51 @@ def call_family(
     fl = _iv(values.get("floor"), n_boot, seed + 2)
     bf = _iv((base or {}).get("forget"), n_boot, seed + 3)
     bfl = _iv((base or {}).get("floor"), n_boot, seed + 4)
-    ivs = dict(forget=f, control=c, floor=fl, base_forget=bf, base_floor=bfl)
+    ivs: dict[str, Any] = dict(forget=f, control=c, floor=fl, base_forget=bf, base_floor=bfl)
     if f is None or fl is None:
         missing = "forget" if f is None else "floor"
         return TraceCall(family, "not measured", f"no {missing} items were measured", **ivs)
-    if bf is not None and bfl is not None and not bf.above(bfl):
-        return TraceCall(
-            family,
-            "not informative",
-            f"in the base the forget items read {bf} against the floor's {bfl}: this measure does not "
-            "tell the concept from facts never known",
-            **ivs,
-        )
-    if f.above(fl):
-        return TraceCall(family, "present", f"forget {f} above the floor {fl}", **ivs)
-    if f.within_or_below(fl):
-        if c is not None and not c.above(fl):
+    d = bootstrap_difference(values["forget"], values["floor"], n_boot=n_boot, seed=seed + 5)
+    ivs["difference"] = d
+    limit = None
+    if bf is not None and bfl is not None:
+        bd = bootstrap_difference(base["forget"], base["floor"], n_boot=n_boot, seed=seed + 6)
+        ivs["base_difference"] = bd
+        if bd.lo <= 0:
             return TraceCall(
                 family,
-                "inconclusive",
-                f"forget {f} at the floor {fl}, but so is the control {c}: the method (or the measure) "
-                "lost what is not the concept too",
+                "not informative",
+                f"in the base the forget items read {bf} against the floor's {bfl} (difference {bd}): this "
+                "measure does not tell the concept from facts never known",
                 **ivs,
             )
+        limit = margin * bd.mean
+        ivs["margin"] = limit
+    if d.lo > 0:
+        return TraceCall(family, "present", f"forget {f} above the floor {fl} (difference {d})", **ivs)
+    within = d.hi <= limit if limit is not None else f.within_or_below(fl)
+    if within:
+        if c is not None:
+            cd = bootstrap_difference(values["control"], values["floor"], n_boot=n_boot, seed=seed + 7)
+            if cd.lo <= 0:
+                return TraceCall(
+                    family,
+                    "inconclusive",
+                    f"forget {f} at the floor {fl}, but so is the control {c} (difference {cd}): the method "
+                    "(or the measure) lost what is not the concept too",
+                    **ivs,
+                )
         tail = f", control {c} above it" if c is not None else " (no control items)"
-        return TraceCall(family, "gone", f"forget {f} within the floor {fl}{tail}", **ivs)
-    return TraceCall(family, "inconclusive", f"forget {f} overlaps the floor {fl}", **ivs)
+        bound = f"difference {d} under {limit:.2f}, half the base's" if limit is not None else f"floor {fl}"
+        return TraceCall(family, "gone", f"forget {f} at the floor: {bound}{tail}", **ivs)
+    return TraceCall(
+        family,
+        "inconclusive",
+        f"forget {f} not above the floor {fl}, but the difference {d} reaches past "
+        + (f"{limit:.2f} (half the base's)" if limit is not None else "the floor's interval")
+        + ": more items would decide",
+        **ivs,
+    )
 
 
 def call_vectors(

@@ -278,7 +278,7 @@ def family_calls(values: dict[str, Any], basis: dict[str, Any], cfg: AuditConfig
             base = v.get("base")
             if family in ("prompt_attacks", "relearning"):  # the base answers anyway: its plain answers
                 base = values["behaviour"]["base"]
-            calls.append(call_family(family, v["unlearned"], base, **kw))
+            calls.append(call_family(family, v["unlearned"], base, margin=cfg.gone_margin, **kw))
     return calls
 
 
