@@ -29,6 +29,8 @@ VOTING = ("present", "gone", "inconclusive")
 # "gone" needs the unlearned model's forget - floor difference to stay, with 95% confidence, under this share
 # of the base's (what separates the concept from facts never known where it is known)
 GONE_MARGIN = 0.5
+# cosine by which the located vectors may move more than random ones and still count as unedited
+VECTOR_TOLERANCE = 0.01
 
 
 @dataclass(frozen=True)
@@ -166,11 +168,15 @@ def call_vectors(
     agreement: float | None = None,
     n_boot: int = 2000,
     seed: int = 0,
+    margin: float = GONE_MARGIN,
 ) -> TraceCall:
-    """The weight-space rule. Only between models that share a neuron basis (else "not comparable").
-    present: the located vectors moved no more than the control vectors (forget mean >= control's lower
-    bound) and stay above the floor (cosine with unrelated vectors); gone: within the floor;
-    inconclusive: moved more than the control, not down to the floor."""
+    """The weight-space rule, only between models that share a neuron basis (else "not comparable").
+    Values are cosines with the base's vectors: located vectors (forget), random vectors (control) and
+    located base vectors against unrelated ones (floor). The base's own signal is ``1 - floor`` (a vector's
+    cosine with itself). gone: the forget - floor difference's upper end is at most ``margin`` times that;
+    present: the difference is above 0 and the located vectors moved no more than the control vectors
+    (control - forget at most ``VECTOR_TOLERANCE`` at its lower end: a cosine 1e-6 lower is not an edit);
+    inconclusive: they moved more than the control, not down to the floor."""
     if not comparable:
         why = "the models share no neuron basis"
         if agreement is not None:
@@ -180,22 +186,30 @@ def call_vectors(
     f = _iv(values.get("forget"), n_boot, seed)
     c = _iv(values.get("control"), n_boot, seed + 1)
     fl = _iv(values.get("floor"), n_boot, seed + 2)
-    ivs = dict(forget=f, control=c, floor=fl)
+    ivs: dict[str, Any] = dict(forget=f, control=c, floor=fl)
     if f is None or c is None or fl is None:
         return TraceCall("concept_vectors", "not measured", "no located vectors", **ivs)
-    if f.within_or_below(fl):
-        return TraceCall("concept_vectors", "gone", f"cosine {f} within the floor {fl}", **ivs)
-    if f.mean >= c.lo and f.above(fl):
+    d = bootstrap_difference(values["forget"], values["floor"], n_boot=n_boot, seed=seed + 5)
+    limit = margin * (1.0 - fl.mean)
+    ivs.update(difference=d, margin=limit)
+    if d.hi <= limit:
+        return TraceCall(
+            "concept_vectors", "gone", f"cosine {f} at the floor {fl}: difference {d} under {limit:.2f}", **ivs
+        )
+    moved = bootstrap_difference(values["control"], values["forget"], n_boot=n_boot, seed=seed + 6)
+    if d.lo > 0 and moved.lo <= VECTOR_TOLERANCE:
         return TraceCall(
             "concept_vectors",
             "present",
-            f"cosine {f}: moved no more than the control vectors {c}, far above the floor {fl}",
+            f"cosine {f}: moved no more than the control vectors {c} (control - forget {moved}), far above "
+            f"the floor {fl}",
             **ivs,
         )
     return TraceCall(
         "concept_vectors",
         "inconclusive",
-        f"cosine {f}: moved more than the control vectors {c}, but not down to the floor {fl}",
+        f"cosine {f}: moved more than the control vectors {c} (control - forget {moved}), but not down to "
+        f"the floor {fl}",
         **ivs,
     )
 

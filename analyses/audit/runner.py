@@ -262,7 +262,11 @@ def family_calls(values: dict[str, Any], basis: dict[str, Any], cfg: AuditConfig
         if family == "concept_vectors":
             calls.append(
                 call_vectors(
-                    v["unlearned"] if v else None, bool(basis["comparable"]), agreement=basis.get("agreement"), **kw
+                    v["unlearned"] if v else None,
+                    bool(basis["comparable"]),
+                    agreement=basis.get("agreement"),
+                    margin=cfg.gone_margin,
+                    **kw,
                 )
             )
         elif family == "activations" and not basis["comparable"]:
