@@ -19,7 +19,7 @@ import pandas as pd
 
 from analyses.audit import AuditConfig, AuditResult, audit
 from analyses.unlearn import UnlearnConfig, unlearn
-from analyses.world import WorldConfig, world_models
+from analyses.world import WorldConfig, lineage_models, world_models
 from probes.results import Result, atomic_write_text, write_json
 
 
@@ -40,6 +40,14 @@ class OracleConfig(Result):
     n_vectors: int = 10
     context_chars: int = 400  # about 80 words: the in-context attack stays inside the trained positions
     seed: int = 0
+    # Models whose truth is "still knows": ``relearned`` (the first method's model fine-tuned back on the
+    # forget people's biographies) and ``no_op`` (an exact copy of the full model). Both must not be
+    # called removed; the rule calls a model that still answers inconclusive.
+    controls: tuple[str, ...] = ("relearned", "no_op")
+    relearned_steps: int = 40
+    relearned_lr: float = 1e-3
+    # ``analyses.world.lineage_models``: full model and oracle continued from one common model
+    lineage: bool = False
 
 
 @dataclass(frozen=True)
@@ -122,8 +130,8 @@ def separation_table(audits: dict[str, AuditResult]) -> pd.DataFrame:
     cols = {name: _trace_rows(a) for name, a in audits.items()}
     frame = pd.DataFrame({"full model": pd.Series(base), **{k: pd.Series(v) for k, v in cols.items()}})
     frame = frame.reindex(list(next(iter(cols.values())).keys()))
-    if "oracle" in cols and len(cols) > 1:
-        others = [k for k in cols if k != "oracle"]
+    if "oracle" in cols and any(truth_of(k) == "suppressed" for k in cols):
+        others = [k for k in cols if truth_of(k) == "suppressed"]
         gaps = []
         for row in frame.index:
             if row == "verdict":
@@ -144,7 +152,7 @@ def run_oracle(
     """Train or load the world's models, unlearn with each method, audit all against the full model."""
     cfg = config or OracleConfig()
     t0 = time.perf_counter()
-    wm = world_models(cfg.world, progress=progress)
+    wm = (lineage_models if cfg.lineage else world_models)(cfg.world, progress=progress)
     world = wm.world
     concept = world.forget_concept()
     probe_path = Path(out) / "world_probe.json" if out is not None else wm.path / "probe.json"
@@ -167,6 +175,7 @@ def run_oracle(
     floor = world.floor_concept(len(world.forget))  # people neither model saw: the knowledge floor
     audits: dict[str, AuditResult] = {}
     unlearning: dict[str, dict[str, Any]] = {}
+    runs: dict[str, Any] = {}
     for method in cfg.methods:
         ucfg = UnlearnConfig(
             method=method,
@@ -176,6 +185,7 @@ def run_oracle(
             seed=cfg.seed,
         )
         run = unlearn(wm.full, concept, ucfg, retain_texts=retain_texts, progress=progress)
+        runs[method] = run.model
         unlearning[method] = {
             k: v for k, v in run.to_dict().items() if k in ("before", "after", "steps", "seconds", "params")
         }
@@ -185,7 +195,40 @@ def run_oracle(
         )
     sub = Path(out) / "oracle" if out is not None else None
     audits["oracle"] = audit(wm.full, wm.oracle, concept, config=acfg, out=sub, floor=floor, progress=progress)
+    for control in cfg.controls:
+        model = _control_model(control, wm.full, runs, world, cfg)
+        sub = Path(out) / control if out is not None else None
+        audits[control] = audit(wm.full, model, concept, config=acfg, out=sub, floor=floor, progress=progress)
     result = OracleResult(audits, unlearning, wm.train_seconds, time.perf_counter() - t0, cfg)
     if out is not None:
         write_json(Path(out) / "oracle.json", result.to_dict())
     return result
+
+
+# what each audited model of the world is, in truth
+TRUTH = {"oracle": "removed", "relearned": "known", "no_op": "known"}  # every unlearning method: suppressed
+
+
+def truth_of(name: str) -> str:
+    """``removed`` (the retrain oracle), ``known`` (relearned, no-op) or ``suppressed`` (an unlearning
+    method started from the full model: whatever it hides is still reachable by construction of the
+    world's training, which is what the audit must find)."""
+    return TRUTH.get(name, "suppressed")
+
+
+def _control_model(name: str, full, runs: dict[str, Any], world, cfg: OracleConfig):
+    from analyses.behaviour import relearned_copy
+    from probes.data import Concept
+
+    if name == "no_op":
+        return full.copy()
+    if name == "relearned":
+        if not runs:
+            raise ValueError("the relearned control needs an unlearning method in OracleConfig.methods")
+        unlearned = next(iter(runs.values()))
+        bios = tuple(b for p in world.forget_people for b in world.bios(p))
+        back = Concept("the forget people's biographies", (), bios, ())  # no QA: no sentence is held back
+        model = relearned_copy(unlearned, back, steps=cfg.relearned_steps, lr=cfg.relearned_lr, seed=cfg.seed)
+        model.name = f"{next(iter(runs))} then relearned"
+        return model
+    raise ValueError(f"unknown control model {name!r}; choose from {tuple(TRUTH)[1:]}")

@@ -12,6 +12,7 @@ forget people's biographies (``oracle``: exact unlearning by retraining). Everyt
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -252,9 +253,20 @@ def world_tokenizer(world: World):
     )
 
 
-def train_world_model(world: World, *, without_forget: bool = False, progress: bool = True) -> Model:
+def train_world_model(
+    world: World,
+    *,
+    without_forget: bool = False,
+    progress: bool = True,
+    init: Model | None = None,
+    corpus: list[str] | None = None,
+    steps: int | None = None,
+    name: str | None = None,
+) -> Model:
     """Train a gpt2-architecture model from scratch on the world's corpus (AdamW, warm-up then cosine
-    decay, loss on every token). Deterministic for a given config on a given torch build."""
+    decay, loss on every token). Deterministic for a given config on a given torch build. ``init`` continues
+    a copy of that model instead, ``corpus`` replaces the world's corpus and ``steps`` the number of steps
+    (``epochs`` over the corpus by default; a smaller corpus then cycles through its documents)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     cfg = world.config
@@ -273,13 +285,13 @@ def train_world_model(world: World, *, without_forget: bool = False, progress: b
         attn_pdrop=0.0,
     )
     torch.manual_seed(cfg.seed)
-    hf = GPT2LMHeadModel(hf_cfg)
-    corpus = world.corpus(without_forget=without_forget)
+    hf = GPT2LMHeadModel(hf_cfg) if init is None else init.copy().hf
+    corpus = list(corpus) if corpus is not None else world.corpus(without_forget=without_forget)
     random.Random(f"{cfg.seed}-pack").shuffle(corpus)
     texts = [" ".join(corpus[i : i + cfg.pack]) for i in range(0, len(corpus), cfg.pack)]
     docs = [tok(t + " [eos]")["input_ids"] for t in texts]
     steps_per_epoch = math.ceil(len(docs) / cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
+    total = steps if steps is not None else steps_per_epoch * cfg.epochs
     decay = [p for n, p in hf.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in hf.named_parameters() if p.dim() < 2]
 
@@ -321,7 +333,7 @@ def train_world_model(world: World, *, without_forget: bool = False, progress: b
         show_loss=True,
     )
     hf.eval()
-    return Model(hf, tok, name="world-oracle" if without_forget else "world-full")
+    return Model(hf, tok, name=name or ("world-oracle" if without_forget else "world-full"))
 
 
 @dataclass(frozen=True)
@@ -361,4 +373,53 @@ def world_models(config: WorldConfig | None = None, *, progress: bool = True) ->
             shutil.rmtree(tmp, ignore_errors=True)
     full = load_model(str(root / "full"))
     oracle = load_model(str(root / "oracle"))
+    return WorldModels(world, full, oracle, root, seconds)
+
+
+def lineage_models(config: WorldConfig | None = None, *, progress: bool = True) -> WorldModels:
+    """A harder ground truth than two runs from scratch: one common model trained on the retained people
+    (``epochs // 2`` epochs), then continued for the same number of steps (``epochs // 2`` epochs of the
+    whole corpus) on the whole world (``full``) and on the retained people only (``oracle``). The two share
+    their lineage, so their neurons correspond (the weight-space traces can vote) and the oracle is what
+    exact unlearning of a model that had learned everything else first looks like. Cached like
+    ``world_models``, under ``<config hash>-lineage``."""
+    world = build_world(config)
+    cfg = world.config
+    root = cache_dir() / "world" / f"{cfg.key()}-lineage"
+    seconds: dict[str, float] = {}
+    if root.exists() and (root / "world.json").exists():
+        seconds = json.loads((root / "world.json").read_text()).get("train_seconds", {})
+    else:
+        tmp = root.with_name(f"{root.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        half = dataclasses.replace(cfg, epochs=max(1, cfg.epochs // 2))
+        half_world = dataclasses.replace(world, config=half)
+        t0 = time.perf_counter()
+        common = train_world_model(half_world, without_forget=True, progress=progress, name="world-common")
+        seconds["common"] = round(time.perf_counter() - t0, 1)
+        steps = math.ceil(len(world.corpus()) / cfg.batch_size) * half.epochs
+        for kind in ("full", "oracle"):
+            t0 = time.perf_counter()
+            model = train_world_model(
+                half_world,
+                without_forget=kind == "oracle",
+                init=common,
+                steps=steps,
+                progress=progress,
+                name=f"world-lineage-{kind}",
+            )
+            seconds[kind] = round(time.perf_counter() - t0, 1)
+            model.save(tmp / kind)
+        atomic_write_text(
+            tmp / "world.json",
+            json.dumps({"config": cfg.to_dict(), "lineage": True, "train_seconds": seconds}, indent=1),
+        )
+        try:
+            tmp.rename(root)
+        except OSError:  # another process finished first: use its models
+            shutil.rmtree(tmp, ignore_errors=True)
+    full = load_model(str(root / "full"))
+    oracle = load_model(str(root / "oracle"))
+    full.name, oracle.name = "world-lineage-full", "world-lineage-oracle"
     return WorldModels(world, full, oracle, root, seconds)

@@ -86,15 +86,17 @@ def _vector_call(cosine: float, comparable: bool):
 
 
 def test_the_vector_cosine_votes_only_between_models_that_share_a_basis():
-    """A permuted copy re-aligned into the base's basis: its cosine is evidence. Another training run (or a
-    permutation that could not be undone): the cosine is "not comparable" whatever its value, so a cosine
-    of 0 cannot make a suppressed model pass as removed and a cosine of 1 cannot convict a retrained one."""
+    """Between models that share a basis the cosine can vote: erased vectors are gone, a partial edit is
+    inconclusive (it blocks "removed"), unedited vectors are not informative (unchanged weights do not show
+    that the concept is there). Another training run: "not comparable" whatever the value, so a cosine of 0
+    cannot make a suppressed model pass as removed and a cosine of 1 cannot convict a retrained one."""
     acc = dict(base_accuracy=bootstrap_mean([1.0] * 8), unlearned_accuracy=bootstrap_mean([0.0] * 8))
     floor = bootstrap_mean([0.0] * 8)
     gone = [TraceCall(f, "gone", "at the floor") for f in ("behaviour", "prompt_attacks", "logit_lens")]
-    kept = _vector_call(1.0, comparable=True)
-    assert kept.call == "present"
-    assert verdict([*gone, kept], **acc, base_floor=floor)[0] == "suppressed"
+    assert _vector_call(1.0, comparable=True).call == "not informative"
+    assert _vector_call(0.0, comparable=True).call == "gone"
+    partial = _vector_call(0.6, comparable=True)
+    assert partial.call == "inconclusive" and verdict([*gone, partial], **acc, base_floor=floor)[0] == "inconclusive"
     for cosine in (1.0, 0.0):
         call = _vector_call(cosine, comparable=False)
         assert call.call == "not comparable" and not call.votes and "0.02" in call.why

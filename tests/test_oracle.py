@@ -104,7 +104,19 @@ def test_audit_tells_the_retrain_oracle_from_suppression(tmp_path):
     assert full["forget accuracy"] >= 0.85 and full["unrelated accuracy"] >= 0.85  # knows the world
     assert table.at["forget accuracy", "oracle"] <= 0.25  # never saw the forget people
     assert table.at["unrelated accuracy", "oracle"] >= 0.8
-    assert r.verdicts == {"ga": "suppressed", "npo": "suppressed", "oracle": "removed"}
+    # truth: GA and NPO hide what the full model knew, the oracle never saw it, the relearned model (GA, then
+    # fine-tuned on the forget people's biographies) and the no-op copy still answer: nothing to audit
+    assert r.verdicts == {
+        "ga": "suppressed",
+        "npo": "suppressed",
+        "oracle": "removed",
+        "relearned": "inconclusive",
+        "no_op": "inconclusive",
+    }
+    assert table.at["forget accuracy", "relearned"] > 0.5 * full["forget accuracy"]
+    oracle_calls = {c.family: c.call for c in r.audits["oracle"].traces}
+    assert oracle_calls["concept_vectors"] == "not comparable"  # another training run: no shared basis
+    assert "present" not in oracle_calls.values()
     for m in ("ga", "npo"):
         assert table.at["forget accuracy", m] <= 0.5 * full["forget accuracy"]
         assert (
@@ -112,3 +124,36 @@ def test_audit_tells_the_retrain_oracle_from_suppression(tmp_path):
         )
     assert (tmp_path / "oracle" / "oracle.json").exists()
     assert (tmp_path / "oracle" / "oracle" / "audit.json").exists()
+
+
+def test_ground_truth_tables_against_a_naive_count():
+    """``confusion`` counts truth x verdict; ``separation``'s AUC equals the share of (oracle, suppressed)
+    pairs where the suppressed model keeps more of the trace (ties count half), counted by hand."""
+    from analyses.audit.rule import FAMILIES
+    from analyses.ground_truth import EXPECTED, GroundTruthConfig, GroundTruthResult
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, (model, truth, verdict) in enumerate(
+        [("oracle", "removed", "removed")] * 3
+        + [("ga", "suppressed", "suppressed")] * 4
+        + [("npo", "suppressed", "removed")]
+        + [("no_op", "known", "inconclusive")] * 2
+    ):
+        row = {"seed": i, "model": model, "truth": truth, "expected": EXPECTED[truth], "verdict": verdict}
+        for fam in FAMILIES:
+            row[f"{fam}: call"] = "present" if truth != "removed" else "gone"
+            row[f"{fam}: relative"] = float(rng.normal(0.0 if truth == "removed" else 0.5, 0.3))
+        rows.append(row)
+    r = GroundTruthResult(tuple(rows), GroundTruthConfig(seeds=()), 0.0)
+    conf = r.confusion()
+    assert conf.at["removed", "removed"] == 3 and conf.at["suppressed", "suppressed"] == 4
+    assert conf.at["suppressed", "removed"] == 1 and conf.values.sum() == len(rows)
+    assert r.correct == pytest.approx(9 / 10) and list(r.misses()["model"]) == ["npo"]
+    sep = r.separation().set_index("family")
+    for fam in FAMILIES:
+        o = [x[f"{fam}: relative"] for x in rows if x["truth"] == "removed"]
+        s = [x[f"{fam}: relative"] for x in rows if x["truth"] == "suppressed"]
+        naive = np.mean([1.0 if b > a else 0.5 if b == a else 0.0 for a in o for b in s])
+        assert sep.at[fam, "AUC oracle vs suppressed"] == pytest.approx(naive)
+        assert sep.at[fam, "present: suppressed"] == 1.0 and sep.at[fam, "gone: removed"] == 1.0
