@@ -83,7 +83,9 @@ class GroundTruthResult(Result):
             )
             for truth in TRUTHS:
                 sub = f[f["truth"] == truth]
-                row[f"relative: {truth}"] = float(sub[col].dropna().mean()) if sub[col].notna().any() else np.nan
+                row[f"relative: {truth}"] = (
+                    float(sub[col].dropna().mean()) if sub[col].notna().any() else np.nan
+                )
             for truth in TRUTHS:
                 calls = f.loc[f["truth"] == truth, f"{fam}: call"]
                 row[f"present: {truth}"] = float((calls == "present").mean()) if len(calls) else np.nan

@@ -194,7 +194,9 @@ def run_oracle(
             wm.full, run.model, concept, config=acfg, out=sub, floor=floor, progress=progress
         )
     sub = Path(out) / "oracle" if out is not None else None
-    audits["oracle"] = audit(wm.full, wm.oracle, concept, config=acfg, out=sub, floor=floor, progress=progress)
+    audits["oracle"] = audit(
+        wm.full, wm.oracle, concept, config=acfg, out=sub, floor=floor, progress=progress
+    )
     for control in cfg.controls:
         model = _control_model(control, wm.full, runs, world, cfg)
         sub = Path(out) / control if out is not None else None

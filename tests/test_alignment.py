@@ -96,7 +96,10 @@ def test_the_vector_cosine_votes_only_between_models_that_share_a_basis():
     assert _vector_call(1.0, comparable=True).call == "not informative"
     assert _vector_call(0.0, comparable=True).call == "gone"
     partial = _vector_call(0.6, comparable=True)
-    assert partial.call == "inconclusive" and verdict([*gone, partial], **acc, base_floor=floor)[0] == "inconclusive"
+    assert (
+        partial.call == "inconclusive"
+        and verdict([*gone, partial], **acc, base_floor=floor)[0] == "inconclusive"
+    )
     for cosine in (1.0, 0.0):
         call = _vector_call(cosine, comparable=False)
         assert call.call == "not comparable" and not call.votes and "0.02" in call.why
@@ -131,9 +134,9 @@ def test_audit_verdict_survives_a_neuron_and_head_permutation_smollm2(smol):
     call for every family, every basis-free per-item value equal (1e-4: fp32 rounding), the weight-space
     values equal once re-aligned (1e-5); the base audited against itself (nothing unlearned) is
     inconclusive, never removed."""
+    from analyses.unlearn.run import retain_qa_for
     from probes import concepts as cv
     from probes.data import load_concepts
-    from analyses.unlearn.run import retain_qa_for
 
     unlearned = smol.copy()
     with torch.no_grad():

@@ -135,7 +135,10 @@ def _calls(**families: str) -> list[TraceCall]:
 )
 def test_verdict_rule(calls, expected):
     v, reasons = verdict(
-        calls, base_accuracy=_iv(1.0, 1.0, 1.0), unlearned_accuracy=_iv(0.0, 0.0, 0.0), base_floor=_iv(0, 0, 0)
+        calls,
+        base_accuracy=_iv(1.0, 1.0, 1.0),
+        unlearned_accuracy=_iv(0.0, 0.0, 0.0),
+        base_floor=_iv(0, 0, 0),
     )
     assert v == expected and reasons
     assert any(c.family in r for c in calls for r in reasons)
@@ -144,7 +147,10 @@ def test_verdict_rule(calls, expected):
 def test_verdict_inconclusive_when_behaviour_stays_or_the_base_does_not_know():
     calls = _calls(prompt_attacks="present")
     v, reasons = verdict(
-        calls, base_accuracy=_iv(1.0, 1.0, 1.0), unlearned_accuracy=_iv(0.9, 0.7, 1.0), base_floor=_iv(0, 0, 0)
+        calls,
+        base_accuracy=_iv(1.0, 1.0, 1.0),
+        unlearned_accuracy=_iv(0.9, 0.7, 1.0),
+        base_floor=_iv(0, 0, 0),
     )
     assert v == "inconclusive" and "still answers" in reasons[-1]
     v, reasons = verdict(

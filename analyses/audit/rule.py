@@ -205,7 +205,10 @@ def call_vectors(
     ivs.update(difference=d, margin=limit, signal=1.0 - fl.mean)
     if d.hi <= limit:
         return TraceCall(
-            "concept_vectors", "gone", f"cosine {f} at the floor {fl}: difference {d} under {limit:.2f}", **ivs
+            "concept_vectors",
+            "gone",
+            f"cosine {f} at the floor {fl}: difference {d} under {limit:.2f}",
+            **ivs,
         )
     moved = bootstrap_difference(values["control"], values["forget"], n_boot=n_boot, seed=seed + 6)
     if d.lo > 0 and moved.lo <= VECTOR_TOLERANCE:
@@ -230,7 +233,11 @@ def call_vectors(
 
 
 def verdict(
-    calls: Sequence[TraceCall], *, base_accuracy: Interval, unlearned_accuracy: Interval, base_floor: Interval | None
+    calls: Sequence[TraceCall],
+    *,
+    base_accuracy: Interval,
+    unlearned_accuracy: Interval,
+    base_floor: Interval | None,
 ) -> tuple[str, list[str]]:
     """Apply ``VERDICT_RULE`` to the family calls; return the verdict and the reasons that decided it."""
     b, u = base_accuracy, unlearned_accuracy

@@ -136,7 +136,11 @@ def audit(
             sets = on_base(
                 "item_sets",
                 lambda: item_sets(
-                    base, concept, control_pool, floor or Concept(concept.concept, ()), limit=cfg.control_limit
+                    base,
+                    concept,
+                    control_pool,
+                    floor or Concept(concept.concept, ()),
+                    limit=cfg.control_limit,
                 ),
             )
             return stages._traces(
@@ -189,7 +193,13 @@ def audit(
         },
         "attacks": {"base": behaviour["base"]["attacks"], "unlearned": behaviour["unlearned"]["attacks"]},
     }
-    extra = {"probes": probes, "heads": heads, "ches": ches, "config": cfg.to_dict(), "trace_values": trace_values}
+    extra = {
+        "probes": probes,
+        "heads": heads,
+        "ches": ches,
+        "config": cfg.to_dict(),
+        "trace_values": trace_values,
+    }
     if seen:
         notes.append(
             f"{len(seen)} of the {len(concept.qa)} audited items were trained on by the unlearning run "

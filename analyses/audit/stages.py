@@ -378,7 +378,9 @@ def _traces(
         "unlearned": T.behaviour_values(unlearned, sets, batch_size=bs),
     }
     out["prompt_attacks"] = {
-        "unlearned": T.attack_values(unlearned, sets, cfg.attacks, batch_size=bs, context_chars=cfg.context_chars)
+        "unlearned": T.attack_values(
+            unlearned, sets, cfg.attacks, batch_size=bs, context_chars=cfg.context_chars
+        )
     }
     if cfg.relearn_steps > 0:
         out["relearning"] = {
@@ -391,20 +393,27 @@ def _traces(
         "unlearned": T.lens_values(unlearned, sets, batch_size=bs),
     }
     if len(sets.control.qa) >= 4 and len(sets.floor.qa) >= 4:
-        layer = on_base("traces_probe_layer", lambda: T.probe_layer(base, sets, folds=cfg.probe_folds, seed=cfg.seed))
+        layer = on_base(
+            "traces_probe_layer", lambda: T.probe_layer(base, sets, folds=cfg.probe_folds, seed=cfg.seed)
+        )
         out["probes"] = {
             "layer": layer,
             "base": on_base(
-                "traces_probe", lambda: T.probe_values(base, sets, layer["layer"], folds=cfg.probe_folds, seed=cfg.seed)
+                "traces_probe",
+                lambda: T.probe_values(base, sets, layer["layer"], folds=cfg.probe_folds, seed=cfg.seed),
             ),
-            "unlearned": T.probe_values(unlearned, sets, layer["layer"], folds=cfg.probe_folds, seed=cfg.seed),
+            "unlearned": T.probe_values(
+                unlearned, sets, layer["layer"], folds=cfg.probe_folds, seed=cfg.seed
+            ),
         }
     mem = [tuple(h) for h in heads.get("memory_heads", [])]
     if mem:
         conflicts = on_base("traces_conflicts", lambda: T.conflicts_of(base, sets, pool))
         out["memory_heads"] = {
             "heads": [list(h) for h in mem],
-            "base": on_base("traces_heads", lambda: T.memory_head_values(base, conflicts, mem, batch_size=bs)),
+            "base": on_base(
+                "traces_heads", lambda: T.memory_head_values(base, conflicts, mem, batch_size=bs)
+            ),
             "unlearned": T.memory_head_values(unlearned, conflicts, mem, batch_size=bs),
         }
     refs = [(v["layer"], v["neuron"]) for v in vectors]

@@ -93,7 +93,9 @@ def attack_values(
         for a in attacks:
             if not qa:
                 break
-            s = attack_scores(model, getattr(sets, which), a, batch_size=batch_size, context_chars=context_chars)
+            s = attack_scores(
+                model, getattr(sets, which), a, batch_size=batch_size, context_chars=context_chars
+            )
             hit |= np.array(s.correct, dtype=bool)
             if which == "forget":
                 out[f"forget_completions_{a}"] = list(s.completions)
@@ -175,7 +177,9 @@ def _probe():
     return make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
 
 
-def probe_values(model: Model, sets: ItemSets, layer: int, *, folds: int = 5, seed: int = 0) -> dict[str, Any]:
+def probe_values(
+    model: Model, sets: ItemSets, layer: int, *, folds: int = 5, seed: int = 0
+) -> dict[str, Any]:
     """A "known fact" probe fitted on ``model`` itself at ``layer``: logistic regression from the last
     prompt token's residual stream to known (control) vs never known (floor). Per item: its probability of
     "known"; control and floor items scored out of fold (never by a probe that saw them), forget items by
@@ -213,7 +217,11 @@ def conflicts_of(base: Model, sets: ItemSets, pool: Sequence[QA]) -> dict[str, l
 
 @torch.no_grad()
 def memory_head_values(
-    model: Model, conflicts: dict[str, list[Conflict]], heads: Sequence[tuple[int, int]], *, batch_size: int = 16
+    model: Model,
+    conflicts: dict[str, list[Conflict]],
+    heads: Sequence[tuple[int, int]],
+    *,
+    batch_size: int = 16,
 ) -> dict[str, Any]:
     """Per conflict: how much the memory heads raise logit(memory answer) - logit(context answer), i.e. the
     metric minus the metric with those heads' outputs zeroed (PH3's pruning, per item)."""

@@ -61,10 +61,9 @@ def register(sub) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from analyses import audit as audit_mod
-    from probes.qa import validate_concept
-
     from analyses.unlearn.run import retain_qa_for
     from probes.data import load_concept, load_concepts
+    from probes.qa import validate_concept
 
     concept = common.load_concept_from_args(args)
     floor = load_concept(args.floor) if args.floor else None
