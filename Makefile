@@ -6,6 +6,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 OUT    ?= vestige-out
+WORKERS ?= 2
 
 .PHONY: setup demo info test quick lint format bench clean
 
@@ -30,10 +31,10 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 test: lint
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra --durations=25
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra --durations=25 -n $(WORKERS) --dist worksteal
 
 quick: lint
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra -m "not slow"
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra -m "not slow" -n $(WORKERS) --dist worksteal
 
 bench: setup
 	$(BIN)/vestige bench --out $(OUT)/bench

@@ -67,6 +67,8 @@ class BehaviourResult(Result):
     unrelated: QASummary
     attacks: dict[str, QASummary] = field(default_factory=dict)
     items: pd.DataFrame | None = field(default=None, repr=False, compare=False)
+    # the per-item scores behind ``forget`` ("none") and each attack
+    scores: dict[str, QAScores] = field(default_factory=dict, repr=False, compare=False)
 
     def to_frame(self) -> pd.DataFrame:
         rows = [
@@ -127,10 +129,12 @@ def measure_behaviour(
     """Forget-QA, unrelated-QA and the forget-QA accuracy under each attack in ``attacks``."""
     forget = score_qa(model, concept.qa, batch_size=batch_size)
     unrelated = score_qa(model, concept.unrelated_qa, batch_size=batch_size) if concept.unrelated_qa else None
-    attacked = {
-        a: QASummary.of(attack_scores(model, concept, a, batch_size=batch_size, context_chars=context_chars))
+    scores = {"none": forget}
+    scores |= {
+        a: attack_scores(model, concept, a, batch_size=batch_size, context_chars=context_chars)
         for a in attacks
     }
+    attacked = {a: QASummary.of(scores[a]) for a in attacks}
     items = forget.to_frame().assign(kind="forget")
     if unrelated is not None:
         items = pd.concat([items, unrelated.to_frame().assign(kind="unrelated")], ignore_index=True)
@@ -141,6 +145,7 @@ def measure_behaviour(
         QASummary.of(unrelated) if unrelated is not None else empty,
         attacked,
         items,
+        scores,
     )
 
 

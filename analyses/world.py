@@ -20,15 +20,17 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from analyses.training import train
 from probes.data import QA, Concept
 from probes.model import Model, cache_dir, load_model
-from probes.results import Result, atomic_write_text
+from probes.results import Result, atomic_write_text, locked
 
 WORLD_VERSION = 2  # bump when the generator or the training loop changes (invalidates the cache)
 
@@ -345,34 +347,41 @@ class WorldModels:
     train_seconds: dict[str, float]
 
 
+def _cached_pair(
+    root: Path, train: Callable[[Path], dict[str, float]], meta: dict[str, Any]
+) -> tuple[Model, Model, dict[str, float]]:
+    """The ``full`` and ``oracle`` models cached under ``root``: ``train(folder)`` saves both into a
+    temporary folder and returns its training seconds; the folder becomes ``root`` by one rename, so an
+    interrupted training never leaves a half cache."""
+    with locked(root.with_name(root.name + ".lock")):
+        if not (root / "world.json").exists():
+            tmp = root.with_name(f"{root.name}.tmp-{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            seconds = train(tmp)
+            atomic_write_text(tmp / "world.json", json.dumps({**meta, "train_seconds": seconds}, indent=1))
+            shutil.rmtree(root, ignore_errors=True)  # a folder without world.json is an unfinished copy
+            tmp.rename(root)
+    seconds = json.loads((root / "world.json").read_text()).get("train_seconds", {})
+    return load_model(str(root / "full")), load_model(str(root / "oracle")), seconds
+
+
 def world_models(config: WorldConfig | None = None, *, progress: bool = True) -> WorldModels:
     """The full model and the retrain oracle of ``config``, trained once and cached by config hash
-    (written to a temporary directory and renamed, so an interrupted training never leaves a half cache)."""
+    (``_cached_pair``: atomic, and trained by one process when several ask at once)."""
     world = build_world(config)
     root = cache_dir() / "world" / world.config.key()
-    seconds: dict[str, float] = {}
-    if root.exists() and (root / "world.json").exists():
-        stored = json.loads((root / "world.json").read_text())
-        seconds = stored.get("train_seconds", {})
-    else:
-        tmp = root.with_name(f"{root.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+
+    def train(folder: Path) -> dict[str, float]:
+        seconds = {}
         for kind in ("full", "oracle"):
             t0 = time.perf_counter()
             model = train_world_model(world, without_forget=kind == "oracle", progress=progress)
             seconds[kind] = round(time.perf_counter() - t0, 1)
-            model.save(tmp / kind)
-        atomic_write_text(
-            tmp / "world.json",
-            json.dumps({"config": world.config.to_dict(), "train_seconds": seconds}, indent=1),
-        )
-        try:
-            tmp.rename(root)
-        except OSError:  # another process finished first: use its models
-            shutil.rmtree(tmp, ignore_errors=True)
-    full = load_model(str(root / "full"))
-    oracle = load_model(str(root / "oracle"))
+            model.save(folder / kind)
+        return seconds
+
+    full, oracle, seconds = _cached_pair(root, train, {"config": world.config.to_dict()})
     return WorldModels(world, full, oracle, root, seconds)
 
 
@@ -386,18 +395,13 @@ def lineage_models(config: WorldConfig | None = None, *, progress: bool = True) 
     world = build_world(config)
     cfg = world.config
     root = cache_dir() / "world" / f"{cfg.key()}-lineage"
-    seconds: dict[str, float] = {}
-    if root.exists() and (root / "world.json").exists():
-        seconds = json.loads((root / "world.json").read_text()).get("train_seconds", {})
-    else:
-        tmp = root.with_name(f"{root.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+
+    def train(folder: Path) -> dict[str, float]:
         half = dataclasses.replace(cfg, epochs=max(1, cfg.epochs // 2))
         half_world = dataclasses.replace(world, config=half)
         t0 = time.perf_counter()
         common = train_world_model(half_world, without_forget=True, progress=progress, name="world-common")
-        seconds["common"] = round(time.perf_counter() - t0, 1)
+        seconds = {"common": round(time.perf_counter() - t0, 1)}
         steps = math.ceil(len(world.corpus()) / cfg.batch_size) * half.epochs
         for kind in ("full", "oracle"):
             t0 = time.perf_counter()
@@ -410,16 +414,9 @@ def lineage_models(config: WorldConfig | None = None, *, progress: bool = True) 
                 name=f"world-lineage-{kind}",
             )
             seconds[kind] = round(time.perf_counter() - t0, 1)
-            model.save(tmp / kind)
-        atomic_write_text(
-            tmp / "world.json",
-            json.dumps({"config": cfg.to_dict(), "lineage": True, "train_seconds": seconds}, indent=1),
-        )
-        try:
-            tmp.rename(root)
-        except OSError:  # another process finished first: use its models
-            shutil.rmtree(tmp, ignore_errors=True)
-    full = load_model(str(root / "full"))
-    oracle = load_model(str(root / "oracle"))
+            model.save(folder / kind)
+        return seconds
+
+    full, oracle, seconds = _cached_pair(root, train, {"config": cfg.to_dict(), "lineage": True})
     full.name, oracle.name = "world-lineage-full", "world-lineage-oracle"
     return WorldModels(world, full, oracle, root, seconds)

@@ -32,7 +32,7 @@ import torch
 from jaxtyping import Float, Int
 
 from probes.errors import ModelLoadError
-from probes.results import Result
+from probes.results import Result, locked
 
 SMOLLM2_SPECS = ("smollm2-135m", "smollm2", "smollm2-135m-instruct")
 GPT2_SPECS = ("gpt2", "gpt2-small")
@@ -539,11 +539,18 @@ def _load_smollm2(dtype: torch.dtype, placement: dict) -> tuple[Any, Any]:
 
 def _load_gguf(path: Path, dtype: torch.dtype, placement: dict) -> tuple[Any, Any]:
     """Dequantize a GGUF once, cache it as safetensors keyed by the file's hash, load from the cache."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not path.is_file():
         raise ModelLoadError(f"GGUF file {str(path)!r} does not exist", None, "check the path")
     cached = cache_dir() / "gguf" / f"{path.stem}-{_file_hash(path)}"
+    with locked(cached.with_name(cached.name + ".lock")):  # one process dequantizes, the others wait
+        _dequantize_once(path, cached)
+    return _load_pretrained(str(cached), dtype, placement, False, False)
+
+
+def _dequantize_once(path: Path, cached: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     if not (cached / "model.safetensors").exists():
         try:
             tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
@@ -557,7 +564,6 @@ def _load_gguf(path: Path, dtype: torch.dtype, placement: dict) -> tuple[Any, An
                 "use a GGUF of a supported architecture (llama, mistral, qwen2, gpt2, ...) or an HF directory",
             ) from e
         Model(hf, tok, name=path.name).save(cached)
-    return _load_pretrained(str(cached), dtype, placement, False, False)
 
 
 def _load_pretrained(
@@ -702,13 +708,13 @@ def smollm2_tokenizer() -> Any:
     if "smollm2" not in _TOKENIZER_CACHE:
         gguf = smollm2_gguf_path()
         cached = cache_dir() / "tokenizers" / f"{gguf.stem}-{_file_hash(gguf)}"
-        if not (cached / "tokenizer_config.json").exists():
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(dir=cached.parent, prefix=f".{cached.name}."))
-            AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
-            if cached.exists():
-                shutil.rmtree(tmp)
-            else:
+        with locked(cached.with_name(cached.name + ".lock")):
+            if not (cached / "tokenizer_config.json").exists():
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                tmp = Path(tempfile.mkdtemp(dir=cached.parent, prefix=f".{cached.name}."))
+                AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
+                if cached.exists():
+                    shutil.rmtree(cached)
                 os.replace(tmp, cached)
         _TOKENIZER_CACHE["smollm2"] = AutoTokenizer.from_pretrained(cached, local_files_only=True)
     return _TOKENIZER_CACHE["smollm2"]

@@ -8,6 +8,8 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,26 @@ class Result:
     def _repr_html_(self) -> str:
         title = html.escape(type(self).__name__)
         return f"<h4>{title}</h4>" + self.to_frame().to_html(escape=True, max_rows=40)
+
+
+@contextmanager
+def locked(path: str | os.PathLike) -> Iterator[None]:
+    """An exclusive lock on the file ``path`` (POSIX ``flock``; a no-op where there is none), held for the
+    ``with`` block: two processes that fill the same cache entry (two test workers, two notebooks) fill it
+    once, and the second waits, then reads it."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

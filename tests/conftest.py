@@ -11,10 +11,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
+# Under pytest-xdist (``make test`` runs ``-n 2``) the cores are shared between the workers: each worker,
+# and every command a test starts (the README's, the notebooks' kernels), gets its share of the threads
+# instead of all of them, so two workers on two cores do not oversubscribe.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+THREADS = max(1, min(2, (os.cpu_count() or 1) // _WORKERS))
+os.environ["OMP_NUM_THREADS"] = str(THREADS)
+os.environ["MKL_NUM_THREADS"] = str(THREADS)
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(THREADS)
 
 
 @pytest.fixture(scope="session")

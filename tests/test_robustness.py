@@ -709,3 +709,37 @@ def test_scan_peak_memory_smollm2(tmp_path):
     assert runs["none"]["checksum"] == runs["64"]["checksum"]
     assert runs["none"]["peak_mb"] > 200
     assert runs["64"]["peak_mb"] < 80
+
+
+def test_a_cache_lock_makes_the_second_process_wait(tmp_path):
+    """``probes.results.locked``: a process that asks for a lock another one holds waits until it is
+    released (the GGUF and world caches are filled once when two test workers need them at once)."""
+    from probes.results import locked
+
+    lock, log = tmp_path / "entry.lock", tmp_path / "log"
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from probes.results import locked\n"
+            "with locked(sys.argv[1]):\n"
+            "    open(sys.argv[2], 'a').write('child-start\\n')\n"
+            "    time.sleep(1.0)\n"
+            "    open(sys.argv[2], 'a').write('child-end\\n')\n",
+            str(lock),
+            str(log),
+        ],
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    try:
+        for _ in range(600):
+            if log.exists() and log.read_text():
+                break
+            time.sleep(0.05)
+        with locked(lock):
+            with open(log, "a") as f:
+                f.write("parent\n")
+    finally:
+        child.wait(timeout=60)
+    assert log.read_text().split() == ["child-start", "child-end", "parent"]

@@ -36,6 +36,8 @@ class AuditConfig(Result):
     # The control: at most this many facts of the control pool (the concept's unrelated QA and the retain QA)
     # that the base answers. Every interval: a percentile bootstrap over items with this many resamples.
     control_limit: int = 48
+    # The floor: at most this many of its facts, a seeded sample (``seed``) in file order (0: all of them).
+    floor_limit: int = 0
     bootstrap: int = 2000
     # A family is "gone" when its forget - floor difference stays, with 95% confidence, under this share of
     # the base's forget - floor difference (``analyses.audit.rule.call_family``); smaller is stricter.
@@ -44,9 +46,16 @@ class AuditConfig(Result):
     @classmethod
     def quick(cls, **overrides) -> AuditConfig:
         """A first look in a few minutes on a CPU: 5 vectors, the prefix attack, 2 relearning steps, the
-        located vectors as the trace set (no trace search), 2 probe folds, 3 memory heads. Every stage still
-        runs; the full defaults attack harder and search the trace set."""
+        located vectors as the trace set (no trace search), 2 probe folds, 3 memory heads, 24 floor facts.
+        Every stage still runs; the full defaults attack harder, search the trace set and read the whole
+        floor."""
         quick = dict(
-            n_vectors=5, attacks=("prefix",), relearn_steps=2, trace_max=0, probe_folds=2, head_top_k=3
+            n_vectors=5,
+            attacks=("prefix",),
+            relearn_steps=2,
+            trace_max=0,
+            probe_folds=2,
+            head_top_k=3,
+            floor_limit=24,
         )
         return cls(**{**quick, **overrides})

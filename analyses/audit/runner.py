@@ -29,6 +29,10 @@ from probes.qa import score_qa
 from probes.results import to_jsonable, write_json
 from probes.stats import bootstrap_mean
 
+# The layout of the stored stages: a stage directory written by an audit of another layout is recomputed,
+# never misread. Bump it when a stage's value changes shape.
+STAGE_FORMAT = "2"
+
 
 def audit(
     base: Model,
@@ -75,7 +79,7 @@ def audit(
         json.dumps(to_jsonable([concept, retain, floor, control_pool])),
         json.dumps(cfg.to_dict(), sort_keys=True),
     )
-    base_key = stage_key(weights_checksum(base), *setup)
+    base_key = stage_key(STAGE_FORMAT, weights_checksum(base), *setup)
     cache = StageCache(out, stage_key(base_key, weights_checksum(unlearned)))
 
     def on_base(name: str, fn: Callable[[], Any]) -> Any:
@@ -105,14 +109,25 @@ def audit(
 
     # A permuted copy (function unchanged) is put back into the base's neuron order for the stages that
     # index weights; another training run cannot be, and its vector comparison is "not comparable".
+    def the_item_sets():
+        return on_base(
+            "item_sets",
+            lambda: item_sets(
+                base,
+                concept,
+                control_pool,
+                floor or Concept(concept.concept, ()),
+                limit=cfg.control_limit,
+                floor_limit=cfg.floor_limit,
+                seed=cfg.seed,
+            ),
+        )
+
     with aligned_to(base, unlearned, seed=cfg.seed) as basis:
         behaviour = run("behaviour", lambda: stages._behaviour(base, unlearned, concept, cfg, on_base))
         relearn = run(
             "relearn",
-            lambda: {
-                "base": on_base("relearn", lambda: stages._relearn(base, concept, cfg)),
-                "unlearned": stages._relearn(unlearned, concept, cfg),
-            },
+            lambda: stages._relearn_stage(base, unlearned, concept, the_item_sets(), cfg, on_base),
         )
         vectors = run(
             "concept_vectors", lambda: stages._concept_vectors(base, unlearned, concept, cfg, on_base)
@@ -133,18 +148,18 @@ def audit(
         interventions = run("interventions", interventions_stage)
 
         def traces_stage() -> dict[str, Any]:
-            sets = on_base(
-                "item_sets",
-                lambda: item_sets(
-                    base,
-                    concept,
-                    control_pool,
-                    floor or Concept(concept.concept, ()),
-                    limit=cfg.control_limit,
-                ),
-            )
             return stages._traces(
-                base, unlearned, sets, retain, cfg, on_base, vectors["vectors"], heads, basis.comparable
+                base,
+                unlearned,
+                the_item_sets(),
+                retain,
+                cfg,
+                on_base,
+                vectors["vectors"],
+                heads,
+                basis.comparable,
+                behaviour,
+                relearn,
             )
 
         trace_values = run("traces", traces_stage)

@@ -42,14 +42,39 @@ from probes.results import to_jsonable
 def _behaviour(
     base: Model, unlearned: Model, concept: Concept, cfg: AuditConfig, on_base: OnBase
 ) -> dict[str, Any]:
+    """Forget / unrelated QA and the attacks, as summaries; ``forget_items`` keeps the forget items'
+    correctness and completions, plain and under each attack, for the ``traces`` stage (which measures the
+    same items the same way, so it reads them here instead of generating them again)."""
+
     def one(model: Model) -> dict[str, Any]:
-        d = measure_behaviour(
+        b = measure_behaviour(
             model, concept, attacks=cfg.attacks, batch_size=cfg.batch_size, context_chars=cfg.context_chars
-        ).to_dict()
+        )
+        d = b.to_dict()
         d.pop("items", None)
+        d["forget_items"] = {
+            name: {"correct": [float(c) for c in s.correct], "completions": list(s.completions)}
+            for name, s in b.scores.items()
+        }
         return to_jsonable(d)
 
     return {"base": on_base("behaviour", lambda: one(base)), "unlearned": one(unlearned)}
+
+
+def _relearn_stage(
+    base: Model, unlearned: Model, concept: Concept, sets: Any, cfg: AuditConfig, on_base: OnBase
+) -> dict[str, Any]:
+    """Forget accuracy after the relearning attack, base and unlearned; ``unlearned_items`` keeps the
+    unlearned model's per-item values on the three item sets (``traces.relearn_values``: the relearned copy
+    that gives the forget accuracy answers the control too), which the ``traces`` stage reads."""
+    from analyses.audit import traces as T
+
+    out: dict[str, Any] = {"base": on_base("relearn", lambda: _relearn(base, concept, cfg))}
+    if cfg.relearn_steps <= 0:
+        return {**out, "unlearned": float("nan")}
+    items = T.relearn_values(unlearned, sets, steps=cfg.relearn_steps, lr=cfg.relearn_lr, seed=cfg.seed)
+    forget = items["forget"]
+    return {**out, "unlearned": float(np.mean(forget)) if forget else float("nan"), "unlearned_items": items}
 
 
 def _relearn(model: Model, concept: Concept, cfg: AuditConfig) -> float:
@@ -366,6 +391,8 @@ def _traces(
     vectors: list[dict[str, Any]],
     heads: dict[str, Any],
     comparable: bool,
+    behaviour: dict[str, Any],
+    relearn: dict[str, Any],
 ) -> dict[str, Any]:
     """Per-item values of every trace family on the forget, control and floor sets
     (``analyses.audit.traces``): the unlearned model's, and the base's where a family measures the base."""
@@ -373,21 +400,27 @@ def _traces(
 
     bs = cfg.batch_size
     out: dict[str, Any] = {"sizes": sets.sizes()}
+    # the forget items' greedy and attacked answers come from the behaviour stage, relearning's values
+    # from the relearn stage: the same measurements of the same items
+    known = {who: behaviour[who]["forget_items"] for who in ("base", "unlearned")}
     out["behaviour"] = {
-        "base": on_base("traces_behaviour", lambda: T.behaviour_values(base, sets, batch_size=bs)),
-        "unlearned": T.behaviour_values(unlearned, sets, batch_size=bs),
+        "base": on_base(
+            "traces_behaviour", lambda: T.behaviour_values(base, sets, batch_size=bs, forget=known["base"])
+        ),
+        "unlearned": T.behaviour_values(unlearned, sets, batch_size=bs, forget=known["unlearned"]),
     }
     out["prompt_attacks"] = {
         "unlearned": T.attack_values(
-            unlearned, sets, cfg.attacks, batch_size=bs, context_chars=cfg.context_chars
+            unlearned,
+            sets,
+            cfg.attacks,
+            batch_size=bs,
+            context_chars=cfg.context_chars,
+            forget=known["unlearned"],
         )
     }
-    if cfg.relearn_steps > 0:
-        out["relearning"] = {
-            "unlearned": T.relearn_values(
-                unlearned, sets, steps=cfg.relearn_steps, lr=cfg.relearn_lr, seed=cfg.seed
-            )
-        }
+    if "unlearned_items" in relearn:
+        out["relearning"] = {"unlearned": relearn["unlearned_items"]}
     out["logit_lens"] = {
         "base": on_base("traces_lens", lambda: T.lens_values(base, sets, batch_size=bs)),
         "unlearned": T.lens_values(unlearned, sets, batch_size=bs),

@@ -44,10 +44,18 @@ class ItemSets:
 
 
 def item_sets(
-    base: Model, concept: Concept, control_pool: Sequence[QA], floor: Concept, *, limit: int = 48
+    base: Model,
+    concept: Concept,
+    control_pool: Sequence[QA],
+    floor: Concept,
+    *,
+    limit: int = 48,
+    floor_limit: int = 0,
+    seed: int = 0,
 ) -> ItemSets:
     """The control is the part of ``control_pool`` the base answers (greedy, as the forget items are
-    scored), minus the concept's own prompts, at most ``limit`` items in pool order."""
+    scored), minus the concept's own prompts, at most ``limit`` items in pool order. The floor is
+    ``floor``'s facts, or a seeded sample of ``floor_limit`` of them in their order (0: all)."""
     own = {q.prompt for q in concept.qa}
     seen: set[str] = set()
     pool = []
@@ -60,10 +68,14 @@ def item_sets(
         s = score_qa(base, pool)
         known = [q for q, ok in zip(pool, s.correct, strict=True) if ok][:limit]
     name = concept.concept
+    floor_qa = tuple(floor.qa)
+    if 0 < floor_limit < len(floor_qa):
+        keep = np.sort(np.random.default_rng(seed).choice(len(floor_qa), floor_limit, replace=False))
+        floor_qa = tuple(floor_qa[i] for i in keep)
     return ItemSets(
         forget=concept,
         control=Concept(name, tuple(known), (), (), source="control"),
-        floor=Concept(name, tuple(floor.qa), tuple(floor.text), (), source=floor.source or "floor"),
+        floor=Concept(name, floor_qa, tuple(floor.text), (), source=floor.source or "floor"),
     )
 
 
@@ -71,21 +83,46 @@ def _correct(scores) -> list[float]:
     return [float(c) for c in scores.correct]
 
 
-def behaviour_values(model: Model, sets: ItemSets, *, batch_size: int = 16) -> dict[str, Any]:
-    """Greedy correctness per item, and the completions."""
+Known = dict[str, dict[str, list]]  # attack name ("none": plain) -> {"correct": [...], "completions": [...]}
+
+
+def _scored(s) -> dict[str, list]:
+    return {"correct": _correct(s), "completions": list(s.completions)}
+
+
+def behaviour_values(
+    model: Model, sets: ItemSets, *, batch_size: int = 16, forget: Known | None = None
+) -> dict[str, Any]:
+    """Greedy correctness per item, and the completions. ``forget``: the forget items' values already
+    measured the same way (the audit's behaviour stage), read instead of generated again."""
     out: dict[str, Any] = {}
     for which in SETS:
-        s = score_qa(model, sets.qa(which), batch_size=batch_size) if sets.qa(which) else None
-        out[which] = _correct(s) if s else []
-        out[f"{which}_completions"] = list(s.completions) if s else []
+        qa = sets.qa(which)
+        if which == "forget" and forget is not None:
+            got = forget["none"]
+        else:
+            got = (
+                _scored(score_qa(model, qa, batch_size=batch_size))
+                if qa
+                else {"correct": [], "completions": []}
+            )
+        out[which] = got["correct"]
+        out[f"{which}_completions"] = got["completions"]
     return out
 
 
 def attack_values(
-    model: Model, sets: ItemSets, attacks: Sequence[str], *, batch_size: int = 16, context_chars: int = 1200
+    model: Model,
+    sets: ItemSets,
+    attacks: Sequence[str],
+    *,
+    batch_size: int = 16,
+    context_chars: int = 1200,
+    forget: Known | None = None,
 ) -> dict[str, Any]:
     """Per item: answered under at least one of ``attacks`` (the battery's success, as an attacker who
-    tries them all would see it). The forget items' completion under each attack is kept."""
+    tries them all would see it). The forget items' completion under each attack is kept; ``forget`` as in
+    ``behaviour_values``."""
     out: dict[str, Any] = {"attacks": list(attacks)}
     for which in SETS:
         qa = sets.qa(which)
@@ -93,12 +130,17 @@ def attack_values(
         for a in attacks:
             if not qa:
                 break
-            s = attack_scores(
-                model, getattr(sets, which), a, batch_size=batch_size, context_chars=context_chars
-            )
-            hit |= np.array(s.correct, dtype=bool)
+            if which == "forget" and forget is not None:
+                got = forget[a]
+            else:
+                got = _scored(
+                    attack_scores(
+                        model, getattr(sets, which), a, batch_size=batch_size, context_chars=context_chars
+                    )
+                )
+            hit |= np.array(got["correct"], dtype=bool)
             if which == "forget":
-                out[f"forget_completions_{a}"] = list(s.completions)
+                out[f"forget_completions_{a}"] = got["completions"]
         out[which] = hit.astype(float).tolist()
     return out
 
