@@ -107,9 +107,7 @@ def audit(
         bar.update(1)
         return value
 
-    # A permuted copy (function unchanged) is put back into the base's neuron order for the stages that
-    # index weights; another training run cannot be, and its vector comparison is "not comparable".
-    def the_item_sets():
+    def the_item_sets():  # forget, control and floor; the relearn and traces stages measure all three
         return on_base(
             "item_sets",
             lambda: item_sets(
@@ -123,6 +121,8 @@ def audit(
             ),
         )
 
+    # A permuted copy (function unchanged) is put back into the base's neuron order for the stages that
+    # index weights; another training run cannot be, and its vector comparison is "not comparable".
     with aligned_to(base, unlearned, seed=cfg.seed) as basis:
         behaviour = run("behaviour", lambda: stages._behaviour(base, unlearned, concept, cfg, on_base))
         relearn = run(

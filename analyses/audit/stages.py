@@ -46,17 +46,14 @@ def _behaviour(
     correctness and completions, plain and under each attack, for the ``traces`` stage (which measures the
     same items the same way, so it reads them here instead of generating them again)."""
 
+    from analyses.audit.traces import scored_items
+
     def one(model: Model) -> dict[str, Any]:
         b = measure_behaviour(
             model, concept, attacks=cfg.attacks, batch_size=cfg.batch_size, context_chars=cfg.context_chars
         )
-        d = b.to_dict()
-        d.pop("items", None)
-        d["forget_items"] = {
-            name: {"correct": [float(c) for c in s.correct], "completions": list(s.completions)}
-            for name, s in b.scores.items()
-        }
-        return to_jsonable(d)
+        forget_items = {name: scored_items(s) for name, s in b.scores.items()}
+        return to_jsonable({**b.to_dict(), "forget_items": forget_items})
 
     return {"base": on_base("behaviour", lambda: one(base)), "unlearned": one(unlearned)}
 

@@ -86,7 +86,8 @@ def _correct(scores) -> list[float]:
 Known = dict[str, dict[str, list]]  # attack name ("none": plain) -> {"correct": [...], "completions": [...]}
 
 
-def _scored(s) -> dict[str, list]:
+def scored_items(s) -> dict[str, list]:
+    """A ``QAScores`` as the per-item values the stages store: correctness (0/1) and completions."""
     return {"correct": _correct(s), "completions": list(s.completions)}
 
 
@@ -102,7 +103,7 @@ def behaviour_values(
             got = forget["none"]
         else:
             got = (
-                _scored(score_qa(model, qa, batch_size=batch_size))
+                scored_items(score_qa(model, qa, batch_size=batch_size))
                 if qa
                 else {"correct": [], "completions": []}
             )
@@ -133,7 +134,7 @@ def attack_values(
             if which == "forget" and forget is not None:
                 got = forget[a]
             else:
-                got = _scored(
+                got = scored_items(
                     attack_scores(
                         model, getattr(sets, which), a, batch_size=batch_size, context_chars=context_chars
                     )
