@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from analyses.audit import AuditConfig, AuditResult, audit, audit_report, verdict_table
+from analyses.audit.report import families_table
 from analyses.unlearn import UnlearnConfig, retain_qa_for, unlearn
 from probes.data import DEFAULT_CONCEPT_FILE, load_concept, load_concepts
 from probes.model import Model, load_model
@@ -54,7 +55,17 @@ def run_demo(
             progress=progress,
         )
         write_json(out / method / "unlearn.json", run.to_dict())
-        results.append(audit(base, run.model, concept, config=cfg, out=out / method, progress=progress))
+        results.append(
+            audit(
+                base,
+                run.model,
+                concept,
+                config=cfg,
+                out=out / method,
+                trained_items=run.trained_items,  # the audit scores the held-out half
+                progress=progress,
+            )
+        )
         seconds[method] = round(time.perf_counter() - t, 1)
         del run
     table = verdict_table(results, list(methods))
@@ -63,7 +74,13 @@ def run_demo(
     ).write(out / "report.html")
     write_json(
         out / "demo.json",
-        {"concept": concept.concept, "methods": list(methods), "verdicts": table.to_dict(orient="records")},
+        {
+            "concept": concept.concept,
+            "methods": list(methods),
+            "verdicts": table.to_dict(orient="records"),
+            # every family's call per method, with the 95% intervals behind it
+            "families": families_table(results, list(methods)).to_dict(orient="records"),
+        },
     )
     write_json(
         out / "timings.json", {"per_method_seconds": seconds, "total_seconds": time.perf_counter() - t0}

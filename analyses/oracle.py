@@ -183,6 +183,7 @@ def run_oracle(
             steps=cfg.unlearn_steps,
             trainable=cfg.unlearn_trainable,
             seed=cfg.seed,
+            heldout=0.0,  # the world holds out by template: no biography states a fact the way its QA asks it
         )
         run = unlearn(wm.full, concept, ucfg, retain_texts=retain_texts, progress=progress)
         runs[method] = run.model

@@ -7,6 +7,7 @@ import hashlib
 import importlib.resources
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -81,9 +82,15 @@ class Concept:
         key = {q: hashlib.sha256(f"{seed}:{q.prompt}:{q.answer}".encode()).hexdigest() for q in self.qa}
         order = sorted(self.qa, key=key.__getitem__)
         n_out = min(len(order) - 1, max(1, round(heldout * len(order))))
-        out = set(order[:n_out])
-        held = tuple(q for q in self.qa if q in out)
-        kept = tuple(q for q in self.qa if q not in out)
+        return self.split_off(q.prompt for q in order[n_out:])
+
+    def split_off(self, trained: Iterable[str]) -> tuple[Concept, Concept]:
+        """``(trained, held_out)`` for a known set of ``trained`` prompts (an unlearning run's
+        ``trained_items``): the QA whose prompt is in it, with the text that states no other item's answer,
+        and the concept with the rest of its QA."""
+        seen = set(trained)
+        held = tuple(q for q in self.qa if q.prompt not in seen)
+        kept = tuple(q for q in self.qa if q.prompt in seen)
         text = drop_sentences_with(self.text, [q.answer for q in held])
         return replace(self, qa=kept, text=text), replace(self, qa=held)
 

@@ -33,3 +33,17 @@ def test_demo_writes_report_verdicts_and_timings(smol, tmp_path):
     html = (out / "report.html").read_text()
     assert html.count("<html") == 1 and "needle" in html and "Harry Potter" in html
     assert results[0].verdict == audit["verdict"]
+    # the run held half the items out and the audit scored those (the split read from its trained items)
+    unlearn_json = json.loads((out / "needle" / "unlearn.json").read_text())
+    held = set(unlearn_json["heldout_items"])
+    assert held and held.isdisjoint(unlearn_json["trained_items"])
+    assert {i["prompt"] for i in audit["items"]} == held and {i["split"] for i in audit["items"]} == {
+        "heldout"
+    }
+    assert row["audited items"] == len(held) and row["split"] == "heldout"
+    # which family voted what, in the table and in demo.json with the intervals behind each call
+    calls = {t["family"]: t["call"] for t in audit["traces"]}
+    for call in ("present", "gone", "inconclusive"):
+        assert row[call] == ", ".join(f for f, c in calls.items() if c == call)
+    assert {(f["family"], f["call"]) for f in demo["families"]} == set(calls.items())
+    assert all(f["model"] == "needle" and "forget - floor" in f for f in demo["families"])

@@ -67,7 +67,7 @@ def test_unlearning_never_sees_the_heldout_items(gpt2, tmp_path):
     assert info["trained_items"] == list(run.trained_items) and info["params"]["heldout"] == 0.5
 
 
-def test_audit_of_trained_items_is_noted_and_a_mismatched_split_refused(gpt2, tmp_path):
+def test_audit_scores_what_the_run_held_out_and_refuses_trained_items(gpt2, tmp_path):
     cfg = AuditConfig.quick(probe_dataset="", relearn_steps=0, n_vectors=2)
     trained, held = CONCEPT.split(0.5)
     with pytest.raises(VestigeError, match="held-out items were trained on"):
@@ -79,20 +79,34 @@ def test_audit_of_trained_items_is_noted_and_a_mismatched_split_refused(gpt2, tm
             trained_items=[q.prompt for q in held.qa],
             progress=False,
         )
-    r = audit(
-        gpt2, gpt2.copy(), CONCEPT, config=cfg, trained_items=[q.prompt for q in CONCEPT.qa], progress=False
-    )
-    assert any("were trained on by the unlearning run" in n for n in r.notes)
+    every = [q.prompt for q in CONCEPT.qa]
+    with pytest.raises(VestigeError, match="every one of the 4 items") as err:
+        audit(gpt2, gpt2.copy(), CONCEPT, config=cfg, trained_items=every, progress=False)
+    assert "--allow-trained-items" in str(err.value) and "memorisation" in str(err.value)
     r = audit(
         gpt2,
         gpt2.copy(),
         CONCEPT,
-        config=AuditConfig.quick(probe_dataset="", relearn_steps=0, n_vectors=2, heldout=0.5),
-        trained_items=[q.prompt for q in trained.qa],
+        config=AuditConfig.quick(probe_dataset="", relearn_steps=0, n_vectors=2, allow_trained_items=True),
+        trained_items=every,
         progress=False,
     )
-    assert not r.notes and r.behaviour["items"]["heldout"] == [q.prompt for q in held.qa]
-    assert "trained_split_forget_accuracy" in r.behaviour
+    assert any("were trained on by the unlearning run" in n for n in r.notes)
+    assert {i["split"] for i in r.items} == {"all"}
+    # the split given explicitly, and the split read from the run's trained items: the same audit
+    for config in (AuditConfig.quick(probe_dataset="", relearn_steps=0, n_vectors=2, heldout=0.5), cfg):
+        r = audit(
+            gpt2,
+            gpt2.copy(),
+            CONCEPT,
+            config=config,
+            trained_items=[q.prompt for q in trained.qa],
+            progress=False,
+        )
+        assert not r.notes and r.behaviour["items"]["heldout"] == [q.prompt for q in held.qa]
+        assert r.behaviour["items"]["trained"] == [q.prompt for q in trained.qa]
+        assert "trained_split_forget_accuracy" in r.behaviour
+        assert [i["prompt"] for i in r.items if i["split"] == "heldout"] == [q.prompt for q in held.qa]
 
 
 def test_cli_audit_reads_the_runs_trained_items(gpt2, tmp_path, monkeypatch, capsys):

@@ -33,6 +33,10 @@ class AuditConfig(Result):
     # ``vestige unlearn --heldout`` (0: every item; then the audit cannot tell forgetting from memorising).
     heldout: float = 0.0
     heldout_seed: int = 0
+    # When the unlearning run's ``trained_items`` are known and every audited item is one of them, the audit
+    # refuses (its forget accuracy would measure memorisation of the training items); True audits them anyway
+    # and says so in the notes.
+    allow_trained_items: bool = False
     # The control: at most this many facts of the control pool (the concept's unrelated QA and the retain QA)
     # that the base answers. Every interval: a percentile bootstrap over items with this many resamples.
     control_limit: int = 48

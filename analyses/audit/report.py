@@ -29,6 +29,9 @@ def _mean_attack(accs: dict) -> float:
     return sum(vals) / len(vals) if vals else float("nan")
 
 
+_CALLS = ("present", "gone", "inconclusive")
+
+
 def verdict_table(results: Sequence[AuditResult], labels: Sequence[str]) -> pd.DataFrame:
     rows = []
     for r, lab in zip(results, labels):
@@ -40,6 +43,10 @@ def verdict_table(results: Sequence[AuditResult], labels: Sequence[str]) -> pd.D
                 "model": lab,
                 "concept": r.concept,
                 "verdict": r.verdict,
+                # the evidence behind the verdict: which families were called what
+                **{call: ", ".join(c.family for c in r.traces if c.call == call) for call in _CALLS},
+                "audited items": len(r.items),
+                "split": r.items[0]["split"] if r.items else "",
                 "forget acc base": b["forget_accuracy"]["base"],
                 "forget acc unlearned": b["forget_accuracy"]["unlearned"],
                 "unrelated acc base": b["unrelated_accuracy"]["base"],
@@ -65,7 +72,7 @@ def verdict_table(results: Sequence[AuditResult], labels: Sequence[str]) -> pd.D
     return pd.DataFrame(rows)
 
 
-def _families_table(results: Sequence[AuditResult], labels: Sequence[str]) -> pd.DataFrame:
+def families_table(results: Sequence[AuditResult], labels: Sequence[str]) -> pd.DataFrame:
     frames = []
     for r, lab in zip(results, labels):
         f = r.traces_frame()
@@ -234,7 +241,7 @@ def audit_report(
             "model (base columns: the same measure in the base). Only present / gone / inconclusive vote.",
             cls="note",
         )
-        page.table(_families_table(results, labels))
+        page.table(families_table(results, labels))
     page.heading("Behaviour before, after and under attack")
     page.figure(_behaviour_figure(results, labels))
     page.heading("Recovery: attacks before and after ablating the traces")

@@ -56,17 +56,7 @@ def audit(
     ``floor``, facts the base never knew (default: the bundled fictional facts, ``probes.data.load_floor``,
     when the base's tokenizer can write their answers; the world passes its unseen people)."""
     cfg = config or AuditConfig()
-    trained_split = None
-    if cfg.heldout > 0:  # measure forgetting on items nothing trained on; the trained ones are reported too
-        trained_split, concept = concept.split(cfg.heldout, cfg.heldout_seed)
-    seen = sorted({q.prompt for q in concept.qa} & set(trained_items or ()))
-    if seen and cfg.heldout > 0:
-        raise VestigeError(
-            f"{len(seen)} of the {len(concept.qa)} held-out items were trained on by the unlearning run",
-            f"e.g. {seen[0]!r}: the audit's held-out split (heldout={cfg.heldout}, seed {cfg.heldout_seed}) "
-            "is not the one the unlearning run used",
-            "audit with the --heldout and --heldout-seed the unlearning run used (its unlearn.json)",
-        )
+    trained_split, concept, seen = evaluation_items(concept, cfg, trained_items)
     check_compatible(base, unlearned)
     check_finite(base, unlearned)  # NaN/inf weights (a diverged run): refused, naming the layer
     retain = list(retain_qa) if retain_qa is not None else list(concept.unrelated_qa)
@@ -249,7 +239,7 @@ def audit(
         unlearned_model=unlearned.name,
         notes=tuple(notes),
         traces=tuple(calls),
-        items=tuple(_items(concept, trace_values, "heldout" if cfg.heldout > 0 else "all")),
+        items=tuple(_items(concept, trace_values, "heldout" if trained_split is not None else "all")),
     )
     if out is not None:
         out = Path(out)
@@ -257,6 +247,46 @@ def audit(
         write_json(out / "timings.json", timings)
         audit_report([result]).write(out / "report.html")
     return result
+
+
+def evaluation_items(
+    concept: Concept, cfg: AuditConfig, trained_items: Sequence[str] | None
+) -> tuple[Concept | None, Concept, list[str]]:
+    """``(trained side or None, the concept with the items to audit, audited prompts that were trained on)``.
+
+    With ``cfg.heldout`` the audit scores the held-out side of ``Concept.split`` and refuses a split that
+    overlaps the run's ``trained_items``. Without it, known ``trained_items`` decide: the audit scores the
+    items the run did not train on, and refuses when there are none (unless ``cfg.allow_trained_items``)."""
+    trained = set(trained_items or ())
+    if cfg.heldout > 0:  # measure forgetting on items nothing trained on; the trained ones are reported too
+        trained_split, held = concept.split(cfg.heldout, cfg.heldout_seed)
+        seen = sorted({q.prompt for q in held.qa} & trained)
+        if seen:
+            raise VestigeError(
+                f"{len(seen)} of the {len(held.qa)} held-out items were trained on by the unlearning run",
+                f"e.g. {seen[0]!r}: the audit's held-out split (heldout={cfg.heldout}, seed "
+                f"{cfg.heldout_seed}) is not the one the unlearning run used",
+                "audit with the --heldout and --heldout-seed the unlearning run used (its unlearn.json), or "
+                "leave --heldout out: the audit then scores the items the run did not train on",
+            )
+        return trained_split, held, []
+    seen = sorted({q.prompt for q in concept.qa} & trained)
+    if not seen:
+        return None, concept, []
+    if len(seen) < len(concept.qa):  # the run held some items out: audit those
+        trained_split, held = concept.split_off(trained)
+        return trained_split, held, []
+    if not cfg.allow_trained_items:
+        raise VestigeError(
+            f"every one of the {len(concept.qa)} items of {concept.concept!r} was trained on by the unlearning "
+            "run (its trained_items)",
+            "their forget accuracy would measure memorisation of the training items, not forgetting of the "
+            "concept",
+            "unlearn with a held-out split (UnlearnConfig(heldout=0.5), `vestige unlearn --heldout 0.5`: the "
+            "default) and audit the run again, or pass AuditConfig(allow_trained_items=True) "
+            "(`vestige audit --allow-trained-items`) to audit the trained items anyway",
+        )
+    return None, concept, seen
 
 
 def _floor_for(base: Model, floor: Concept | None) -> tuple[Concept | None, str | None]:

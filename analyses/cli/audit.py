@@ -45,9 +45,15 @@ def register(sub) -> argparse.ArgumentParser:
         "--heldout",
         type=common.fraction,
         default=None,
-        help="audit only the items `vestige unlearn --heldout` held out (the same fraction; default 0: all)",
+        help="audit only the held-out side of this split of the concept's QA (default: the items the run's "
+        "unlearn.json did not train on; all items when there is none)",
     )
     p.add_argument("--heldout-seed", type=int, default=None, help="the unlearning run's --heldout-seed")
+    p.add_argument(
+        "--allow-trained-items",
+        action="store_true",
+        help="audit items the unlearning run trained on (refused by default: that measures memorisation)",
+    )
     p.add_argument(
         "--floor",
         default=None,
@@ -79,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         "trace_max": args.trace_max,
         "heldout": args.heldout,
         "heldout_seed": args.heldout_seed,
+        "allow_trained_items": args.allow_trained_items or None,
     }
     given = {k: v for k, v in given.items() if v is not None} | {"seed": args.seed}
     cfg = audit_mod.AuditConfig.quick(**given) if args.quick else audit_mod.AuditConfig(**given)

@@ -53,10 +53,11 @@ class UnlearnConfig(Result):
     check_every: int = field(default=5, metadata={"help": "steps between early-stop checks"})
     seed: int = 0
     heldout: float = field(
-        default=0.0,
+        default=0.5,
         metadata={
-            "help": "hold out this fraction of the concept's QA: nothing trains or stops on it, so an audit "
-            "with the same --heldout measures forgetting, not memorisation (0: train on every item)"
+            "help": "hold out this fraction of the concept's QA: nothing trains or stops on it, and the audit "
+            "of the run scores those items, so it measures forgetting, not memorisation (0: train on every "
+            "item; the audit then refuses unless told --allow-trained-items)"
         },
     )
     heldout_seed: int = field(default=0, metadata={"help": "seed of the held-out split"})
