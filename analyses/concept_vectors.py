@@ -13,6 +13,7 @@ import plotly.graph_objects as go
 from analyses.html import Page
 from probes import concepts as C
 from probes.data import Concept
+from probes.errors import VestigeError
 from probes.model import Model
 from probes.results import Result, write_json
 
@@ -33,13 +34,24 @@ def run_concept(
     concept: Concept,
     *,
     n: int = 10,
+    kind: str = "answer_writers",
     mode: str = "ablate",
     scale: float = 0.1,
     seed: int = 0,
     k_tokens: int = 20,
 ) -> ConceptReport:
-    """locate + validate one concept; each vector carries its decoded top tokens."""
-    found = C.locate(model, concept, n=n)
+    """locate (``kind``: see ``probes.concepts.locate``) + validate one concept; each vector carries its
+    decoded top tokens."""
+    found = C.locate(model, concept, n=n, kind=kind)
+    if not found.vectors:
+        raise VestigeError(
+            f"no {kind} vector located for {concept.concept!r}",
+            "no middle-layer value vector fires on the concept's prompts and holds more of its tokens in its "
+            "top-200 projection than chance"
+            if kind == "concept"
+            else "no value vector has a positive direct effect on the answers beyond the unrelated ones",
+            "try the other --kind, or give the concept more QA items and text",
+        )
     val = C.validate(model, concept, found, mode=mode, scale=scale, seed=seed)
     vectors = []
     for v in found.vectors:

@@ -160,32 +160,49 @@ _STOPWORDS = frozenset(
 
 
 def concept_token_ids(model: Model, concept: Concept, *, n_text_words: int = 30) -> list[int]:
-    """Token ids that stand for ``concept``: first tokens of the words of its name, of its answers (as
-    they continue their prompts, and as words), and of the ``n_text_words`` most frequent salient words
-    of its ``text`` (no stop words, at least 4 letters). The answers' first tokens come first and are
-    always kept; other tokens of fewer than 3 letters are dropped."""
+    """Token ids that stand for ``concept``: the words of its name, its answers (as they continue their
+    prompts, and as words) and the ``n_text_words`` most frequent names of its ``text`` (capitalised
+    words that do not start a sentence: generic words of the text, "century", "works", "major", are not
+    the concept's), each where the tokenizer writes it as one token (with or without a leading space)
+    of at least 3 letters or digits, stop words left out. The answers come first. A word the tokenizer splits
+    is left out: its first piece (" We" of " Weasley", " Row" of " Rowling", " pro" of " prolific")
+    stands for many words, and a value vector that promotes it is not about the concept."""
     tok = model.tokenizer
-    words: list[str] = re.findall(r"[A-Za-z][A-Za-z'\-]+", concept.concept)
-    ids: list[int] = []
-    answer_first = [answer_ids(model, q.prompt, q.answer)[1][0] for q in concept.qa]
-    words += [q.answer for q in concept.qa]
+    words: list[str] = [q.answer for q in concept.qa]
+    words += re.findall(r"[A-Za-z][A-Za-z'\-]+", concept.concept)
+    # the text's names: capitalised words that are not the first word of a sentence
     counts = Counter(
-        w
+        m.group(1)
         for t in concept.text
-        for w in re.findall(r"[A-Za-z][A-Za-z'\-]{3,}", t)
-        if w.lower() not in _STOPWORDS
+        for m in re.finditer(r"(?<=[A-Za-z0-9,;:'\)] )([A-Z][A-Za-z'\-]{2,})", t)
+        if m.group(1).lower() not in _STOPWORDS
     )
     words += [w for w, _ in counts.most_common(n_text_words)]
-    for w in words:
-        for form in (" " + w, w):
-            first = tok(form, add_special_tokens=False)["input_ids"][:1]
-            ids += first
     d_vocab = model.W_U.shape[1]
-    keep = list(dict.fromkeys(answer_first))
-    for t in dict.fromkeys(ids):
-        if t < d_vocab and t not in keep and len(re.sub(r"[^A-Za-z]", "", tok.decode([t]))) >= 3:
-            keep.append(t)
+    keep: list[int] = []
+    for w in words:
+        if w.lower() in _STOPWORDS or len(re.sub(r"[^A-Za-z0-9]", "", w)) < 3:
+            continue
+        for form in (" " + w, w):
+            ids = tok(form, add_special_tokens=False)["input_ids"]
+            if len(ids) == 1 and ids[0] < d_vocab and ids[0] not in keep:
+                keep.append(ids[0])
     return keep
+
+
+def chance_hits(k: int, n_tokens: int, d_vocab: int, alpha: float = 0.05) -> int:
+    """The fewest concept tokens a top-``k`` projection must hold to beat chance: the smallest ``h >= 1``
+    with ``P(X >= h) <= alpha`` for ``X ~ Poisson(k * n_tokens / d_vocab)`` (a random vector's top-k
+    holds each of the ``n_tokens`` with probability ``k / d_vocab``). SmolLM2 (k 200, 60 tokens, 49,152
+    words): 2; a 500-word vocabulary (k 50, 30 tokens): 7."""
+    lam = k * n_tokens / max(d_vocab, 1)
+    h, term, below = 0, math.exp(-lam), 0.0
+    while True:
+        below += term  # P(X <= h)
+        h += 1
+        if 1.0 - below <= alpha:
+            return max(h, 1)
+        term *= lam / h
 
 
 # ---- locate ------------------------------------------------------------------------------------------
@@ -200,16 +217,23 @@ class ConceptVector(Result):
     projection_score: float
     effect_score: float
     score: float
+    # kind "concept": the activation score, and how many concept tokens the vector's top-k projection holds
+    activation_score: float | None = None
+    concept_tokens_in_top: int | None = None
+
+
+LOCATE_KINDS = ("concept", "answer_writers")
 
 
 @dataclass(frozen=True)
 class LocateResult(Result):
-    """Value vectors ranked for a concept, best first."""
+    """Value vectors ranked for a concept, best first (``kind``: see ``locate``)."""
 
     concept: str
     vectors: tuple[ConceptVector, ...]
     concept_tokens: tuple[int, ...]
     n_scored: int
+    kind: str = "answer_writers"
 
     def refs(self) -> list[VectorRef]:
         return [(v.layer, v.neuron) for v in self.vectors]
@@ -254,6 +278,16 @@ def direct_effects(
     if not items:
         return {l: torch.zeros(0, model.cfg.d_mlp, device=model.device) for l in layers}
     acts, inv_scale = _last_position_state(model, [q.prompt for q in items], layers, batch_size)
+    return _direct_effects_of(model, items, layers, acts, inv_scale)
+
+
+def _direct_effects_of(
+    model: Model,
+    items: Sequence[QA],
+    layers: Sequence[int],
+    acts: dict[int, torch.Tensor],
+    inv_scale: torch.Tensor,
+) -> dict[int, torch.Tensor]:
     W_U = model.W_U.detach().float()
     answers = torch.tensor([answer_ids(model, q.prompt, q.answer)[1][0] for q in items], device=W_U.device)
     U = W_U[:, answers] - W_U.mean(1, keepdim=True)  # [d_model, item]
@@ -301,21 +335,33 @@ def _standardise(x: torch.Tensor) -> torch.Tensor:
     return (x - med) / mad
 
 
+def middle_layers(n_layers: int) -> list[int]:
+    """The middle half of the blocks, ``[n/4, 3n/4)`` rounded outwards (at least one): where the
+    ConceptVectors reference found its concept vectors (LLaMA-2-7B: 18-25 of 32), away from the last
+    blocks' generic answer writers. SmolLM2 (30 blocks): 7-22; gpt2-small: 3-8; a 4-block model: 1-2."""
+    lo = n_layers // 4
+    return list(range(lo, max(lo + 1, -(-3 * n_layers // 4))))
+
+
 @torch.no_grad()
 def locate(
     model: Model,
     concept: Concept,
     n: int = 10,
     *,
+    kind: str = "answer_writers",
     layers: Sequence[int] | None = None,
     unrelated: Sequence[QA] | None = None,
     projection_weight: float = 0.5,
+    activation_weight: float = 1.0,
+    top_k: int = 200,
     batch_size: int = 16,
     final_norm: bool = False,
 ) -> LocateResult:
-    """Rank value vectors for ``concept`` with no human or external judge.
+    """Rank value vectors for ``concept`` with no human or external judge. Two kinds:
 
-    Two scores per vector:
+    ``kind="answer_writers"`` (the causal kind: what Needle and the audit's trace search zero) ranks
+    every layer's vectors by two scores:
 
     - ``projection_score``: see ``projection_scores`` (concept tokens: ``concept_token_ids``), on the
       ConceptVectors reference projection (raw value vector times the output embedding) unless
@@ -331,8 +377,28 @@ def locate(
       mean, unrelated drop about equal).
 
     The ranking ``score`` is the robust z-score of ``effect_score`` plus ``projection_weight`` times the
-    robust z-score of ``projection_score``; vectors with no positive specific effect are not returned."""
-    layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
+    robust z-score of ``projection_score``; vectors with no positive specific effect are not returned.
+    On SmolLM2 these sit in the last blocks and write the answers' first pieces: answer writers.
+
+    ``kind="concept"`` (the ConceptVectors kind: vectors that *express* the concept) ranks the vectors of
+    the ``middle_layers`` (unless ``layers``) by the robust z-score of ``projection_score`` plus
+    ``activation_weight`` times that of ``activation_score``: the neuron's mean activation at the last
+    token of the concept's prompts minus its mean absolute activation on the unrelated prompts (a vector
+    that writes the concept's tokens but does not fire on its prompts is not its vector). Only vectors
+    that fire more on the concept (``activation_score > 0``) and, among the ``max(200, 20n)`` best-scored,
+    whose exact top-``top_k`` projection (at most a tenth of the vocabulary) holds more concept tokens than
+    chance (``chance_hits``) are returned, best score first (``concept_tokens_in_top``: how many); their ``effect_score`` is computed as for answer writers, for comparison. Fewer than ``n`` come
+    back when fewer qualify."""
+    if kind not in LOCATE_KINDS:
+        raise VestigeError(
+            f"unknown locate kind {kind!r}",
+            f"the kinds are {', '.join(LOCATE_KINDS)}",
+            'use kind="concept" (vectors that express the concept) or kind="answer_writers" (vectors that '
+            "write its answers)",
+        )
+    if layers is None:
+        layers = middle_layers(model.cfg.n_layers) if kind == "concept" else range(model.cfg.n_layers)
+    layers = list(dict.fromkeys(layers))
     unrelated = concept.unrelated_qa if unrelated is None else tuple(unrelated)
     tokens = concept_token_ids(model, concept)
     if not tokens:
@@ -341,29 +407,68 @@ def locate(
             "its name, answers and text have no word of three letters or more",
             "give the concept a name, answers or text with words",
         )
-    de = direct_effects(model, concept.qa, layers, batch_size=batch_size)
-    de_un = direct_effects(model, unrelated, layers, batch_size=batch_size) if unrelated else None
+    acts, inv = _last_position_state(model, [q.prompt for q in concept.qa], layers, batch_size)
+    de = _direct_effects_of(model, concept.qa, layers, acts, inv)
+    acts_un = de_un = None
+    if unrelated:
+        acts_un, inv_un = _last_position_state(model, [q.prompt for q in unrelated], layers, batch_size)
+        de_un = _direct_effects_of(model, unrelated, layers, acts_un, inv_un)
     proj = projection_scores(model, tokens, layers, final_norm=final_norm)
     effect = torch.stack(
         [de[l].mean(0) - (de_un[l].abs().mean(0) if de_un is not None else 0.0) for l in layers]
     ).cpu()
     projection = torch.stack([proj[l] for l in layers]).cpu()
-    score = _standardise(effect) + projection_weight * _standardise(projection)
-    score = torch.where(effect > 0, score, torch.full_like(score, -math.inf))
-    n = min(n, int((effect > 0).sum()))
-    best = torch.topk(score.flatten(), n).indices.tolist() if n > 0 else []
     d_mlp = model.cfg.d_mlp
+    if kind == "answer_writers":
+        score = _standardise(effect) + projection_weight * _standardise(projection)
+        score = torch.where(effect > 0, score, torch.full_like(score, -math.inf))
+        n = min(n, int((effect > 0).sum()))
+        best = torch.topk(score.flatten(), n).indices.tolist() if n > 0 else []
+        vectors = tuple(
+            ConceptVector(
+                layers[f // d_mlp],
+                f % d_mlp,
+                float(projection.flatten()[f]),
+                float(effect.flatten()[f]),
+                float(score.flatten()[f]),
+            )
+            for f in best
+        )
+        return LocateResult(concept.concept, vectors, tuple(tokens), score.numel(), kind)
+    activation = torch.stack(
+        [acts[l].mean(0) - (acts_un[l].abs().mean(0) if acts_un is not None else 0.0) for l in layers]
+    ).cpu()
+    score = _standardise(projection) + activation_weight * _standardise(activation)
+    score = torch.where(activation > 0, score, torch.full_like(score, -math.inf))
+    k = min(top_k, max(1, model.cfg.d_vocab // 10))
+    need = chance_hits(k, len(tokens), model.cfg.d_vocab)
+    wanted, W_U = set(tokens), model.W_U.detach().float()
+    flat = score.flatten()
+    pool = min(int(torch.isfinite(flat).sum()), max(200, 20 * n)) if n > 0 else 0
+    candidates = torch.topk(flat, pool).indices.tolist() if pool else []
+    by_layer: dict[int, torch.Tensor] = {}
+    found = []
+    for f in candidates:  # the exact top-k projection of the best-scored vectors
+        layer, neuron = layers[f // d_mlp], f % d_mlp
+        if layer not in by_layer:
+            by_layer[layer] = value_vectors(model, layer, final_norm=final_norm).float()
+        hits = len(set(torch.topk(by_layer[layer][neuron] @ W_U, k).indices.tolist()) & wanted)
+        if hits >= need:
+            found.append((hits, float(flat[f]), f))
+    found.sort(key=lambda t: -t[1])  # by score (most concept tokens first ranked generic vectors higher)
     vectors = tuple(
         ConceptVector(
             layers[f // d_mlp],
             f % d_mlp,
             float(projection.flatten()[f]),
             float(effect.flatten()[f]),
-            float(score.flatten()[f]),
+            sc,
+            activation_score=float(activation.flatten()[f]),
+            concept_tokens_in_top=hits,
         )
-        for f in best
+        for hits, sc, f in found[:n]
     )
-    return LocateResult(concept.concept, vectors, tuple(tokens), score.numel())
+    return LocateResult(concept.concept, vectors, tuple(tokens), flat.numel(), kind)
 
 
 # ---- editing and validation --------------------------------------------------------------------------

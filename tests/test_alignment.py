@@ -129,27 +129,34 @@ BASIS_FREE = ("behaviour", "prompt_attacks", "relearning", "logit_lens", "probes
 
 @pytest.mark.slow
 def test_audit_verdict_survives_a_neuron_and_head_permutation_smollm2(smol):
-    """A suppression stand-in (40 located vectors zeroed in a copy) audited as it is and with every MLP
-    layer's neurons and every layer's attention heads permuted (outputs equal): the same verdict, the same
-    call for every family, every basis-free per-item value equal (1e-4: fp32 rounding), the weight-space
-    values equal once re-aligned (1e-5). (That an unchanged copy is inconclusive, never removed, is the
-    world's ``no_op`` control in tests/test_oracle.py: an audit there takes seconds, here minutes.)"""
+    """NPO on a concept the project never tuned on (Wolfgang Amadeus Mozart), trained on half its QA and
+    audited on the other half, as it is and with every MLP layer's neurons and every layer's attention
+    heads permuted (outputs equal): ``suppressed`` both times, for reasons that are not weight indices
+    (present basis-free families), the same call for every family, every basis-free per-item value equal
+    (1e-4: fp32 rounding), the weight-space values equal once re-aligned (1e-5). (That an unchanged copy
+    is inconclusive, never removed, is the world's ``no_op`` control in tests/test_oracle.py: an audit
+    there takes seconds, here minutes.)"""
+    from analyses.unlearn import UnlearnConfig, unlearn
     from analyses.unlearn.run import retain_qa_for
-    from probes import concepts as cv
-    from probes.data import load_concepts
+    from probes.data import load_concept, load_concepts
 
-    unlearned = smol.copy()
-    with torch.no_grad():
-        for layer, neuron in cv.locate(smol, TOY, n=40).refs():
-            unlearned.W_out(layer)[neuron].zero_()
+    concept = load_concept(name="Wolfgang Amadeus Mozart")
+    ucfg = UnlearnConfig(method="npo", steps=20, lr=1e-4, batch_size=4, window=32, stop_fraction=None)
+    run = unlearn(smol, concept, ucfg, progress=False)
+    assert run.after.forget_accuracy == 0.0 and run.heldout_after.forget_accuracy <= 0.3  # measured 0.2
+    unlearned = run.model
     permuted = unlearned.copy()
     permute_mlp_neurons(permuted, random_permutations(permuted, seed=11))
     permute_attention_heads(permuted, random_head_permutations(permuted, seed=12))
     cfg = AuditConfig.quick(probe_dataset="", control_limit=24)
-    control = retain_qa_for(load_concepts(), TOY)  # facts of the other bundled concepts
-    kw = dict(config=cfg, control_qa=control, progress=False)
-    plain = audit(smol, unlearned, TOY, **kw)
-    moved = audit(smol, permuted, TOY, **kw)
+    control = retain_qa_for(load_concepts(), concept)  # facts of the other bundled concepts
+    kw = dict(config=cfg, control_qa=control, trained_items=run.trained_items, progress=False)
+    plain = audit(smol, unlearned, concept, **kw)
+    moved = audit(smol, permuted, concept, **kw)
+    assert {i["prompt"] for i in plain.items} == set(run.heldout_items)
+    assert plain.verdict == "suppressed", plain.reasons
+    present = {c.family for c in plain.traces if c.call == "present"}
+    assert present & set(BASIS_FREE), plain.reasons  # the verdict does not rest on a weight index
     assert moved.verdict == plain.verdict
     basis = moved.concept_vectors["basis"]
     assert basis["realigned"] and not plain.concept_vectors["basis"]["realigned"]

@@ -242,8 +242,13 @@ def test_audit_resumes_from_cache_and_is_deterministic(smol, tmp_path, monkeypat
     assert data["verdict"] == first.verdict
     assert {"verdict", "behaviour", "concept_vectors", "recovery"} <= set(data)
     assert {"mean_cosine", "mean_jaccard"} <= set(data["concept_vectors"])
-    # the ablated vectors are exactly the located ones: cosine 0 for them, while the rest is untouched
-    assert data["concept_vectors"]["mean_cosine"] < 0.5
+    # the two kinds: the ablated vectors are exactly the located answer writers (cosine 0 for them), while
+    # the middle-layer concept vectors are other vectors, untouched
+    cv_ = data["concept_vectors"]
+    assert cv_["kind"] == "concept" and cv_["answer_writers"]["kind"] == "answer_writers"
+    assert [[v["layer"], v["neuron"]] for v in cv_["answer_writers"]["vectors"]] == [list(r) for r in refs]
+    assert cv_["answer_writers"]["mean_cosine"] < 0.5
+    assert cv_["mean_cosine"] is None or cv_["mean_cosine"] > 0.99
     html = (tmp_path / "a" / "report.html").read_text()
     assert html.count("plotly.js v") <= 2 and "Verdict" in html
 

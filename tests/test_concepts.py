@@ -12,6 +12,7 @@ import torch
 from probes import concepts as C
 from probes.data import QA, Concept
 from probes.edits import edited_vectors
+from probes.errors import VestigeError
 from probes.qa import answer_ids, answer_logprobs
 
 UNRELATED = (
@@ -107,7 +108,9 @@ def test_locate_finds_a_planted_vector(gpt2):
         found = C.locate(gpt2, concept, n=5)
         assert (found.vectors[0].layer, found.vectors[0].neuron) == (layer, neuron)
         top = found.vectors[0]
-        assert top.effect_score > 0 and top.projection_score > 3
+        # it writes " We", the first piece of " Weasley": the answer, but not a concept token (a split
+        # word's first piece stands for many words), so only its effect score singles it out
+        assert top.effect_score > 0 and top.effect_score > 10 * found.vectors[1].effect_score
         # both scores match a hand computation for the planted vector
         from probes import hooks
 
@@ -124,13 +127,80 @@ def test_locate_finds_a_planted_vector(gpt2):
     assert not torch.equal(gpt2.W_out(layer)[neuron], d / d.norm())
 
 
-def test_concept_tokens_cover_name_answers_and_text(smol):
+def test_concept_tokens_are_whole_words_of_the_name_answers_and_text_names(smol):
     ids = C.concept_token_ids(smol, HARRY)
-    words = {smol.tokenizer.decode([t]).strip() for t in ids}
-    assert {"Harry", "Potter"} <= words
-    first = smol.tokenizer(" Hogwarts", add_special_tokens=False)["input_ids"][0]
-    assert first in ids  # a salient word of the text (its first token)
-    assert answer_ids(smol, HARRY.qa[0].prompt, "Weasley")[1][0] in ids
+    tok = smol.tokenizer
+    words = [tok.decode([t]).strip() for t in ids]
+    assert {"Harry", "Potter"} <= set(words)
+    # names of the text that are one token: "School" (of Hogwarts School), not the sentence's first word
+    allowed = {"Harry", "Potter", "Weasley", "Rowling", "Granger", "Dumbledore", "Voldemort"}
+    allowed |= {"Ron", "Hermione", "Hogwarts", "School", "Witchcraft", "Wizardry"}
+    assert set(words) <= allowed, set(words) - allowed
+    for t in ids:  # every one stands for a whole word by itself
+        assert len(tok(tok.decode([t]), add_special_tokens=False)["input_ids"]) == 1
+        assert sum(ch.isalnum() for ch in tok.decode([t])) >= 3
+    # the first piece of a split answer (" We" of " Weasley") stands for nothing in particular
+    p, a = answer_ids(smol, HARRY.qa[0].prompt, "Weasley")
+    assert len(a) > 1 and a[0] not in ids
+
+
+def test_chance_hits_is_the_poisson_tail():
+    from scipy.stats import poisson
+
+    for k, n_tokens, vocab in [(200, 60, 49152), (50, 30, 500), (200, 2, 49152), (20, 40, 200)]:
+        h = C.chance_hits(k, n_tokens, vocab)
+        lam = k * n_tokens / vocab
+        assert poisson.sf(h - 1, lam) <= 0.05  # P(X >= h)
+        assert h == 1 or poisson.sf(h - 2, lam) > 0.05  # h - 1 would not do
+    assert C.chance_hits(200, 60, 49152) == 2 and C.chance_hits(50, 30, 500) == 7
+
+
+def test_middle_layers():
+    assert C.middle_layers(30) == list(range(7, 23))
+    assert C.middle_layers(12) == list(range(3, 9))
+    assert C.middle_layers(4) == [1, 2] and C.middle_layers(1) == [0]
+
+
+def test_locate_kinds_find_a_planted_concept_vector_and_a_planted_answer_writer(gpt2):
+    """A middle-layer vector that writes the concept's tokens and fires on its prompts is the top
+    ``concept`` vector (its concept-token count matches a hand count) and never an answer writer of the
+    last layer; a last-layer vector that writes the answer is the top answer writer and is outside the
+    concept kind's layers."""
+    concept = _planted_concept()
+    tokens = C.concept_token_ids(gpt2, concept)
+    assert tokens
+    W_U = gpt2.W_U.detach()
+    mid, last, neuron = 5, 11, 777
+    blocks = gpt2.hf.transformer.h
+    params = [
+        p
+        for l in (mid, last)
+        for p in (blocks[l].mlp.c_fc.weight, blocks[l].mlp.c_fc.bias, blocks[l].mlp.c_proj.weight)
+    ]
+    with _restored(params):
+        with torch.no_grad():
+            d = (W_U[:, tokens] - W_U.mean(1, keepdim=True)).sum(1)
+            gpt2.W_out(mid)[neuron] = 3 * d / d.norm()
+            token = answer_ids(gpt2, concept.qa[0].prompt, "Weasley")[1][0]
+            a = W_U[:, token] - W_U.mean(1)
+            gpt2.W_out(last)[neuron] = a / a.norm()
+            for l in (mid, last):
+                blocks[l].mlp.c_fc.weight[:, neuron] = 0.0
+                blocks[l].mlp.c_fc.bias[neuron] = 4.0  # fires on every prompt
+        found = C.locate(gpt2, concept, n=5, kind="concept", unrelated=())
+        assert found.kind == "concept" and found.vectors
+        top = found.vectors[0]
+        assert (top.layer, top.neuron) == (mid, neuron)
+        assert all(v.layer in C.middle_layers(12) for v in found.vectors)
+        k = min(200, gpt2.cfg.d_vocab // 10)
+        hand = len(set(torch.topk(gpt2.W_out(mid)[neuron] @ W_U, k).indices.tolist()) & set(tokens))
+        assert top.concept_tokens_in_top == hand >= C.chance_hits(k, len(tokens), gpt2.cfg.d_vocab)
+        assert top.activation_score == pytest.approx(4.0, rel=1e-3)  # gelu(4), no unrelated prompts
+        writers = C.locate(gpt2, concept, n=5, kind="answer_writers")
+        assert writers.kind == "answer_writers"
+        assert (writers.vectors[0].layer, writers.vectors[0].neuron) == (last, neuron)
+    with pytest.raises(VestigeError, match="unknown locate kind"):
+        C.locate(gpt2, concept, kind="neurons")
 
 
 # ---- edits restore exactly ----------------------------------------------------------------------------

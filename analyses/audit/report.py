@@ -117,10 +117,17 @@ def _recovery_figure(results, labels) -> go.Figure:
     return fig
 
 
-def _vector_figure(results, labels) -> go.Figure:
+def _of_kind(r: AuditResult, kind: str) -> dict:
+    """The concept-vector stage's entry for one locate kind (an audit from before the two kinds has
+    only the one it located, under the top level)."""
+    cv = r.concept_vectors
+    return cv if kind == "concept" else cv.get("answer_writers") or {"compare": [], "top_tokens": []}
+
+
+def _vector_figure(results, labels, kind: str = "concept") -> go.Figure:
     fig = go.Figure()
     for r, lab in zip(results, labels):
-        comp = r.concept_vectors["compare"]
+        comp = _of_kind(r, kind)["compare"]
         names = [f"L{c['layer']}.{c['neuron']}" for c in comp]
         fig.add_bar(name=f"{lab} cosine", x=names, y=[c["cosine"] for c in comp])
         fig.add_bar(name=f"{lab} Jaccard", x=names, y=[c["jaccard"] for c in comp])
@@ -138,9 +145,9 @@ def _lens_figure(results, labels) -> go.Figure:
     return fig
 
 
-def _top_tokens_table(r: AuditResult) -> pd.DataFrame:
+def _top_tokens_table(r: AuditResult, kind: str = "concept") -> pd.DataFrame:
     rows = []
-    for t in r.concept_vectors["top_tokens"]:
+    for t in _of_kind(r, kind)["top_tokens"]:
         rows.append(
             {
                 "vector": f"L{t['layer']}.{t['neuron']}",
@@ -246,11 +253,30 @@ def audit_report(
     page.figure(_behaviour_figure(results, labels))
     page.heading("Recovery: attacks before and after ablating the traces")
     page.figure(_recovery_figure(results, labels))
-    page.heading("Concept vectors (located on the base model)")
-    page.figure(_vector_figure(results, labels))
-    for r, lab in zip(results, labels):
-        page.paragraph(f"{lab}: top tokens of each vector before and after unlearning")
-        page.table(_top_tokens_table(r))
+    for kind, title, note in (
+        (
+            "concept",
+            "Concept vectors (located on the base model)",
+            "Middle-layer value vectors that fire on the concept's prompts and hold more of its tokens in "
+            "their top-200 projection than chance; the concept_vectors and activations families read them.",
+        ),
+        (
+            "answer_writers",
+            "Answer writers (located on the base model)",
+            "The value vectors with the largest direct effect on the concept's answers (minus their effect "
+            "on unrelated answers), mostly in the last blocks; the interventions ablate and patch these. "
+            "Reported, they do not vote.",
+        ),
+    ):
+        page.heading(title)
+        page.paragraph(note, cls="note")
+        if not any(_of_kind(r, kind)["compare"] for r in results):
+            page.paragraph("none located", cls="note")
+            continue
+        page.figure(_vector_figure(results, labels, kind))
+        for r, lab in zip(results, labels):
+            page.paragraph(f"{lab}: top tokens of each vector before and after unlearning")
+            page.table(_top_tokens_table(r, kind))
     page.heading("Logit lens: the answer inside the model")
     page.figure(_lens_figure(results, labels))
     probe_fig = _probe_figure(results, labels)
@@ -272,8 +298,8 @@ def audit_report(
             page.table(r.items_frame())
     page.heading("Interventions in the unlearned model")
     page.paragraph(
-        "Trace vectors: the located concept vectors that, zeroed in the base model 20 at a time, bring its "
-        "forget accuracy to at most 25% of its start. Located vectors: the top ones compared above.",
+        "Trace vectors: the answer writers that, zeroed in the base model 20 at a time, bring its forget "
+        "accuracy to at most 25% of its start. Base vectors: the answer writers compared above.",
         cls="note",
     )
     rows = []

@@ -133,7 +133,9 @@ def audit(
             traces = None
             if cfg.trace_max > 0:
                 traces = on_base("trace_vectors", lambda: stages._trace_vectors(base, concept, retain, cfg))
-            return stages._interventions(base, unlearned, concept, cfg, vectors["vectors"], heads, traces)
+            # the causal kind: the answer writers (what Needle and the trace search zero)
+            writers = vectors["answer_writers"]["vectors"]
+            return stages._interventions(base, unlearned, concept, cfg, writers, heads, traces)
 
         interventions = run("interventions", interventions_stage)
 
@@ -176,8 +178,8 @@ def audit(
     )
     patched = interventions["patch_vectors_from_base"]["forget_accuracy"]
     reasons.append(
-        f"patching the base's concept vectors back: forget accuracy {patched:.2f} (re-inserts knowledge: "
-        "reported, does not vote)"
+        f"patching the base's answer-writer vectors back: forget accuracy {patched:.2f} (re-inserts "
+        "knowledge: reported, does not vote)"
     )
     summary = {
         "forget_accuracy": {
@@ -331,6 +333,8 @@ def family_calls(values: dict[str, Any], basis: dict[str, Any], cfg: AuditConfig
                 "relearning": "relearning is off (relearn_steps=0)",
                 "probes": "fewer than 4 control or floor items to fit a probe on",
                 "memory_heads": "no memory head was found in the base",
+                "activations": "no concept vector was located (no middle-layer value vector fires on the "
+                "concept and holds more of its tokens in its top-200 than chance)",
             }.get(family, "not measured")
             calls.append(TraceCall(family, "not measured", why))
         else:

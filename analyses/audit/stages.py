@@ -98,26 +98,38 @@ def _attack_accuracies(
 def _concept_vectors(
     base: Model, unlearned: Model, concept: Concept, cfg: AuditConfig, on_base: OnBase
 ) -> dict[str, Any]:
-    located = on_base("locate", lambda: cv.locate(base, concept, n=cfg.n_vectors, batch_size=cfg.batch_size))
-    frame = cv.compare(base, unlearned, located, k=200, concept=concept)
-    refs = located.refs()
-    tops = []
-    for layer, neuron in refs:
-        before = cv.top_tokens(base, layer, neuron, k=10)
-        after = cv.top_tokens(unlearned, layer, neuron, k=10)
-        tops.append({"layer": layer, "neuron": neuron, "top_before": before, "top_after": after})
-    return {
-        "vectors": [v.to_dict() for v in located.vectors],
-        "compare": frame.to_dict(orient="records"),
-        "top_tokens": tops,
-        "mean_cosine": float(frame["cosine"].mean()),
-        "mean_jaccard": float(frame["jaccard"].mean()),
-        "mean_concept_tokens_retained": (
-            float(frame["concept_tokens_retained"].mean())
-            if frame["concept_tokens_retained"].notna().any()
-            else None
-        ),
-    }
+    """Both kinds of ``probes.concepts.locate`` on the base, compared on the unlearned model: the concept
+    vectors (middle layers, concept tokens in their projection; the ``concept_vectors`` and
+    ``activations`` families read these) and, reported beside them, the answer writers (the direct-effect
+    ranking, mostly the last blocks)."""
+
+    def kind(name: str) -> dict[str, Any]:
+        located = on_base(
+            f"locate_{name}",
+            lambda: cv.locate(base, concept, n=cfg.n_vectors, kind=name, batch_size=cfg.batch_size),
+        )
+        frame = cv.compare(base, unlearned, located, k=200, concept=concept)
+        tops = []
+        for layer, neuron in located.refs():
+            before = cv.top_tokens(base, layer, neuron, k=10)
+            after = cv.top_tokens(unlearned, layer, neuron, k=10)
+            tops.append({"layer": layer, "neuron": neuron, "top_before": before, "top_after": after})
+        empty = frame.empty
+        return {
+            "kind": name,
+            "vectors": [v.to_dict() for v in located.vectors],
+            "compare": frame.to_dict(orient="records"),
+            "top_tokens": tops,
+            "mean_cosine": None if empty else float(frame["cosine"].mean()),
+            "mean_jaccard": None if empty else float(frame["jaccard"].mean()),
+            "mean_concept_tokens_retained": (
+                float(frame["concept_tokens_retained"].mean())
+                if not empty and frame["concept_tokens_retained"].notna().any()
+                else None
+            ),
+        }
+
+    return {**kind("concept"), "answer_writers": kind("answer_writers")}
 
 
 def _lens(base: Model, unlearned: Model, concept: Concept, on_base: OnBase) -> dict[str, Any]:

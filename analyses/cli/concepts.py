@@ -13,6 +13,13 @@ def register(sub) -> argparse.ArgumentParser:
     common.add_concept_args(p)
     p.add_argument("--out", default="vestige-out/concepts")
     p.add_argument("--n", type=common.positive_int, default=10, help="number of vectors to locate")
+    p.add_argument(
+        "--kind",
+        choices=["answer_writers", "concept"],
+        default="answer_writers",
+        help="answer_writers: the vectors that write the concept's answers (every layer, direct effect); "
+        "concept: middle-layer vectors that express its tokens (ConceptVectors)",
+    )
     p.add_argument("--mode", choices=["ablate", "noise"], default="ablate")
     p.add_argument("--scale", type=float, default=0.1, help="noise standard deviation (mode noise)")
     p.add_argument("--seed", type=int, default=0)
@@ -25,7 +32,9 @@ def run(args: argparse.Namespace) -> int:
     concept = common.load_concept_from_args(args)
     common.check_out_dir(args.out)
     model = common.load(args.model, args)
-    report = run_concept(model, concept, n=args.n, mode=args.mode, scale=args.scale, seed=args.seed)
+    report = run_concept(
+        model, concept, n=args.n, kind=args.kind, mode=args.mode, scale=args.scale, seed=args.seed
+    )
     js, page = write_outputs(report, args.out)
     v = report.validation
     print(
