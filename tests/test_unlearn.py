@@ -239,8 +239,8 @@ def test_needle_changes_only_the_named_vectors(gpt2):
 
 @pytest.mark.slow
 def test_needle_search_zeroes_located_vectors_until_the_answers_go_smollm2(smol):
-    """Needle with no vectors given: locate on the base, zero 20 at a time until forget accuracy <= 25% of
-    its start. Checked: the criterion of the issue, the edited set is a prefix of locate's ranking taken in
+    """Needle with no vectors given: locate on the base (the trained half of the held-out split), zero 20 at
+    a time until the trained items' accuracy <= 25% of its start. Checked: the criterion of the issue, the edited set is a prefix of locate's ranking taken in
     whole steps, and only those rows of W_out changed."""
     from analyses.unlearn import retain_qa_for
     from probes.concepts import locate
@@ -256,7 +256,10 @@ def test_needle_search_zeroes_located_vectors_until_the_answers_go_smollm2(smol)
     assert [c["vectors"] for c in r.checks] == [20 * (i + 1) for i in range(r.steps)]
     assert r.checks[-1]["forget_accuracy"] == r.after.forget_accuracy
     assert all(c["forget_accuracy"] > 0.25 for c in r.checks[:-1])
-    ranked = locate(smol, concept, n=200, unrelated=tuple(concept.unrelated_qa) + tuple(retain_qa)).refs()
+    trained, held = concept.split_off(r.trained_items)  # Needle located on the trained half only
+    assert held.qa and {q.prompt for q in held.qa}.isdisjoint(r.trained_items)
+    unrelated = tuple(concept.unrelated_qa) + tuple(retain_qa)
+    ranked = locate(smol, trained, n=200, unrelated=unrelated).refs()
     assert edited == [tuple(v) for v in ranked[: len(edited)]]
     by_layer: dict[int, set[int]] = {}
     for layer, n in edited:
