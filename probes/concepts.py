@@ -419,21 +419,23 @@ def locate(
     ).cpu()
     projection = torch.stack([proj[l] for l in layers]).cpu()
     d_mlp = model.cfg.d_mlp
+
+    def vector(f: int, score: torch.Tensor, **extra) -> ConceptVector:  # flat index f over layers x d_mlp
+        return ConceptVector(
+            layers[f // d_mlp],
+            f % d_mlp,
+            float(projection.flatten()[f]),
+            float(effect.flatten()[f]),
+            float(score.flatten()[f]),
+            **extra,
+        )
+
     if kind == "answer_writers":
         score = _standardise(effect) + projection_weight * _standardise(projection)
         score = torch.where(effect > 0, score, torch.full_like(score, -math.inf))
         n = min(n, int((effect > 0).sum()))
         best = torch.topk(score.flatten(), n).indices.tolist() if n > 0 else []
-        vectors = tuple(
-            ConceptVector(
-                layers[f // d_mlp],
-                f % d_mlp,
-                float(projection.flatten()[f]),
-                float(effect.flatten()[f]),
-                float(score.flatten()[f]),
-            )
-            for f in best
-        )
+        vectors = tuple(vector(f, score) for f in best)
         return LocateResult(concept.concept, vectors, tuple(tokens), score.numel(), kind)
     activation = torch.stack(
         [acts[l].mean(0) - (acts_un[l].abs().mean(0) if acts_un is not None else 0.0) for l in layers]
@@ -445,30 +447,20 @@ def locate(
     wanted, W_U = set(tokens), model.W_U.detach().float()
     flat = score.flatten()
     pool = min(int(torch.isfinite(flat).sum()), max(200, 20 * n)) if n > 0 else 0
-    candidates = torch.topk(flat, pool).indices.tolist() if pool else []
+    candidates = torch.topk(flat, pool).indices.tolist() if pool else []  # best score first
     by_layer: dict[int, torch.Tensor] = {}
-    found = []
-    for f in candidates:  # the exact top-k projection of the best-scored vectors
+    vectors = []
+    for f in candidates:  # the exact top-k projection of the best-scored vectors, until n qualify
+        if len(vectors) == n:
+            break
         layer, neuron = layers[f // d_mlp], f % d_mlp
         if layer not in by_layer:
             by_layer[layer] = value_vectors(model, layer, final_norm=final_norm).float()
         hits = len(set(torch.topk(by_layer[layer][neuron] @ W_U, k).indices.tolist()) & wanted)
         if hits >= need:
-            found.append((hits, float(flat[f]), f))
-    found.sort(key=lambda t: -t[1])  # by score (most concept tokens first ranked generic vectors higher)
-    vectors = tuple(
-        ConceptVector(
-            layers[f // d_mlp],
-            f % d_mlp,
-            float(projection.flatten()[f]),
-            float(effect.flatten()[f]),
-            sc,
-            activation_score=float(activation.flatten()[f]),
-            concept_tokens_in_top=hits,
-        )
-        for hits, sc, f in found[:n]
-    )
-    return LocateResult(concept.concept, vectors, tuple(tokens), flat.numel(), kind)
+            extra = dict(activation_score=float(activation.flatten()[f]), concept_tokens_in_top=hits)
+            vectors.append(vector(f, score, **extra))
+    return LocateResult(concept.concept, tuple(vectors), tuple(tokens), flat.numel(), kind)
 
 
 # ---- editing and validation --------------------------------------------------------------------------
