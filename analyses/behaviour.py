@@ -178,10 +178,7 @@ def relearned_copy(
     seed: int = 0,
 ) -> Model:
     """The copy of ``model`` that ``relearn_attack`` fine-tunes (to score other items on it too)."""
-    import torch
-
-    from analyses.training import train
-    from analyses.unlearn.batches import make_batch, sequence_nll, text_windows
+    from analyses.unlearn.batches import text_windows
 
     text = answer_free_text(concept)
     if not text:
@@ -191,8 +188,63 @@ def relearned_copy(
             "add background text about the concept without its answers to the concept file, or turn the "
             "relearning attack off (relearn_steps=0, --relearn-steps 0)",
         )
+    return _finetuned_copy(
+        model,
+        lambda work: text_windows(work, [text], window),
+        steps=steps,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        desc="relearn",
+    )
+
+
+def fact_relearned_copy(
+    model: Model,
+    facts: Sequence[QA],
+    *,
+    steps: int = 10,
+    lr: float = 3e-5,
+    batch_size: int = 4,
+    seed: int = 0,
+) -> Model:
+    """A copy of ``model`` fine-tuned for ``steps`` AdamW steps on ``facts``, ``batch_size`` at a time
+    (prompt + answer, the loss on the answer tokens): the "retrain on T" half of Deeb & Roger's (2024) test, whose "test on V" half scores
+    *other* facts of the concept on the copy. Independent facts cannot be inferred from each other, so what
+    comes back on V was still in the weights; the same fine-tuning on facts never known (the floor) shows
+    what the attack teaches. ``model`` itself is never modified."""
+    if not facts:
+        raise ConceptFileError(
+            "no facts to relearn from",
+            "the fact-relearning attack fine-tunes on some of the concept's facts and tests the others; "
+            "it was given none",
+            "pass the facts the unlearning run trained on, or a concept with at least 2 QA items",
+        )
+    from analyses.unlearn.batches import qa_examples
+
+    return _finetuned_copy(
+        model,
+        lambda work: qa_examples(work, facts),
+        steps=steps,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        desc="fact relearn",
+    )
+
+
+def _finetuned_copy(
+    model: Model, examples_of, *, steps: int, lr: float, batch_size: int, seed: int, desc: str
+):
+    """A copy of ``model`` after ``steps`` AdamW steps on batches of ``batch_size`` drawn (seeded) from
+    ``examples_of(copy)``, the summed NLL of their targets averaged over the batch."""
+    import torch
+
+    from analyses.training import train
+    from analyses.unlearn.batches import make_batch, sequence_nll
+
     work = model.copy()
-    examples = text_windows(work, [text], window)
+    examples = examples_of(work)
     gen = torch.Generator().manual_seed(seed)
     params = [p for p in work.hf.parameters() if p.requires_grad]
     work.hf.train(False)
@@ -201,5 +253,5 @@ def relearned_copy(
         pick = torch.randperm(len(examples), generator=gen)[:batch_size].tolist()
         return sequence_nll(work, make_batch(work, [examples[i] for i in pick])).mean()
 
-    train(params, step_loss, steps, lr=lr, desc="relearn")
+    train(params, step_loss, steps, lr=lr, desc=desc)
     return work

@@ -124,7 +124,15 @@ TOY = Concept(
 
 # the families whose per-item values read only what the model computes (no weight index): equal under any
 # function-preserving permutation, to fp32 rounding of the reordered sums
-BASIS_FREE = ("behaviour", "prompt_attacks", "relearning", "logit_lens", "probes", "memory_heads")
+BASIS_FREE = (
+    "behaviour",
+    "prompt_attacks",
+    "relearning",
+    "fact_relearning",
+    "logit_lens",
+    "probes",
+    "memory_heads",
+)
 
 
 @pytest.mark.slow
@@ -157,6 +165,10 @@ def test_audit_verdict_survives_a_neuron_and_head_permutation_smollm2(smol):
     assert plain.verdict == "suppressed", plain.reasons
     present = {c.family for c in plain.traces if c.call == "present"}
     assert present & set(BASIS_FREE), plain.reasons  # the verdict does not rest on a weight index
+    # retrain on the trained half, test the held-out: measured 0.10 [0.00, 0.30] (this NPO run resists it),
+    # and fine-tuning on floor facts teaches none of the other floor facts
+    facts = {c.family: c for c in plain.traces}["fact_relearning"]
+    assert facts.call == "gone" and facts.floor.mean == 0.0 and facts.control.mean > 0.5, facts.row()
     assert moved.verdict == plain.verdict
     basis = moved.concept_vectors["basis"]
     assert basis["realigned"] and not plain.concept_vectors["basis"]["realigned"]

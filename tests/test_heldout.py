@@ -127,3 +127,53 @@ def test_cli_audit_reads_the_runs_trained_items(gpt2, tmp_path, monkeypatch, cap
     with pytest.raises(SystemExit):
         main(argv + ["--out", str(tmp_path / "out")])
     assert seen["trained_items"] == [q.prompt for q in held.qa] and seen["config"].heldout == 0.5
+
+
+@pytest.mark.slow
+def test_fact_relearning_scores_each_item_on_a_copy_that_never_saw_it(smol):
+    """Deeb & Roger's retrain on T, test on V (``traces.fact_relearn_values``) against the same fine-tuning
+    done by hand: with the run's trained facts every held-out item is scored on the copy fine-tuned on
+    them; without, each half on the copy fine-tuned on the other half; the floor on a copy fine-tuned on as
+    many other floor facts; the control on the forget copy. The model itself is never modified."""
+    import numpy as np
+
+    from analyses.audit.traces import ItemSets, fact_relearn_values
+    from analyses.behaviour import fact_relearned_copy
+    from probes.data import load_concept, load_floor
+    from probes.edits import weights_checksum
+    from probes.qa import score_qa
+
+    concept = load_concept(name="Wolfgang Amadeus Mozart")
+    trained, held = concept.split(0.5, 0)
+    held = Concept(held.concept, held.qa[:4])
+    floor = load_floor()
+    sets = ItemSets(
+        forget=held,
+        control=Concept(held.concept, tuple(load_concept(name="Albert Einstein").qa[:3])),
+        floor=Concept(held.concept, tuple(floor.qa[:6])),
+    )
+    before = weights_checksum(smol)
+    kw = dict(steps=3, lr=3e-5, seed=0)
+
+    def by_hand(facts, items):
+        import torch
+
+        torch.manual_seed(0)
+        return [float(c) for c in score_qa(fact_relearned_copy(smol, facts, **kw), items).correct]
+
+    got = fact_relearn_values(smol, sets, trained.qa[:4], **kw)
+    assert got["trained_on"] == 4 and got["floor_trained_on"] == 3
+    assert got["forget"] == by_hand(trained.qa[:4], held.qa)
+    assert got["control"] == by_hand(trained.qa[:4], sets.control.qa)
+    assert len(got["floor"]) == 3 and len(got["forget_completions"]) == 4
+
+    halves = fact_relearn_values(smol, sets, (), **kw)  # no trained facts: two folds of the audited items
+    assert halves["trained_on"] == 2
+    perm = np.random.default_rng(0).permutation(4)
+    a, b = sorted(perm[:2]), sorted(perm[2:])
+    on_b = by_hand([held.qa[i] for i in b], [held.qa[i] for i in a])
+    on_a = by_hand([held.qa[i] for i in a], [held.qa[i] for i in b])
+    assert [halves["forget"][i] for i in a] == on_b and [halves["forget"][i] for i in b] == on_a
+    assert weights_checksum(smol) == before
+    with pytest.raises(ConceptFileError, match="no facts"):
+        fact_relearned_copy(smol, [], **kw)

@@ -14,6 +14,10 @@ class AuditConfig(Result):
     attacks: tuple[str, ...] = ATTACKS
     relearn_steps: int = 10
     relearn_lr: float = 3e-5
+    # Deeb & Roger's retrain-on-T, test-on-V: AdamW steps on the facts the run trained on (0: off), then the
+    # held-out items (``analyses.audit.traces.fact_relearn_values``)
+    fact_relearn_steps: int = 10
+    fact_relearn_lr: float = 3e-5
     noise_scale: float = 0.1  # N(0, 0.1^2 I) as in ConceptVectors
     head_top_k: int = 5
     probe_dataset: str = "city_country"

@@ -18,6 +18,7 @@ FAMILIES: dict[str, str] = {
     "behaviour": "held-out forget item answered (greedy)",
     "prompt_attacks": "answered under at least one prompt attack",
     "relearning": "answered after relearning on answer-free text",
+    "fact_relearning": "answered after fine-tuning on other facts of the concept (retrain on T, test on V)",
     "logit_lens": "answer's first token in the top 10 at some inner layer",
     "probes": "probability of 'known' from a known-vs-never-known linear probe",
     "memory_heads": "memory heads' contribution to logit(memory) - logit(context)",

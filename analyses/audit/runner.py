@@ -65,8 +65,10 @@ def audit(
     if floor_note:
         notes.append(floor_note)
     control_pool = list(control_qa) if control_qa is not None else list(concept.unrelated_qa) + retain
+    # the facts the fact-relearning attack fine-tunes on (T of retrain-on-T, test-on-V)
+    relearn_facts = tuple(trained_split.qa) if trained_split is not None else ()
     setup = (
-        json.dumps(to_jsonable([concept, retain, floor, control_pool])),
+        json.dumps(to_jsonable([concept, retain, floor, control_pool, relearn_facts])),
         json.dumps(cfg.to_dict(), sort_keys=True),
     )
     base_key = stage_key(STAGE_FORMAT, weights_checksum(base), *setup)
@@ -78,6 +80,7 @@ def audit(
     stage_names = [
         "behaviour",
         "relearn",
+        "fact_relearn",
         "concept_vectors",
         "logit_lens",
         "heads",
@@ -119,6 +122,10 @@ def audit(
             "relearn",
             lambda: stages._relearn_stage(base, unlearned, concept, the_item_sets(), cfg, on_base),
         )
+        fact_relearn = run(
+            "fact_relearn",
+            lambda: stages._fact_relearn_stage(unlearned, the_item_sets(), relearn_facts, cfg),
+        )
         vectors = run(
             "concept_vectors", lambda: stages._concept_vectors(base, unlearned, concept, cfg, on_base)
         )
@@ -152,6 +159,7 @@ def audit(
                 basis.comparable,
                 behaviour,
                 relearn,
+                fact_relearn,
             )
 
         trace_values = run("traces", traces_stage)
@@ -165,6 +173,7 @@ def audit(
             **{k: v["accuracy"] for k, v in b["attacks"].items()},
             "relearn": relearn[who],
         }
+    recovery["unlearned"]["fact_relearn"] = fact_relearn["unlearned"]
     recovery["unlearned_after_ablation"] = interventions["ablate_traces"]
     vectors = {**vectors, "basis": basis.to_dict()}
     calls = family_calls(trace_values, basis.to_dict(), cfg)
@@ -331,6 +340,8 @@ def family_calls(values: dict[str, Any], basis: dict[str, Any], cfg: AuditConfig
         elif v is None:
             why = {
                 "relearning": "relearning is off (relearn_steps=0)",
+                "fact_relearning": "fact relearning is off (fact_relearn_steps=0), or fewer than 2 audited "
+                "items and no trained facts to fine-tune on",
                 "probes": "fewer than 4 control or floor items to fit a probe on",
                 "memory_heads": "no memory head was found in the base",
                 "activations": "no concept vector was located (no middle-layer value vector fires on the "
@@ -339,7 +350,8 @@ def family_calls(values: dict[str, Any], basis: dict[str, Any], cfg: AuditConfig
             calls.append(TraceCall(family, "not measured", why))
         else:
             base = v.get("base")
-            if family in ("prompt_attacks", "relearning"):  # the base answers anyway: its plain answers
+            if family in ("prompt_attacks", "relearning", "fact_relearning"):
+                # the base answers anyway: its plain answers
                 base = values["behaviour"]["base"]
             calls.append(call_family(family, v["unlearned"], base, margin=cfg.gone_margin, **kw))
     return calls
@@ -349,6 +361,7 @@ def _items(concept: Concept, values: dict[str, Any], split: str) -> list[dict[st
     """Per forget item: prompt, expected answer, split, and the base / unlearned / attacked completions."""
     tb, tu = values["behaviour"]["base"], values["behaviour"]["unlearned"]
     attacks = values["prompt_attacks"]["unlearned"]
+    facts = values.get("fact_relearning", {}).get("unlearned", {})
     rows = []
     for i, q in enumerate(concept.qa):
         row = {
@@ -363,5 +376,8 @@ def _items(concept: Concept, values: dict[str, Any], split: str) -> list[dict[st
         }
         for a in attacks["attacks"]:
             row[f"attack_{a}"] = attacks[f"forget_completions_{a}"][i]
+        if facts.get("forget"):
+            row["fact_relearned"] = facts["forget_completions"][i]
+            row["fact_relearned_correct"] = bool(facts["forget"][i])
         rows.append(row)
     return rows

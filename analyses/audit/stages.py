@@ -74,6 +74,30 @@ def _relearn_stage(
     return {**out, "unlearned": float(np.mean(forget)) if forget else float("nan"), "unlearned_items": items}
 
 
+def _fact_relearn_stage(
+    unlearned: Model, sets: Any, trained: tuple[QA, ...], cfg: AuditConfig
+) -> dict[str, Any]:
+    """Deeb & Roger's retrain-on-T, test-on-V on the unlearned model (``traces.fact_relearn_values``):
+    T = ``trained`` (the facts the run trained on; none: two halves of the audited items), V = the audited
+    items; ``unlearned`` is the forget accuracy after it, ``unlearned_items`` the per-item values the
+    ``traces`` stage reads. The base needs no such attack: it answers anyway (its plain answers stand in)."""
+    from analyses.audit import traces as T
+
+    if cfg.fact_relearn_steps <= 0:
+        return {"unlearned": float("nan")}
+    items = T.fact_relearn_values(
+        unlearned,
+        sets,
+        trained,
+        steps=cfg.fact_relearn_steps,
+        lr=cfg.fact_relearn_lr,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+    )
+    forget = items["forget"]
+    return {"unlearned": float(np.mean(forget)) if forget else float("nan"), "unlearned_items": items}
+
+
 def _relearn(model: Model, concept: Concept, cfg: AuditConfig) -> float:
     """Forget accuracy after the relearning attack; NaN when it is off or the concept has no answer-free
     text to relearn from (the runner notes why)."""
@@ -402,6 +426,7 @@ def _traces(
     comparable: bool,
     behaviour: dict[str, Any],
     relearn: dict[str, Any],
+    fact_relearn: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Per-item values of every trace family on the forget, control and floor sets
     (``analyses.audit.traces``): the unlearned model's, and the base's where a family measures the base."""
@@ -430,6 +455,8 @@ def _traces(
     }
     if "unlearned_items" in relearn:
         out["relearning"] = {"unlearned": relearn["unlearned_items"]}
+    if fact_relearn and "unlearned_items" in fact_relearn:
+        out["fact_relearning"] = {"unlearned": fact_relearn["unlearned_items"]}
     out["logit_lens"] = {
         "base": on_base("traces_lens", lambda: T.lens_values(base, sets, batch_size=bs)),
         "unlearned": T.lens_values(unlearned, sets, batch_size=bs),

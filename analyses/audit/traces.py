@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from analyses.behaviour import answer_free_text, attack_scores, relearned_copy
+from analyses.behaviour import answer_free_text, attack_scores, fact_relearned_copy, relearned_copy
 from probes import hooks
 from probes.data import QA, Concept
 from probes.heads import mask_hooks
@@ -161,6 +161,64 @@ def relearn_values(model: Model, sets: ItemSets, *, steps: int, lr: float, seed:
         torch.manual_seed(seed)
         work = relearned_copy(model, sets.floor, steps=steps, lr=lr, seed=seed)
         out["floor"] = _correct(score_qa(work, sets.floor.qa))
+        del work
+    return out
+
+
+def fact_relearn_values(
+    model: Model,
+    sets: ItemSets,
+    trained: Sequence[QA] = (),
+    *,
+    steps: int,
+    lr: float,
+    seed: int,
+    batch_size: int = 16,
+) -> dict[str, Any]:
+    """Deeb & Roger's (2024) retrain-on-T, test-on-V, on the three sets. Forget: a copy fine-tuned on
+    ``trained`` (the facts the unlearning run trained on) answers every forget item; without them, two
+    seeded halves of the forget items, each answered by the copy fine-tuned on the other half. Control: the
+    (first) forget copy answers them (what fine-tuning on the concept's facts does to facts it did not
+    touch). Floor: a copy fine-tuned on a seeded sample of as many floor facts as the forget copy saw (at
+    most half the floor) answers the rest: facts never known, so what comes back there the attack taught.
+    Every value comes from a copy that never saw that item; ``forget_completions`` are the forget copy's."""
+    forget = list(sets.forget.qa)
+    n = len(forget)
+    rng = np.random.default_rng(seed)
+    out: dict[str, Any] = {s: [] for s in SETS} | {"forget_completions": [], "trained_on": 0}
+    if trained:
+        folds = [(list(trained), np.arange(n))]
+    elif n >= 2:
+        perm = rng.permutation(n)
+        a, b = np.sort(perm[: n // 2]), np.sort(perm[n // 2 :])
+        folds = [([forget[i] for i in a], b), ([forget[i] for i in b], a)]
+    else:
+        return out
+
+    def copy_on(facts: Sequence[QA]) -> Model:
+        torch.manual_seed(seed)
+        return fact_relearned_copy(model, facts, steps=steps, lr=lr, seed=seed)
+
+    correct = np.zeros(n)
+    completions = [""] * n
+    for k, (facts, test) in enumerate(folds):
+        work = copy_on(facts)
+        s = score_qa(work, [forget[i] for i in test], batch_size=batch_size)
+        correct[test] = s.correct
+        for i, c in zip(test, s.completions, strict=True):
+            completions[int(i)] = c
+        if k == 0 and sets.control.qa:
+            out["control"] = _correct(score_qa(work, sets.control.qa, batch_size=batch_size))
+        del work
+    out.update(forget=correct.tolist(), forget_completions=completions, trained_on=len(folds[0][0]))
+    floor = list(sets.floor.qa)
+    k = min(len(folds[0][0]), len(floor) // 2)
+    if k >= 1:
+        on = set(rng.choice(len(floor), k, replace=False).tolist())
+        work = copy_on([floor[i] for i in sorted(on)])
+        rest = [q for i, q in enumerate(floor) if i not in on]
+        out["floor"] = _correct(score_qa(work, rest, batch_size=batch_size))
+        out["floor_trained_on"] = k
         del work
     return out
 

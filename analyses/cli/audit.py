@@ -28,6 +28,13 @@ def register(sub) -> argparse.ArgumentParser:
         help="relearning attack steps (0: off; default 10)",
     )
     p.add_argument(
+        "--fact-relearn-steps",
+        type=common.non_negative_int,
+        default=None,
+        help="fact-relearning attack steps: fine-tune on the facts the run trained on, test the held-out "
+        "ones (0: off; default 10)",
+    )
+    p.add_argument(
         "--attacks", nargs="+", choices=ATTACKS, default=None, help="prompt attacks (default: all of them)"
     )
     p.add_argument(
@@ -81,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
     given = {
         "n_vectors": args.n_vectors,
         "relearn_steps": args.relearn_steps,
+        "fact_relearn_steps": args.fact_relearn_steps,
         "attacks": tuple(args.attacks) if args.attacks else None,
         "trace_max": args.trace_max,
         "heldout": args.heldout,
