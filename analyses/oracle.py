@@ -36,6 +36,11 @@ class OracleConfig(Result):
     unlearn_steps: int = 40
     unlearn_trainable: str = "all"
     relearn_lr: float = 1e-3
+    # The audit's fact relearning (retrain on T, test on V): off in the world until it is tuned for it.
+    # With the SmolLM2 defaults (10 steps at 3e-5, floor fine-tuned on half its facts) the world's seed-0
+    # oracle was audited inconclusive instead of removed.
+    fact_relearn_steps: int = 0
+    fact_relearn_lr: float = 1e-3
     relearn_steps: int = 10
     n_vectors: int = 10
     context_chars: int = 400  # about 80 words: the in-context attack stays inside the trained positions
@@ -166,6 +171,8 @@ def run_oracle(
         n_vectors=cfg.n_vectors,
         relearn_steps=cfg.relearn_steps,
         relearn_lr=cfg.relearn_lr,
+        fact_relearn_steps=cfg.fact_relearn_steps,
+        fact_relearn_lr=cfg.fact_relearn_lr,
         probe_dataset=str(probe_path),
         probe_forget_entities=tuple(world.forget),
         context_chars=cfg.context_chars,
