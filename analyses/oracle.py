@@ -88,7 +88,7 @@ def _trace_rows(a: AuditResult) -> dict[str, float | str]:
     probes = a.extra.get("probes", {}).get("forget_split", {})
     heads = a.extra.get("heads", {})
     rec = {k: v for k, v in a.recovery["unlearned"].items() if k != "none"}
-    attacks = {k: v for k, v in rec.items() if k != "relearn"}
+    attacks = {k: v for k, v in rec.items() if k not in ("relearn", "fact_relearn")}
     return {
         "forget accuracy": b["forget_accuracy"]["unlearned"],
         "unrelated accuracy": b["unrelated_accuracy"]["unlearned"],

@@ -173,7 +173,8 @@ def audit(
             **{k: v["accuracy"] for k, v in b["attacks"].items()},
             "relearn": relearn[who],
         }
-    recovery["unlearned"]["fact_relearn"] = fact_relearn["unlearned"]
+    if "unlearned_items" in fact_relearn:  # measured (off, or nothing to fine-tune on: no entry)
+        recovery["unlearned"]["fact_relearn"] = fact_relearn["unlearned"]
     recovery["unlearned_after_ablation"] = interventions["ablate_traces"]
     vectors = {**vectors, "basis": basis.to_dict()}
     calls = family_calls(trace_values, basis.to_dict(), cfg)
