@@ -19,6 +19,8 @@ import pandas as pd
 
 from analyses.audit import AuditConfig, AuditResult, audit
 from analyses.unlearn import UnlearnConfig, unlearn
+from analyses.unlearn.config import MethodConfig
+from analyses.unlearn.methods.rmu import RMUConfig
 from analyses.world import WorldConfig, lineage_models, world_models
 from probes.results import Result, atomic_write_text, write_json
 
@@ -32,16 +34,25 @@ class OracleConfig(Result):
     methods: tuple[str, ...] = ("ga", "npo")
     # per method: the rate that brings forget accuracy under half its start within the steps on this
     # world (measured: GA 3e-4 -> 0.20, NPO 1e-4 -> 0.30 of 0.93; the small model pays in unrelated QA)
-    unlearn_lr: tuple[tuple[str, float], ...] = (("ga", 3e-4), ("npo", 1e-4))
+    unlearn_lr: tuple[tuple[str, float], ...] = (("ga", 3e-4), ("npo", 1e-4), ("rmu", 3e-3))
+    # per method: its own options where the SmolLM2 defaults do not fit the 4-layer world. RMU with its
+    # defaults (layer 1, c 4, alpha 100) leaves forget accuracy at 0.95; steering layer 2 at c 10 with alpha
+    # 30 takes it to 0.20 (unrelated 0.60), as GA does. Needle is not among the world's methods: the concept
+    # vectors located in the 4 x 256 neurons take forget accuracy only to 0.73 before the pool runs out.
+    unlearn_options: tuple[tuple[str, MethodConfig], ...] = (("rmu", RMUConfig(layer=2, c=10.0, alpha=30.0)),)
     unlearn_steps: int = 40
     unlearn_trainable: str = "all"
     relearn_lr: float = 1e-3
-    # The audit's fact relearning (retrain on T, test on V): off in the world until it is tuned for it.
-    # With the SmolLM2 defaults (10 steps at 3e-5, floor fine-tuned on half its facts) the world's seed-0
-    # oracle was audited inconclusive instead of removed.
-    fact_relearn_steps: int = 0
-    fact_relearn_lr: float = 1e-3
+    # The audit's fact relearning (retrain on T, test on V): 10 steps as on SmolLM2, at a rate for the small
+    # model. Measured on the seed-0 world: at 1e-3 the oracle's fine-tuned copy loses its control facts
+    # (0.17 of 0.94), so the call cannot be gone; at 3e-4 the control keeps 0.67 and the oracle's forget
+    # items stay at 0.03 against a floor of 0.05 (gone), while GA's and NPO's come back (present).
+    fact_relearn_steps: int = 10
+    fact_relearn_lr: float = 3e-4
     relearn_steps: int = 10
+    # The lens trace's k: the world's vocabulary holds a few values per attribute, so the full model puts an
+    # answer in the top 10 at some inner layer for 0.57 of the floor people it never saw (0.12 in the top 1)
+    lens_top_k: int = 1
     n_vectors: int = 10
     context_chars: int = 400  # about 80 words: the in-context attack stays inside the trained positions
     seed: int = 0
@@ -173,6 +184,7 @@ def run_oracle(
         relearn_lr=cfg.relearn_lr,
         fact_relearn_steps=cfg.fact_relearn_steps,
         fact_relearn_lr=cfg.fact_relearn_lr,
+        lens_top_k=cfg.lens_top_k,
         probe_dataset=str(probe_path),
         probe_forget_entities=tuple(world.forget),
         context_chars=cfg.context_chars,
@@ -187,6 +199,7 @@ def run_oracle(
         ucfg = UnlearnConfig(
             method=method,
             lr=dict(cfg.unlearn_lr).get(method),
+            options=dict(cfg.unlearn_options).get(method),
             steps=cfg.unlearn_steps,
             trainable=cfg.unlearn_trainable,
             seed=cfg.seed,

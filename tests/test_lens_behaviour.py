@@ -79,3 +79,29 @@ def test_lens_decoys_rank_like_a_separate_run(gpt2):
     np.testing.assert_array_equal(r.rank, logit_lens(gpt2, prompts, answers).rank)
     np.testing.assert_array_equal(r.decoy_rank, other.rank)
     np.testing.assert_allclose(r.decoy_top10_share, other.top10_share)
+
+
+def test_lens_trace_counts_the_top_k_at_an_inner_layer(gpt2):
+    """The audit's lens trace (``traces.lens_values``) against the ranks of ``logit_lens`` read by hand: an
+    item is 1 when its answer ranks below k at some layer but the last; a larger k never counts fewer."""
+    import pytest
+
+    from analyses.audit.config import AuditConfig
+    from analyses.audit.traces import ItemSets, lens_values
+
+    qa = (
+        QA("The capital of France is", "Paris"),
+        QA("Water is made of hydrogen and", "oxygen"),
+        QA("Hello there my", "friend"),
+    )
+    sets = ItemSets(Concept("c", qa), Concept("c", qa[:2]), Concept("c", qa[1:]))
+    rank = logit_lens(gpt2, [q.prompt for q in qa], [q.answer for q in qa]).rank[:, :-1].min(axis=1)
+    counts = []
+    for k in (1, 10, 1000, 50000):
+        v = lens_values(gpt2, sets, top_k=k, batch_size=2)
+        assert v["forget"] == [float(r < k) for r in rank]
+        assert v["control"] == v["forget"][:2] and v["floor"] == v["forget"][1:]
+        counts.append(sum(v["forget"]))
+    assert counts == sorted(counts) and counts[-1] == 3  # seeded gpt2: every answer under rank 50000
+    with pytest.raises(ValueError, match="at least 1"):
+        AuditConfig(lens_top_k=0)

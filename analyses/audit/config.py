@@ -19,6 +19,11 @@ class AuditConfig(Result):
     fact_relearn_steps: int = 10
     fact_relearn_lr: float = 3e-5
     noise_scale: float = 0.1  # N(0, 0.1^2 I) as in ConceptVectors
+    # The logit-lens trace: an item counts when its answer's first token ranks in the top ``lens_top_k`` at
+    # some inner layer (Patil et al.'s attack, k = 10 over a 49k vocabulary). Over a small vocabulary with few
+    # answers per type a type-appropriate word sits in the top 10 by chance, which the base's floor rate shows
+    # (``analyses.oracle.OracleConfig`` uses 1 for the synthetic world).
+    lens_top_k: int = 10
     head_top_k: int = 5
     probe_dataset: str = "city_country"
     probe_folds: int = 5
@@ -50,6 +55,13 @@ class AuditConfig(Result):
     # A family is "gone" when its forget - floor difference stays, with 95% confidence, under this share of
     # the base's forget - floor difference (``analyses.audit.rule.call_family``); smaller is stricter.
     gone_margin: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.lens_top_k < 1:
+            raise ValueError(
+                f"AuditConfig.lens_top_k is {self.lens_top_k}: the logit-lens trace counts an answer ranked in "
+                "the top k at some inner layer, so k must be at least 1 (10 by default)"
+            )
 
     @classmethod
     def quick(cls, **overrides) -> AuditConfig:

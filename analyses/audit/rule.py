@@ -19,7 +19,7 @@ FAMILIES: dict[str, str] = {
     "prompt_attacks": "answered under at least one prompt attack",
     "relearning": "answered after relearning on answer-free text",
     "fact_relearning": "answered after fine-tuning on other facts of the concept (retrain on T, test on V)",
-    "logit_lens": "answer's first token in the top 10 at some inner layer",
+    "logit_lens": "answer's first token in the top k (lens_top_k, 10) at some inner layer",
     "probes": "probability of 'known' from a known-vs-never-known linear probe",
     "memory_heads": "memory heads' contribution to logit(memory) - logit(context)",
     "activations": "located vectors' activation on the prompt (1 = as in the base)",

@@ -458,8 +458,10 @@ def _traces(
     if fact_relearn and "unlearned_items" in fact_relearn:
         out["fact_relearning"] = {"unlearned": fact_relearn["unlearned_items"]}
     out["logit_lens"] = {
-        "base": on_base("traces_lens", lambda: T.lens_values(base, sets, batch_size=bs)),
-        "unlearned": T.lens_values(unlearned, sets, batch_size=bs),
+        "base": on_base(
+            "traces_lens", lambda: T.lens_values(base, sets, top_k=cfg.lens_top_k, batch_size=bs)
+        ),
+        "unlearned": T.lens_values(unlearned, sets, top_k=cfg.lens_top_k, batch_size=bs),
     }
     if len(sets.control.qa) >= 4 and len(sets.floor.qa) >= 4:
         layer = on_base(

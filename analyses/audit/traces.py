@@ -237,9 +237,11 @@ def _last_resid(model: Model, items: Sequence[QA], *, batch_size: int = 16) -> t
 
 
 @torch.no_grad()
-def lens_values(model: Model, sets: ItemSets, *, batch_size: int = 16) -> dict[str, Any]:
-    """Per item: the answer's first token is among the 10 most likely at some inner layer (the logit lens:
-    final norm and unembedding applied to the residual stream)."""
+def lens_values(model: Model, sets: ItemSets, *, top_k: int = 10, batch_size: int = 16) -> dict[str, Any]:
+    """Per item: the answer's first token is among the ``top_k`` most likely at some inner layer (the logit
+    lens: final norm and unembedding applied to the residual stream)."""
+    if top_k < 1:
+        raise ValueError(f"lens top_k must be at least 1, got {top_k}: an answer ranks in the top 1 or more")
     from probes.lens import logit_lens
 
     out: dict[str, Any] = {}
@@ -249,7 +251,7 @@ def lens_values(model: Model, sets: ItemSets, *, batch_size: int = 16) -> dict[s
             out[which] = []
             continue
         r = logit_lens(model, [q.prompt for q in qa], [q.answer for q in qa], batch_size=batch_size)
-        out[which] = (r.rank[:, :-1].min(axis=1) < 10).astype(float).tolist()
+        out[which] = (r.rank[:, :-1].min(axis=1) < top_k).astype(float).tolist()
     return out
 
 

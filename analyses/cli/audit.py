@@ -35,6 +35,13 @@ def register(sub) -> argparse.ArgumentParser:
         "ones (0: off; default 10)",
     )
     p.add_argument(
+        "--lens-top-k",
+        type=common.positive_int,
+        default=None,
+        help="the logit-lens trace counts an item whose answer ranks in the top k at some inner layer "
+        "(default 10; smaller for a model with a small vocabulary)",
+    )
+    p.add_argument(
         "--attacks", nargs="+", choices=ATTACKS, default=None, help="prompt attacks (default: all of them)"
     )
     p.add_argument(
@@ -89,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         "n_vectors": args.n_vectors,
         "relearn_steps": args.relearn_steps,
         "fact_relearn_steps": args.fact_relearn_steps,
+        "lens_top_k": args.lens_top_k,
         "attacks": tuple(args.attacks) if args.attacks else None,
         "trace_max": args.trace_max,
         "heldout": args.heldout,
