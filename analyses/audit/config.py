@@ -55,6 +55,11 @@ class AuditConfig(Result):
     # A family is "gone" when its forget - floor difference stays, with 95% confidence, under this share of
     # the base's forget - floor difference (``analyses.audit.rule.call_family``); smaller is stricter.
     gone_margin: float = 0.5
+    # A family is "present" when its difference's interval is above 0 at the family-wise level 1 - 0.05 / m
+    # over the m families that can be present (Bonferroni: the verdict is suppressed when any one is, so
+    # without it an oracle with 8 families would be called suppressed by chance up to 1 - 0.975^8 = 18% of the
+    # time); False tests each at 95%. "Gone" needs every family, so each stays at 95%.
+    family_wise: bool = True
 
     def __post_init__(self) -> None:
         if self.lens_top_k < 1:

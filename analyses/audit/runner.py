@@ -323,6 +323,16 @@ def _floor_for(base: Model, floor: Concept | None) -> tuple[Concept | None, str 
 def family_calls(values: dict[str, Any], basis: dict[str, Any], cfg: AuditConfig) -> list[TraceCall]:
     """One ``TraceCall`` per family of ``FAMILIES`` from the ``traces`` stage."""
     kw = dict(n_boot=cfg.bootstrap, seed=cfg.seed)
+    # one present family makes the verdict suppressed: each is tested at 1 - 0.05 / m (Bonferroni) over the
+    # m families that can be called present here (concept_vectors never is; activations only on one basis)
+    m = sum(
+        1
+        for f in FAMILIES
+        if values.get(f) is not None
+        and f != "concept_vectors"
+        and (f != "activations" or basis["comparable"])
+    )
+    present_level = 1.0 - 0.05 / max(m, 1) if cfg.family_wise else 0.95
     calls = []
     for family in FAMILIES:
         v = values.get(family)
@@ -354,7 +364,11 @@ def family_calls(values: dict[str, Any], basis: dict[str, Any], cfg: AuditConfig
             if family in ("prompt_attacks", "relearning", "fact_relearning"):
                 # the base answers anyway: its plain answers
                 base = values["behaviour"]["base"]
-            calls.append(call_family(family, v["unlearned"], base, margin=cfg.gone_margin, **kw))
+            calls.append(
+                call_family(
+                    family, v["unlearned"], base, margin=cfg.gone_margin, present_level=present_level, **kw
+                )
+            )
     return calls
 
 
