@@ -95,6 +95,13 @@ class OracleResult(Result):
 
 
 def _trace_rows(a: AuditResult) -> dict[str, float | str]:
+    """One column of ``separation_table``; a trace the audit could not measure (no concept vector located:
+    a null mean cosine) is NaN."""
+    row = _trace_values(a)
+    return {k: (float("nan") if v is None else v) for k, v in row.items()}
+
+
+def _trace_values(a: AuditResult) -> dict[str, Any]:
     b, cv, lens = a.behaviour, a.concept_vectors, a.logit_lens
     probes = a.extra.get("probes", {}).get("forget_split", {})
     heads = a.extra.get("heads", {})

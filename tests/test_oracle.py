@@ -157,3 +157,34 @@ def test_ground_truth_tables_against_a_naive_count():
         naive = np.mean([1.0 if b > a else 0.5 if b == a else 0.0 for a in o for b in s])
         assert sep.at[fam, "AUC oracle vs suppressed"] == pytest.approx(naive)
         assert sep.at[fam, "present: suppressed"] == 1.0 and sep.at[fam, "gone: removed"] == 1.0
+
+
+def test_separation_table_reads_an_unmeasured_trace_as_nan():
+    """A world seed where no concept vector qualifies leaves the vector traces null in the audit; the
+    table (and ``oracle.json``) shows NaN there and still computes the gap of every measured trace."""
+    from analyses.audit.result import AuditResult
+    from analyses.oracle import separation_table
+
+    def result(forget: float, cosine: float | None) -> AuditResult:
+        return AuditResult(
+            concept="c",
+            verdict="removed",
+            reasons=(),
+            behaviour={
+                "forget_accuracy": {"base": 0.9, "unlearned": forget},
+                "unrelated_accuracy": {"base": 0.9, "unlearned": 0.8},
+            },
+            concept_vectors={"mean_cosine": cosine, "mean_jaccard": None},
+            logit_lens={
+                "unlearned_max_inner_top10_share": 0.2,
+                "unlearned_max_inner_excess_over_decoys": 0.0,
+            },
+            recovery={"base": {}, "unlearned": {"none": forget, "prefix": forget + 0.1}},
+            interventions={"patch_vectors_from_base": {"forget_accuracy": forget}},
+        )
+
+    table = separation_table({"ga": result(0.3, None), "oracle": result(0.0, None)})
+    assert math.isnan(table.at["concept vectors: mean cosine", "ga"])
+    gap = table["suppressed minus oracle (closest)"]
+    assert gap["forget accuracy"] == pytest.approx(0.3) and math.isnan(gap["concept vectors: mean cosine"])
+    assert gap["recovery: best prompt attack"] == pytest.approx(0.3)
