@@ -123,8 +123,9 @@ def test_matrix_reuses_sums_and_matches_pairs(gpt2):
                     ches(gpt2, prompt, r, f, length_normalized=True, eos=eos), rel=1e-6, abs=1e-9
                 )
     # without the EOS position, one-token responses under one prompt share their only predicting
-    # position: CHES is exactly 0
-    assert m.raw[0, 0].item() == m.raw[0, 1].item() == 0.0
+    # position: CHES is 0 (up to float64 rounding of the two equal sums: -2.3e-13 was measured once in CI)
+    assert m.raw[0, 0].item() == pytest.approx(0.0, abs=1e-9)
+    assert m.raw[0, 1].item() == pytest.approx(0.0, abs=1e-9)
     # across prompts: each item under its own prompt
     cross = ches_matrix(gpt2, list(zip(PROMPTS, DISPREFERRED)), list(zip(PROMPTS, PREFERRED)))
     s_f, _ = naive_sum(gpt2, PROMPTS[2], DISPREFERRED[2])
