@@ -22,6 +22,7 @@ from analyses.unlearn import UnlearnConfig, unlearn
 from analyses.unlearn.config import MethodConfig
 from analyses.unlearn.methods.rmu import RMUConfig
 from analyses.world import WorldConfig, lineage_models, world_models
+from probes.membership import MembershipConfig, MembershipResult, membership_inference, priv_leak
 from probes.results import Result, atomic_write_text, write_json
 
 
@@ -75,13 +76,23 @@ class OracleResult(Result):
     train_seconds: dict[str, float]
     seconds: float
     config: OracleConfig
+    # membership inference on the forget people's biographies against the floor people's, per model ("full
+    # model" and every audited one; ``membership_rows``)
+    membership: dict[str, MembershipResult] = field(default_factory=dict)
 
     @property
     def verdicts(self) -> dict[str, str]:
         return {k: a.verdict for k, a in self.audits.items()}
 
     def to_frame(self) -> pd.DataFrame:
-        return separation_table(self.audits)
+        frame = separation_table(self.audits)
+        if not self.membership:
+            return frame
+        rows = membership_rows(self.membership)
+        extra = pd.DataFrame(rows).reindex(columns=[c for c in frame.columns if c in rows])
+        frame = pd.concat([frame.drop(index="verdict"), extra, frame.loc[["verdict"]]])
+        frame.index.name = "trace"
+        return frame
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -91,7 +102,29 @@ class OracleResult(Result):
             "train_seconds": self.train_seconds,
             "seconds": self.seconds,
             "config": self.config.to_dict(),
+            "membership": {k: m.to_dict() for k, m in self.membership.items()},
         }
+
+
+def membership_rows(membership: dict[str, MembershipResult]) -> dict[str, dict[str, float]]:
+    """Per model: the AUC of the LOSS and Min-K%++ scores (forget people's biographies as members, floor
+    people's as non-members) and, against the oracle, MUSE's PrivLeak of each (0: as the oracle)."""
+    out: dict[str, dict[str, float]] = {}
+    ref = membership.get("oracle")
+    for name, m in membership.items():
+        row = {
+            "membership: LOSS AUC (forget vs floor biographies)": m.auc["loss"].mean,
+            "membership: Min-K%++ AUC": m.auc["min_k_plus_plus"].mean,
+        }
+        if ref is not None:
+            row["membership: PrivLeak of LOSS vs the oracle"] = priv_leak(
+                m.auc["loss"].mean, ref.auc["loss"].mean
+            )
+            row["membership: PrivLeak of Min-K%++ vs the oracle"] = priv_leak(
+                m.auc["min_k_plus_plus"].mean, ref.auc["min_k_plus_plus"].mean
+            )
+        out[name] = row
+    return out
 
 
 def _trace_rows(a: AuditResult) -> dict[str, float | str]:
@@ -106,7 +139,7 @@ def _trace_values(a: AuditResult) -> dict[str, Any]:
     probes = a.extra.get("probes", {}).get("forget_split", {})
     heads = a.extra.get("heads", {})
     rec = {k: v for k, v in a.recovery["unlearned"].items() if k != "none"}
-    attacks = {k: v for k, v in rec.items() if k not in ("relearn", "fact_relearn")}
+    attacks = {k: v for k, v in rec.items() if k not in ("relearn", "fact_relearn", "quantization")}
     return {
         "forget accuracy": b["forget_accuracy"]["unlearned"],
         "unrelated accuracy": b["unrelated_accuracy"]["unlearned"],
@@ -125,6 +158,7 @@ def _trace_values(a: AuditResult) -> dict[str, Any]:
         ),
         "recovery: best prompt attack": max(attacks.values()) if attacks else float("nan"),
         "recovery: relearning on answer-free text": rec.get("relearn", float("nan")),
+        "recovery: 4-bit quantization": rec.get("quantization", float("nan")),
         "recovery: patching the full model's concept vectors back": a.interventions[
             "patch_vectors_from_base"
         ]["forget_accuracy"],
@@ -202,6 +236,7 @@ def run_oracle(
     audits: dict[str, AuditResult] = {}
     unlearning: dict[str, dict[str, Any]] = {}
     runs: dict[str, Any] = {}
+    models: dict[str, Any] = {"full model": wm.full, "oracle": wm.oracle}
     for method in cfg.methods:
         ucfg = UnlearnConfig(
             method=method,
@@ -213,7 +248,7 @@ def run_oracle(
             heldout=0.0,  # the world holds out by template: no biography states a fact the way its QA asks it
         )
         run = unlearn(wm.full, concept, ucfg, retain_texts=retain_texts, progress=progress)
-        runs[method] = run.model
+        runs[method] = models[method] = run.model
         unlearning[method] = {
             k: v for k, v in run.to_dict().items() if k in ("before", "after", "steps", "seconds", "params")
         }
@@ -226,10 +261,15 @@ def run_oracle(
         wm.full, wm.oracle, concept, config=acfg, out=sub, floor=floor, progress=progress
     )
     for control in cfg.controls:
-        model = _control_model(control, wm.full, runs, world, cfg)
+        model = models[control] = _control_model(control, wm.full, runs, world, cfg)
         sub = Path(out) / control if out is not None else None
         audits[control] = audit(wm.full, model, concept, config=acfg, out=sub, floor=floor, progress=progress)
-    result = OracleResult(audits, unlearning, wm.train_seconds, time.perf_counter() - t0, cfg)
+    members, nonmembers = world.membership_texts()
+    mcfg = MembershipConfig(seed=cfg.seed)
+    membership = {k: membership_inference(m, members, nonmembers, mcfg) for k, m in models.items()}
+    result = OracleResult(
+        audits, unlearning, wm.train_seconds, time.perf_counter() - t0, cfg, membership=membership
+    )
     if out is not None:
         write_json(Path(out) / "oracle.json", result.to_dict())
     return result

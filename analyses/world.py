@@ -194,6 +194,15 @@ class World(Result):
         text = [b for p in people for b in list(dict.fromkeys(self.bios(p, text_attrs)))[:2]]
         return Concept("the floor people", tuple(qa), tuple(text), (), source="world")
 
+    def membership_texts(self, skip: int = 2) -> tuple[list[str], list[str]]:
+        """Membership inference's two sets, of one kind: the forget people's biographies (members: the
+        full model trained on them, the oracle never saw them) and the floor people's (non-members: no
+        model saw them), each person's after the first ``skip`` (the forget concept's text, which
+        unlearning trains on, is the first two)."""
+        members = [b for p in self.forget_people for b in self.bios(p)[skip:]]
+        nonmembers = [b for p in self.floor_people(len(self.forget)) for b in self.bios(p)[skip:]]
+        return members, nonmembers
+
     def vocabulary(self) -> list[str]:
         words = {w for a in ATTRIBUTES for t in TEMPLATES[a] for w in t.split() if "{" not in w}
         words |= {w for p in self.people for w in p.name.split()}

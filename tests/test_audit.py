@@ -223,7 +223,7 @@ def test_audit_resumes_from_cache_and_is_deterministic(smol, tmp_path, monkeypat
     with torch.no_grad():
         for layer, neuron in refs:
             unlearned.W_out(layer)[neuron].zero_()
-    cfg = AuditConfig(n_vectors=5, relearn_steps=2, attacks=("prefix",))
+    cfg = AuditConfig.quick(n_vectors=5, fact_relearn_steps=2)
     first = audit(smol, unlearned, TOY, config=cfg, out=tmp_path / "a", progress=False)
     text = (tmp_path / "a" / "audit.json").read_text()
 

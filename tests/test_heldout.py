@@ -67,8 +67,20 @@ def test_unlearning_never_sees_the_heldout_items(gpt2, tmp_path):
     assert info["trained_items"] == list(run.trained_items) and info["params"]["heldout"] == 0.5
 
 
+# the held-out plumbing, not the attacks: every stage runs, on few control and floor items
+FAST = dict(
+    probe_dataset="",
+    relearn_steps=0,
+    fact_relearn_steps=0,
+    quantize_bits=0,
+    n_vectors=2,
+    control_limit=8,
+    floor_limit=8,
+)
+
+
 def test_audit_scores_what_the_run_held_out_and_refuses_trained_items(gpt2, tmp_path):
-    cfg = AuditConfig.quick(probe_dataset="", relearn_steps=0, n_vectors=2)
+    cfg = AuditConfig.quick(**FAST)
     trained, held = CONCEPT.split(0.5)
     with pytest.raises(VestigeError, match="held-out items were trained on"):
         audit(
@@ -87,14 +99,14 @@ def test_audit_scores_what_the_run_held_out_and_refuses_trained_items(gpt2, tmp_
         gpt2,
         gpt2.copy(),
         CONCEPT,
-        config=AuditConfig.quick(probe_dataset="", relearn_steps=0, n_vectors=2, allow_trained_items=True),
+        config=AuditConfig.quick(**FAST, allow_trained_items=True),
         trained_items=every,
         progress=False,
     )
     assert any("were trained on by the unlearning run" in n for n in r.notes)
     assert {i["split"] for i in r.items} == {"all"}
     # the split given explicitly, and the split read from the run's trained items: the same audit
-    for config in (AuditConfig.quick(probe_dataset="", relearn_steps=0, n_vectors=2, heldout=0.5), cfg):
+    for config in (AuditConfig.quick(**FAST, heldout=0.5), cfg):
         r = audit(
             gpt2,
             gpt2.copy(),

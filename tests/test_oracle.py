@@ -4,6 +4,7 @@ unlearns with GA and NPO, and checks that the audit tells exact unlearning from 
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -122,7 +123,17 @@ def test_audit_tells_the_retrain_oracle_from_suppression(tmp_path):
         assert (
             table.at["concept vectors: mean cosine", m] > table.at["concept vectors: mean cosine", "oracle"]
         )
+    # membership inference on held-back biographies, PrivLeak against the oracle: the no-op copy leaks as
+    # the full model does (measured +1.5), the oracle is its own reference (0)
+    mia = r.to_frame()
+    leak = "membership: PrivLeak of LOSS vs the oracle"
+    assert mia.at[leak, "oracle"] == 0.0 and mia.at[leak, "no_op"] > 0.5
+    assert mia.at["membership: LOSS AUC (forget vs floor biographies)", "full model"] >= 0.95
+    assert set(r.membership) == {"full model", *r.audits}
+    # the oracle never saw the forget people: quantized, it still answers none of them
+    assert table.at["recovery: 4-bit quantization", "oracle"] <= 0.25
     assert (tmp_path / "oracle" / "oracle.json").exists()
+    assert "membership" in json.loads((tmp_path / "oracle" / "oracle.json").read_text())
     assert (tmp_path / "oracle" / "oracle" / "audit.json").exists()
 
 

@@ -24,6 +24,13 @@ class AuditConfig(Result):
     # answers per type a type-appropriate word sits in the top 10 by chance, which the base's floor rate shows
     # (``analyses.oracle.OracleConfig`` uses 1 for the synthetic world).
     lens_top_k: int = 10
+    # The quantization attack (``analyses.quantization``, Zhang et al. 2025): the unlearned model's block
+    # weights rounded to ``quantize_bits`` bits (0: off) in groups of the first of ``quantize_groups``
+    # (coarsest first) at which the *base* keeps ``quantize_keep`` of its full-precision accuracy on the
+    # forget and control items (chosen on the base: nothing of the unlearned model tunes it).
+    quantize_bits: int = 4
+    quantize_groups: tuple[int, ...] = (128, 64, 32)
+    quantize_keep: float = 0.9
     head_top_k: int = 5
     probe_dataset: str = "city_country"
     probe_folds: int = 5
@@ -67,12 +74,28 @@ class AuditConfig(Result):
                 f"AuditConfig.lens_top_k is {self.lens_top_k}: the logit-lens trace counts an answer ranked in "
                 "the top k at some inner layer, so k must be at least 1 (10 by default)"
             )
+        if self.quantize_bits and (not 2 <= self.quantize_bits <= 8 or not self.quantize_groups):
+            raise ValueError(
+                f"AuditConfig.quantize_bits is {self.quantize_bits} with groups {self.quantize_groups}: the "
+                "quantization attack rounds to 2 to 8 bits in at least one group size (4 bits, groups "
+                "(128, 64, 32) by default; 0 bits turns it off)"
+            )
+        if any(g < 1 for g in self.quantize_groups):
+            raise ValueError(
+                f"AuditConfig.quantize_groups is {self.quantize_groups}: each group holds at least one weight"
+            )
+        if not 0 < self.quantize_keep <= 1:
+            raise ValueError(
+                f"AuditConfig.quantize_keep is {self.quantize_keep}: the share of the base's accuracy that "
+                "the quantized base must keep is in (0, 1] (0.9 by default)"
+            )
 
     @classmethod
     def quick(cls, **overrides) -> AuditConfig:
         """A first look in a few minutes on a CPU: 5 vectors, the prefix attack, 2 relearning steps, the
-        located vectors as the trace set (no trace search), 2 probe folds, 3 memory heads, 24 floor facts.
-        Every stage still runs; the full defaults attack harder, search the trace set and read the whole
+        located vectors as the trace set (no trace search), 2 probe folds, 3 memory heads, 24 floor facts,
+        quantization in groups of 32 only (still checked on the base). Every stage still runs; the full
+        defaults attack harder, search the trace set and the quantization group size, and read the whole
         floor."""
         quick = dict(
             n_vectors=5,
@@ -82,5 +105,6 @@ class AuditConfig(Result):
             probe_folds=2,
             head_top_k=3,
             floor_limit=24,
+            quantize_groups=(32,),
         )
         return cls(**{**quick, **overrides})

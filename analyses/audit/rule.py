@@ -19,6 +19,7 @@ FAMILIES: dict[str, str] = {
     "prompt_attacks": "answered under at least one prompt attack",
     "relearning": "answered after relearning on answer-free text",
     "fact_relearning": "answered after fine-tuning on other facts of the concept (retrain on T, test on V)",
+    "quantization": "answered with the weights rounded to quantize_bits (4) bits, round-to-nearest in groups chosen on the base",
     "logit_lens": "answer's first token in the top k (lens_top_k, 10) at some inner layer",
     "probes": "probability of 'known' from a known-vs-never-known linear probe",
     "memory_heads": "memory heads' contribution to logit(memory) - logit(context)",

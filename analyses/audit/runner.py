@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from analyses.audit import stages
@@ -81,6 +82,7 @@ def audit(
         "behaviour",
         "relearn",
         "fact_relearn",
+        "quantization",
         "concept_vectors",
         "logit_lens",
         "heads",
@@ -126,6 +128,10 @@ def audit(
             "fact_relearn",
             lambda: stages._fact_relearn_stage(unlearned, the_item_sets(), relearn_facts, cfg),
         )
+        quantization = run(
+            "quantization",
+            lambda: stages._quantization_stage(base, unlearned, the_item_sets(), cfg, on_base),
+        )
         vectors = run(
             "concept_vectors", lambda: stages._concept_vectors(base, unlearned, concept, cfg, on_base)
         )
@@ -160,6 +166,7 @@ def audit(
                 behaviour,
                 relearn,
                 fact_relearn,
+                quantization,
             )
 
         trace_values = run("traces", traces_stage)
@@ -175,6 +182,10 @@ def audit(
         }
     if "unlearned_items" in fact_relearn:  # measured (off, or nothing to fine-tune on: no entry)
         recovery["unlearned"]["fact_relearn"] = fact_relearn["unlearned"]
+    if "unlearned_items" in quantization:
+        qb = quantization["base"]
+        recovery["base"]["quantization"] = float(np.mean(qb["forget"])) if qb["forget"] else float("nan")
+        recovery["unlearned"]["quantization"] = quantization["unlearned"]
     recovery["unlearned_after_ablation"] = interventions["ablate_traces"]
     vectors = {**vectors, "basis": basis.to_dict()}
     calls = family_calls(trace_values, basis.to_dict(), cfg)
@@ -214,6 +225,7 @@ def audit(
         "probes": probes,
         "heads": heads,
         "ches": ches,
+        "quantization": quantization.get("base", {}),
         "config": cfg.to_dict(),
         "trace_values": trace_values,
     }
@@ -354,6 +366,8 @@ def family_calls(values: dict[str, Any], basis: dict[str, Any], cfg: AuditConfig
                 "fact_relearning": "fact relearning is off (fact_relearn_steps=0), or fewer than 2 audited "
                 "items and no trained facts to fine-tune on",
                 "probes": "fewer than 4 control or floor items to fit a probe on",
+                "quantization": "the quantization attack is off (quantize_bits=0), or no group size kept "
+                "the base's own accuracy (the 'quantization' entry of audit.json has the search)",
                 "memory_heads": "no memory head was found in the base",
                 "activations": "no concept vector was located (no middle-layer value vector fires on the "
                 "concept and holds more of its tokens in its top-200 than chance)",
@@ -377,6 +391,7 @@ def _items(concept: Concept, values: dict[str, Any], split: str) -> list[dict[st
     tb, tu = values["behaviour"]["base"], values["behaviour"]["unlearned"]
     attacks = values["prompt_attacks"]["unlearned"]
     facts = values.get("fact_relearning", {}).get("unlearned", {})
+    quant = values.get("quantization", {}).get("unlearned", {})
     rows = []
     for i, q in enumerate(concept.qa):
         row = {
@@ -394,5 +409,8 @@ def _items(concept: Concept, values: dict[str, Any], split: str) -> list[dict[st
         if facts.get("forget"):
             row["fact_relearned"] = facts["forget_completions"][i]
             row["fact_relearned_correct"] = bool(facts["forget"][i])
+        if quant.get("forget"):
+            row["quantized"] = quant["forget_completions"][i]
+            row["quantized_correct"] = bool(quant["forget"][i])
         rows.append(row)
     return rows

@@ -98,6 +98,39 @@ def _fact_relearn_stage(
     return {"unlearned": float(np.mean(forget)) if forget else float("nan"), "unlearned_items": items}
 
 
+def _quantization_stage(
+    base: Model, unlearned: Model, sets: Any, cfg: AuditConfig, on_base: OnBase
+) -> dict[str, Any]:
+    """The quantization attack (``analyses.quantization``): ``base`` holds the setting chosen on the base
+    (``traces.quantized_base``: the coarsest group size at which the base keeps its accuracy, the search,
+    the quantized base's per-item values); ``unlearned_items`` the unlearned model's per-item values at
+    that setting, ``unlearned`` its forget accuracy. Empty when the attack is off."""
+    from analyses.audit import traces as T
+
+    if cfg.quantize_bits <= 0:
+        return {}
+    bs = cfg.batch_size
+    base_side = on_base(
+        "quantization",
+        lambda: T.quantized_base(
+            base,
+            sets,
+            bits=cfg.quantize_bits,
+            groups=cfg.quantize_groups,
+            keep=cfg.quantize_keep,
+            batch_size=bs,
+        ),
+    )
+    out: dict[str, Any] = {"base": base_side}
+    if base_side["group_size"] is None:
+        return out
+    items = T.quantized_values(
+        unlearned, sets, bits=cfg.quantize_bits, group_size=base_side["group_size"], batch_size=bs
+    )
+    forget = items["forget"]
+    return {**out, "unlearned": float(np.mean(forget)) if forget else float("nan"), "unlearned_items": items}
+
+
 def _relearn(model: Model, concept: Concept, cfg: AuditConfig) -> float:
     """Forget accuracy after the relearning attack; NaN when it is off or the concept has no answer-free
     text to relearn from (the runner notes why)."""
@@ -427,6 +460,7 @@ def _traces(
     behaviour: dict[str, Any],
     relearn: dict[str, Any],
     fact_relearn: dict[str, Any] | None = None,
+    quantization: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Per-item values of every trace family on the forget, control and floor sets
     (``analyses.audit.traces``): the unlearned model's, and the base's where a family measures the base."""
@@ -457,6 +491,12 @@ def _traces(
         out["relearning"] = {"unlearned": relearn["unlearned_items"]}
     if fact_relearn and "unlearned_items" in fact_relearn:
         out["fact_relearning"] = {"unlearned": fact_relearn["unlearned_items"]}
+    if quantization and "unlearned_items" in quantization:
+        q = quantization["base"]
+        out["quantization"] = {
+            "base": {w: q[w] for w in T.SETS},
+            "unlearned": quantization["unlearned_items"],
+        }
     out["logit_lens"] = {
         "base": on_base(
             "traces_lens", lambda: T.lens_values(base, sets, top_k=cfg.lens_top_k, batch_size=bs)

@@ -224,6 +224,69 @@ def fact_relearn_values(
 
 
 @torch.no_grad()
+def quantized_base(
+    base: Model,
+    sets: ItemSets,
+    *,
+    bits: int = 4,
+    groups: Sequence[int] = (128, 64, 32),
+    keep: float = 0.9,
+    batch_size: int = 16,
+) -> dict[str, Any]:
+    """The quantization attack's setting, chosen on the base: the first of ``groups`` (coarsest first) at
+    which the base quantized to ``bits`` bits keeps ``keep`` of its full-precision accuracy on the forget
+    and control items (an attack that ruins the model shows nothing), and the quantized base's per-item
+    correctness on the three sets there. ``group_size`` is None when no group size keeps it; ``search``
+    has the accuracy at every size tried."""
+    from analyses.quantization import QuantizationConfig, quantized
+
+    forget, control = list(sets.forget.qa), list(sets.control.qa)
+    known = forget + control
+    full = score_qa(base, known, batch_size=batch_size).accuracy if known else float("nan")
+    out: dict[str, Any] = {
+        "bits": bits,
+        "group_size": None,
+        "keep": keep,
+        "full_accuracy": full,
+        "search": [],
+    }
+    for g in groups:
+        with quantized(base, QuantizationConfig(bits, g)) as info:
+            s = score_qa(base, known, batch_size=batch_size) if known else None
+            acc = s.accuracy if s is not None else float("nan")
+            out["search"].append({"group_size": g, "accuracy": acc, "relative_error": info.relative_error})
+            if s is None or acc < keep * full:
+                continue
+            correct = _correct(s)
+            out.update(group_size=g, forget=correct[: len(forget)], control=correct[len(forget) :])
+            floor = sets.qa("floor")
+            out["floor"] = _correct(score_qa(base, floor, batch_size=batch_size)) if floor else []
+            break
+    return out
+
+
+@torch.no_grad()
+def quantized_values(
+    model: Model, sets: ItemSets, *, bits: int, group_size: int, batch_size: int = 16
+) -> dict[str, Any]:
+    """Greedy correctness per item of ``model`` with its block weights rounded to ``bits`` bits in groups
+    of ``group_size`` (``analyses.quantization.quantized``: restored bitwise afterwards), and the forget
+    items' completions."""
+    from analyses.quantization import QuantizationConfig, quantized
+
+    out: dict[str, Any] = {"bits": bits, "group_size": group_size}
+    with quantized(model, QuantizationConfig(bits, group_size)) as info:
+        for which in SETS:
+            qa = sets.qa(which)
+            got = scored_items(score_qa(model, qa, batch_size=batch_size)) if qa else None
+            out[which] = got["correct"] if got else []
+            if which == "forget":
+                out["forget_completions"] = got["completions"] if got else []
+    out["relative_error"] = info.relative_error
+    return out
+
+
+@torch.no_grad()
 def _last_resid(model: Model, items: Sequence[QA], *, batch_size: int = 16) -> torch.Tensor:
     """``[item, layer, d_model]``: the residual stream after every layer at each prompt's last token."""
     names = [hooks.resid_post(l) for l in range(model.cfg.n_layers)]

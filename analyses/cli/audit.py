@@ -42,6 +42,20 @@ def register(sub) -> argparse.ArgumentParser:
         "(default 10; smaller for a model with a small vocabulary)",
     )
     p.add_argument(
+        "--quantize-bits",
+        type=common.non_negative_int,
+        default=None,
+        help="quantization attack: round the unlearned weights to this many bits (0: off; default 4)",
+    )
+    p.add_argument(
+        "--quantize-groups",
+        type=common.positive_int,
+        nargs="+",
+        default=None,
+        help="group sizes to try, coarsest first; the first at which the base keeps 90%% of its accuracy is "
+        "used (default 128 64 32)",
+    )
+    p.add_argument(
         "--attacks", nargs="+", choices=ATTACKS, default=None, help="prompt attacks (default: all of them)"
     )
     p.add_argument(
@@ -97,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
         "relearn_steps": args.relearn_steps,
         "fact_relearn_steps": args.fact_relearn_steps,
         "lens_top_k": args.lens_top_k,
+        "quantize_bits": args.quantize_bits,
+        "quantize_groups": tuple(args.quantize_groups) if args.quantize_groups else None,
         "attacks": tuple(args.attacks) if args.attacks else None,
         "trace_max": args.trace_max,
         "heldout": args.heldout,
