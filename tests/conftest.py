@@ -59,3 +59,18 @@ def real_gpt2():
 def any_model(request):
     """Each test that takes this runs on the gpt2-small architecture and on SmolLM2."""
     return request.getfixturevalue(request.param)
+
+
+@pytest.fixture(scope="session")
+def ga_mozart(smol):
+    """GA (default settings) on Wolfgang Amadeus Mozart, a concept the project never tuned on, trained on
+    half its QA: ``(run, trained items, held-out items)``. Shared by the attack tests."""
+    from analyses.unlearn import UnlearnConfig, unlearn
+    from probes.data import load_concept
+
+    concept = load_concept(name="Wolfgang Amadeus Mozart")
+    run = unlearn(smol, concept, UnlearnConfig(method="ga"), progress=False)
+    seen = set(run.trained_items)
+    trained = [q for q in concept.qa if q.prompt in seen]
+    held = [q for q in concept.qa if q.prompt not in seen]
+    return run, trained, held

@@ -95,22 +95,19 @@ def test_the_embedded_smollm2_is_a_fixed_point_of_q4_1_in_groups_of_32(smol):
 
 
 @pytest.mark.slow
-def test_quantization_brings_back_what_ga_unlearned_on_smollm2(smol, tmp_path):
+def test_quantization_brings_back_what_ga_unlearned_on_smollm2(smol, ga_mozart):
     """GA on a concept the project never tuned on (Mozart), trained on half its QA: 4-bit round-to-nearest
     in groups of 32 brings the concept's answers back, trained and held-out items alike (measured: trained
     0.18 -> 0.91, held-out 0.50 -> 1.00), while the base keeps its own; the audit's quantization stage
     picks 32 on the base (64 and 128 cost the base over 10% of its accuracy) and the attack leaves the
     unlearned weights as they were."""
     from analyses.audit.traces import item_sets, quantized_base, quantized_values
-    from analyses.unlearn import UnlearnConfig, unlearn
     from probes.data import load_concept, load_floor
     from probes.qa import score_qa
 
     concept = load_concept(name="Wolfgang Amadeus Mozart")
-    run = unlearn(smol, concept, UnlearnConfig(method="ga"), progress=False)
+    run, trained, held = ga_mozart
     model = run.model
-    trained = [q for q in concept.qa if q.prompt in set(run.trained_items)]
-    held = [q for q in concept.qa if q.prompt not in set(run.trained_items)]
     full = score_qa(model, trained).accuracy, score_qa(model, held).accuracy
     assert full[0] <= 0.3 and full[1] <= 0.6
     before = weights_checksum(model)

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from analyses.behaviour import ATTACKS
+from analyses.behaviour import ATTACK_CHOICES, ATTACKS
+from analyses.sampling import SamplingConfig
 from probes.results import Result
 
 
 @dataclass(frozen=True)
 class AuditConfig(Result):
     n_vectors: int = 10
-    attacks: tuple[str, ...] = ATTACKS
+    attacks: tuple[str, ...] = ATTACKS  # any of ATTACK_CHOICES; "sampled" is best of sample_n samples
+    sample_n: int = 8
+    sample_temperature: float = 1.0
+    sample_top_p: float = 0.95
     relearn_steps: int = 10
     relearn_lr: float = 3e-5
     # Deeb & Roger's retrain-on-T, test-on-V: AdamW steps on the facts the run trained on (0: off), then the
@@ -69,6 +73,10 @@ class AuditConfig(Result):
     family_wise: bool = True
 
     def __post_init__(self) -> None:
+        unknown = [a for a in self.attacks if a not in ATTACK_CHOICES]
+        if unknown:
+            raise ValueError(f"AuditConfig.attacks holds {unknown}: the attacks are {ATTACK_CHOICES}")
+        self.sampling()  # validates the sampling attack's settings
         if self.lens_top_k < 1:
             raise ValueError(
                 f"AuditConfig.lens_top_k is {self.lens_top_k}: the logit-lens trace counts an answer ranked in "
@@ -89,6 +97,10 @@ class AuditConfig(Result):
                 f"AuditConfig.quantize_keep is {self.quantize_keep}: the share of the base's accuracy that "
                 "the quantized base must keep is in (0, 1] (0.9 by default)"
             )
+
+    def sampling(self) -> SamplingConfig:
+        """The ``sampled`` attack's settings (seeded with ``seed``)."""
+        return SamplingConfig(self.sample_n, self.sample_temperature, self.sample_top_p, self.seed)
 
     @classmethod
     def quick(cls, **overrides) -> AuditConfig:

@@ -50,7 +50,12 @@ def _behaviour(
 
     def one(model: Model) -> dict[str, Any]:
         b = measure_behaviour(
-            model, concept, attacks=cfg.attacks, batch_size=cfg.batch_size, context_chars=cfg.context_chars
+            model,
+            concept,
+            attacks=cfg.attacks,
+            batch_size=cfg.batch_size,
+            context_chars=cfg.context_chars,
+            sampling=cfg.sampling(),
         )
         forget_items = {name: scored_items(s) for name, s in b.scores.items()}
         return to_jsonable({**b.to_dict(), "forget_items": forget_items})
@@ -144,7 +149,12 @@ def _attack_accuracies(
     model: Model, concept: Concept, cfg: AuditConfig, relearn: bool = True
 ) -> dict[str, float]:
     b = measure_behaviour(
-        model, concept, attacks=cfg.attacks, batch_size=cfg.batch_size, context_chars=cfg.context_chars
+        model,
+        concept,
+        attacks=cfg.attacks,
+        batch_size=cfg.batch_size,
+        context_chars=cfg.context_chars,
+        sampling=cfg.sampling(),
     )
     out = {"none": b.forget.accuracy, **{k: v.accuracy for k, v in b.attacks.items()}}
     if relearn:
@@ -485,6 +495,7 @@ def _traces(
             batch_size=bs,
             context_chars=cfg.context_chars,
             forget=known["unlearned"],
+            sampling=cfg.sampling(),
         )
     }
     if "unlearned_items" in relearn:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,6 +23,9 @@ from probes.heads import mask_hooks
 from probes.memory_heads import Conflict, build_conflicts, metric
 from probes.model import Model
 from probes.qa import answer_ids, score_qa
+
+if TYPE_CHECKING:
+    from analyses.sampling import SamplingConfig
 
 SETS = ("forget", "control", "floor")
 
@@ -120,6 +123,7 @@ def attack_values(
     batch_size: int = 16,
     context_chars: int = 1200,
     forget: Known | None = None,
+    sampling: SamplingConfig | None = None,
 ) -> dict[str, Any]:
     """Per item: answered under at least one of ``attacks`` (the battery's success, as an attacker who
     tries them all would see it). The forget items' completion under each attack is kept; ``forget`` as in
@@ -136,7 +140,12 @@ def attack_values(
             else:
                 got = scored_items(
                     attack_scores(
-                        model, getattr(sets, which), a, batch_size=batch_size, context_chars=context_chars
+                        model,
+                        getattr(sets, which),
+                        a,
+                        batch_size=batch_size,
+                        context_chars=context_chars,
+                        sampling=sampling,
                     )
                 )
             hit |= np.array(got["correct"], dtype=bool)

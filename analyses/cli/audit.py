@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from analyses.behaviour import ATTACKS
+from analyses.behaviour import ATTACK_CHOICES
 from analyses.cli import common
 
 
@@ -42,6 +42,12 @@ def register(sub) -> argparse.ArgumentParser:
         "(default 10; smaller for a model with a small vocabulary)",
     )
     p.add_argument(
+        "--sample-n",
+        type=common.positive_int,
+        default=None,
+        help="samples per prompt of the 'sampled' attack (default 8, temperature 1, top-p 0.95)",
+    )
+    p.add_argument(
         "--quantize-bits",
         type=common.non_negative_int,
         default=None,
@@ -56,7 +62,11 @@ def register(sub) -> argparse.ArgumentParser:
         "used (default 128 64 32)",
     )
     p.add_argument(
-        "--attacks", nargs="+", choices=ATTACKS, default=None, help="prompt attacks (default: all of them)"
+        "--attacks",
+        nargs="+",
+        choices=ATTACK_CHOICES,
+        default=None,
+        help="prompt attacks (default: prefix in_context rephrased; 'sampled' adds best of --sample-n samples)",
     )
     p.add_argument(
         "--trace-max",
@@ -112,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
         "fact_relearn_steps": args.fact_relearn_steps,
         "lens_top_k": args.lens_top_k,
         "quantize_bits": args.quantize_bits,
+        "sample_n": args.sample_n,
         "quantize_groups": tuple(args.quantize_groups) if args.quantize_groups else None,
         "attacks": tuple(args.attacks) if args.attacks else None,
         "trace_max": args.trace_max,
