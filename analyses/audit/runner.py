@@ -130,7 +130,7 @@ def audit(
         )
         quantization = run(
             "quantization",
-            lambda: stages._quantization_stage(base, unlearned, the_item_sets(), cfg, on_base),
+            lambda: stages._quantization_stage(base, unlearned, the_item_sets(), cfg, on_base, behaviour),
         )
         vectors = run(
             "concept_vectors", lambda: stages._concept_vectors(base, unlearned, concept, cfg, on_base)

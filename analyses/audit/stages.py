@@ -49,18 +49,23 @@ def _behaviour(
     from analyses.audit.traces import scored_items
 
     def one(model: Model) -> dict[str, Any]:
-        b = measure_behaviour(
-            model,
-            concept,
-            attacks=cfg.attacks,
-            batch_size=cfg.batch_size,
-            context_chars=cfg.context_chars,
-            sampling=cfg.sampling(),
-        )
+        b = _measure(model, concept, cfg)
         forget_items = {name: scored_items(s) for name, s in b.scores.items()}
         return to_jsonable({**b.to_dict(), "forget_items": forget_items})
 
     return {"base": on_base("behaviour", lambda: one(base)), "unlearned": one(unlearned)}
+
+
+def _measure(model: Model, concept: Concept, cfg: AuditConfig):
+    """``measure_behaviour`` with the audit's attacks and their settings."""
+    return measure_behaviour(
+        model,
+        concept,
+        attacks=cfg.attacks,
+        batch_size=cfg.batch_size,
+        context_chars=cfg.context_chars,
+        sampling=cfg.sampling(),
+    )
 
 
 def _relearn_stage(
@@ -104,7 +109,12 @@ def _fact_relearn_stage(
 
 
 def _quantization_stage(
-    base: Model, unlearned: Model, sets: Any, cfg: AuditConfig, on_base: OnBase
+    base: Model,
+    unlearned: Model,
+    sets: Any,
+    cfg: AuditConfig,
+    on_base: OnBase,
+    behaviour: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The quantization attack (``analyses.quantization``): ``base`` holds the setting chosen on the base
     (``traces.quantized_base``: the coarsest group size at which the base keeps its accuracy, the search,
@@ -124,6 +134,7 @@ def _quantization_stage(
             groups=cfg.quantize_groups,
             keep=cfg.quantize_keep,
             batch_size=bs,
+            full_forget=behaviour["base"]["forget_items"]["none"]["correct"] if behaviour else None,
         ),
     )
     out: dict[str, Any] = {"base": base_side}
@@ -148,14 +159,7 @@ def _relearn(model: Model, concept: Concept, cfg: AuditConfig) -> float:
 def _attack_accuracies(
     model: Model, concept: Concept, cfg: AuditConfig, relearn: bool = True
 ) -> dict[str, float]:
-    b = measure_behaviour(
-        model,
-        concept,
-        attacks=cfg.attacks,
-        batch_size=cfg.batch_size,
-        context_chars=cfg.context_chars,
-        sampling=cfg.sampling(),
-    )
+    b = _measure(model, concept, cfg)
     out = {"none": b.forget.accuracy, **{k: v.accuracy for k, v in b.attacks.items()}}
     if relearn:
         out["relearn"] = _relearn(model, concept, cfg)

@@ -241,17 +241,22 @@ def quantized_base(
     groups: Sequence[int] = (128, 64, 32),
     keep: float = 0.9,
     batch_size: int = 16,
+    full_forget: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """The quantization attack's setting, chosen on the base: the first of ``groups`` (coarsest first) at
     which the base quantized to ``bits`` bits keeps ``keep`` of its full-precision accuracy on the forget
     and control items (an attack that ruins the model shows nothing), and the quantized base's per-item
     correctness on the three sets there. ``group_size`` is None when no group size keeps it; ``search``
-    has the accuracy at every size tried."""
+    has the accuracy at every size tried. ``full_forget``: the base's full-precision correctness on the
+    forget items, already measured (the behaviour stage); the control items are the ones the base answers,
+    so only the forget items would need scoring again."""
     from analyses.quantization import QuantizationConfig, quantized
 
     forget, control = list(sets.forget.qa), list(sets.control.qa)
     known = forget + control
-    full = score_qa(base, known, batch_size=batch_size).accuracy if known else float("nan")
+    if full_forget is None:
+        full_forget = _correct(score_qa(base, forget, batch_size=batch_size)) if forget else []
+    full = float(np.mean([*full_forget, *[1.0] * len(control)])) if known else float("nan")
     out: dict[str, Any] = {
         "bits": bits,
         "group_size": None,
