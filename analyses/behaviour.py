@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from analyses.query_forms import FORMS
 from probes.data import QA, Concept, split_sentences
 from probes.errors import ConceptFileError
 from probes.model import Model
@@ -36,9 +37,10 @@ REPHRASINGS = (
     "Fact: {prompt}",
 )
 ATTACKS = ("prefix", "in_context", "rephrased")  # the default battery
-# every attack ``attack_scores`` knows: ``sampled`` (best of N sampled answers, ``analyses.sampling``) is
-# chosen explicitly (``AuditConfig.attacks``, ``vestige audit --attacks``)
-ATTACK_CHOICES = (*ATTACKS, "sampled")
+# every attack ``attack_scores`` knows: ``sampled`` (best of N sampled answers, ``analyses.sampling``) and
+# the query forms (``analyses.query_forms``) are chosen explicitly (``AuditConfig.attacks``,
+# ``vestige audit --attacks``)
+ATTACK_CHOICES = (*ATTACKS, "sampled", *FORMS)
 
 
 def answer_free_text(
@@ -76,6 +78,7 @@ class BehaviourResult(Result):
     items: pd.DataFrame | None = field(default=None, repr=False, compare=False)
     # the per-item scores behind ``forget`` ("none") and each attack
     scores: dict[str, QAScores] = field(default_factory=dict, repr=False, compare=False)
+    seconds: dict[str, float] = field(default_factory=dict, compare=False)  # each attack's time
 
     def to_frame(self) -> pd.DataFrame:
         rows = [
@@ -132,6 +135,10 @@ def attack_scores(
         from analyses.sampling import best_of_n
 
         return best_of_n(model, concept.qa, sampling, batch_size=batch_size)
+    if attack in FORMS:
+        from analyses.query_forms import query_form_scores
+
+        return query_form_scores(model, concept.qa, attack, batch_size=batch_size)
     raise ValueError(f"unknown attack {attack!r}; choose from {ATTACK_CHOICES}")
 
 
@@ -147,13 +154,16 @@ def measure_behaviour(
     """Forget-QA, unrelated-QA and the forget-QA accuracy under each attack in ``attacks``."""
     forget = score_qa(model, concept.qa, batch_size=batch_size)
     unrelated = score_qa(model, concept.unrelated_qa, batch_size=batch_size) if concept.unrelated_qa else None
+    import time
+
     scores = {"none": forget}
-    scores |= {
-        a: attack_scores(
+    seconds: dict[str, float] = {}
+    for a in attacks:
+        t0 = time.perf_counter()
+        scores[a] = attack_scores(
             model, concept, a, batch_size=batch_size, context_chars=context_chars, sampling=sampling
         )
-        for a in attacks
-    }
+        seconds[a] = round(time.perf_counter() - t0, 3)
     attacked = {a: QASummary.of(scores[a]) for a in attacks}
     items = forget.to_frame().assign(kind="forget")
     if unrelated is not None:
@@ -166,6 +176,7 @@ def measure_behaviour(
         attacked,
         items,
         scores,
+        seconds,
     )
 
 

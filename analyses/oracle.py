@@ -139,7 +139,9 @@ def _trace_values(a: AuditResult) -> dict[str, Any]:
     probes = a.extra.get("probes", {}).get("forget_split", {})
     heads = a.extra.get("heads", {})
     rec = {k: v for k, v in a.recovery["unlearned"].items() if k != "none"}
-    attacks = {k: v for k, v in rec.items() if k not in ("relearn", "fact_relearn", "quantization")}
+    attacks = {
+        k: v for k, v in rec.items() if k not in ("relearn", "fact_relearn", "quantization", "soft_prompt")
+    }
     return {
         "forget accuracy": b["forget_accuracy"]["unlearned"],
         "unrelated accuracy": b["unrelated_accuracy"]["unlearned"],
@@ -159,6 +161,7 @@ def _trace_values(a: AuditResult) -> dict[str, Any]:
         "recovery: best prompt attack": max(attacks.values()) if attacks else float("nan"),
         "recovery: relearning on answer-free text": rec.get("relearn", float("nan")),
         "recovery: 4-bit quantization": rec.get("quantization", float("nan")),
+        "recovery: soft prompt (fitted on other facts)": rec.get("soft_prompt", float("nan")),
         "recovery: patching the full model's concept vectors back": a.interventions[
             "patch_vectors_from_base"
         ]["forget_accuracy"],

@@ -95,6 +95,21 @@ def test_call_family(forget, control, floor, base_forget, expected):
     assert call.difference.mean == pytest.approx(call.forget.mean - call.floor.mean)
 
 
+def test_an_attack_that_breaks_the_control_is_not_informative():
+    """An attack family whose attack takes the control to the floor while the unlearned model answers it
+    without the attack shows nothing (not informative, no vote); a method that lost the control itself
+    stays inconclusive, and a forget set lifted above the floor stays present."""
+    base = {"forget": ALL, "floor": ZERO}
+    broken = {"forget": ZERO, "control": ZERO, "floor": ZERO}
+    call = call_family("soft_prompt", broken, base, plain_control=ALL)
+    assert call.call == "not informative" and not call.votes
+    assert "the attack took the control" in call.why
+    assert call_family("soft_prompt", broken, base, plain_control=ZERO).call == "inconclusive"
+    assert call_family("soft_prompt", broken, base).call == "inconclusive"
+    lifted = {"forget": ALL, "control": ZERO, "floor": ZERO}
+    assert call_family("soft_prompt", lifted, base, plain_control=ALL).call == "present"
+
+
 def test_call_family_without_a_floor_is_not_measured():
     call = call_family("behaviour", {"forget": ALL, "control": ALL, "floor": []})
     assert call.call == "not measured" and not call.votes
@@ -251,6 +266,24 @@ def test_audit_resumes_from_cache_and_is_deterministic(smol, tmp_path, monkeypat
     assert cv_["mean_cosine"] is None or cv_["mean_cosine"] > 0.99
     html = (tmp_path / "a" / "report.html").read_text()
     assert html.count("plotly.js v") <= 2 and "Verdict" in html
+    # each attack alone: net recovery = its forget accuracy minus the floor's, from the per-item values
+    frame = first.attacks_frame().set_index("attack")
+    assert list(frame.index) == ["none (greedy)", "prefix", "relearning", "fact_relearning", "quantization"]
+    tv = data["trace_values"]
+    per = tv["prompt_attacks"]["unlearned"]["by_attack"]["prefix"]
+    assert frame.at["prefix", "forget"] == pytest.approx(np.mean(per["forget"]))
+    assert frame.at["prefix", "floor"] == pytest.approx(np.mean(per["floor"]))
+    for name, row in frame.iterrows():
+        assert row["net"] == pytest.approx(row["forget"] - row["floor"]), name
+        assert row["net_lo"] <= row["net"] <= row["net_hi"] and row["seconds"] >= 0
+    # the battery's pooled family is the per-item OR of the attacks it pools
+    assert tv["prompt_attacks"]["unlearned"]["floor"] == per["floor"]
+    assert frame.at["none (greedy)", "forget"] == pytest.approx(
+        np.mean(tv["behaviour"]["unlearned"]["forget"])
+    )
+    assert "Attacks: net recovery over the floor" in html
+    timings = json.loads((tmp_path / "a" / "timings.json").read_text())
+    assert set(timings["attacks"]) == set(frame.index)
 
 
 @pytest.mark.slow

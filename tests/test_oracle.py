@@ -132,6 +132,8 @@ def test_audit_tells_the_retrain_oracle_from_suppression(tmp_path):
     assert set(r.membership) == {"full model", *r.audits}
     # the oracle never saw the forget people: quantized, it still answers none of them
     assert table.at["recovery: 4-bit quantization", "oracle"] <= 0.25
+    # nor with input vectors fitted on the other forget facts (the floor's own fit shows what it teaches)
+    assert table.at["recovery: soft prompt (fitted on other facts)", "oracle"] <= 0.25
     assert (tmp_path / "oracle" / "oracle.json").exists()
     assert "membership" in json.loads((tmp_path / "oracle" / "oracle.json").read_text())
     assert (tmp_path / "oracle" / "oracle" / "audit.json").exists()

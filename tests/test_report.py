@@ -48,9 +48,53 @@ def _result(concept: str = EVIL, verdict: str = "suppressed") -> AuditResult:
         "noise_vectors": {"forget_accuracy": 0.0, "noise_ratio": 1.0},
         "patch_vectors_from_base": {"forget_accuracy": 1.0, "unrelated_accuracy": 1.0},
     }
+
+    def row(attack: str, forget: float, floor: float) -> dict:
+        return {
+            "attack": attack,
+            "kind": "prompt",
+            "forget": forget,
+            "forget_lo": forget - 0.1,
+            "forget_hi": forget + 0.1,
+            "control": 0.9,
+            "floor": floor,
+            "floor_lo": 0.0,
+            "floor_hi": floor + 0.1,
+            "net": forget - floor,
+            "net_lo": forget - floor - 0.2,
+            "net_hi": forget - floor + 0.2,
+            "base_forget": 1.0,
+        }
+
+    attacks = [row("none (greedy)", 0.0, 0.0), row(EVIL, 0.5, 0.1)]
+    if verdict == "removed":
+        attacks = attacks[:1]  # an audit that did not run the second attack
     return AuditResult(
-        concept, verdict, (f"reason with {EVIL}",), behaviour, vectors, lens, recovery, interventions
+        concept,
+        verdict,
+        (f"reason with {EVIL}",),
+        behaviour,
+        vectors,
+        lens,
+        recovery,
+        interventions,
+        {"attacks": attacks},
+        seconds={"none (greedy)": 0.0, EVIL: 1.5},
     )
+
+
+def test_attack_heatmap_shows_net_recovery_per_attack_and_model():
+    from analyses.audit import attack_heatmap
+
+    fig = attack_heatmap([_result(), _result(verdict="removed")], labels=["ga", "npo"])
+    heat = fig.data[0]
+    assert list(heat.y) == ["none (greedy)", EVIL] and list(heat.x) == ["ga", "npo"]
+    assert [list(r) for r in heat.z] == [[0.0, 0.0], [pytest.approx(0.4), None]]
+    assert heat.text[1][0] == "+0.40 [+0.20, +0.60]" and heat.text[1][1] == "not run"
+    frame = _result().attacks_frame()
+    assert list(frame["seconds"]) == [0.0, 1.5]
+    empty = AuditResult("c", "removed", (), {}, {}, {}, {}, {})  # no attacks measured
+    assert attack_heatmap([empty]) is None
 
 
 def test_report_escapes_model_text_and_embeds_plotly_once(tmp_path):

@@ -11,13 +11,14 @@ the base never knew), and called present / gone / inconclusive from bootstrap in
 resumes where it stopped. The verdict rule is ``VERDICT_RULE`` (also printed in the report).
 
 Layout: ``config`` (AuditConfig), ``stages`` (one function per trace family), ``cache`` (the stage cache
-and the base-side memo), ``traces`` (per-item values of every family on the three item sets), ``rule`` (the calls and the verdict), ``result`` (AuditResult), ``report`` (the HTML page),
+and the base-side memo), ``traces`` (per-item values of every family on the three item sets), ``rule`` (the calls and the verdict), ``attacks`` (each attack alone: net
+recovery over the floor), ``result`` (AuditResult), ``report`` (the HTML page, with the attack x model heat map),
 ``runner`` (``audit``).
 """
 
 from analyses.audit.cache import BASE_MEMO, BaseMemo, StageCache
 from analyses.audit.config import AuditConfig
-from analyses.audit.report import audit_report, verdict_table
+from analyses.audit.report import attack_heatmap, audit_report, verdict_table
 from analyses.audit.result import VERDICT_RULE, AuditResult
 from analyses.audit.rule import FAMILIES, TraceCall, call_family, call_vectors, verdict
 from analyses.audit.runner import audit
@@ -31,6 +32,7 @@ __all__ = [
     "FAMILIES",
     "StageCache",
     "TraceCall",
+    "attack_heatmap",
     "audit",
     "audit_report",
     "call_family",

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from analyses.behaviour import ATTACK_CHOICES, ATTACKS
 from analyses.sampling import SamplingConfig
+from analyses.soft_prompt import SoftPromptConfig
 from probes.results import Result
 
 
@@ -22,6 +23,12 @@ class AuditConfig(Result):
     # held-out items (``analyses.audit.traces.fact_relearn_values``)
     fact_relearn_steps: int = 10
     fact_relearn_lr: float = 3e-5
+    # The soft-prompt attack (``analyses.soft_prompt``): ``soft_prompt_tokens`` input vectors fitted for
+    # ``soft_prompt_steps`` Adam steps (0: off) at ``soft_prompt_lr`` on the facts the run trained on (or half
+    # the audited items), then scored on the held-out items (``analyses.audit.traces.soft_prompt_values``)
+    soft_prompt_steps: int = 40
+    soft_prompt_tokens: int = 8
+    soft_prompt_lr: float = 1e-2
     noise_scale: float = 0.1  # N(0, 0.1^2 I) as in ConceptVectors
     # The logit-lens trace: an item counts when its answer's first token ranks in the top ``lens_top_k`` at
     # some inner layer (Patil et al.'s attack, k = 10 over a 49k vocabulary). Over a small vocabulary with few
@@ -77,6 +84,12 @@ class AuditConfig(Result):
         if unknown:
             raise ValueError(f"AuditConfig.attacks holds {unknown}: the attacks are {ATTACK_CHOICES}")
         self.sampling()  # validates the sampling attack's settings
+        if self.soft_prompt_steps < 0:
+            raise ValueError(
+                f"AuditConfig.soft_prompt_steps is {self.soft_prompt_steps}: the soft-prompt attack takes 0 "
+                "(off) or more Adam steps (40 by default)"
+            )
+        self.soft_prompt()  # validates the soft prompt's settings
         if self.lens_top_k < 1:
             raise ValueError(
                 f"AuditConfig.lens_top_k is {self.lens_top_k}: the logit-lens trace counts an answer ranked in "
@@ -102,13 +115,23 @@ class AuditConfig(Result):
         """The ``sampled`` attack's settings (seeded with ``seed``)."""
         return SamplingConfig(self.sample_n, self.sample_temperature, self.sample_top_p, self.seed)
 
+    def soft_prompt(self) -> SoftPromptConfig:
+        """The soft-prompt attack's settings (seeded with ``seed``)."""
+        return SoftPromptConfig(
+            n_tokens=self.soft_prompt_tokens,
+            steps=self.soft_prompt_steps,
+            lr=self.soft_prompt_lr,
+            batch_size=8,
+            seed=self.seed,
+        )
+
     @classmethod
     def quick(cls, **overrides) -> AuditConfig:
         """A first look in a few minutes on a CPU: 5 vectors, the prefix attack, 2 relearning steps, the
         located vectors as the trace set (no trace search), 2 probe folds, 3 memory heads, 24 floor facts,
-        quantization in groups of 32 only (still checked on the base). Every stage still runs; the full
-        defaults attack harder, search the trace set and the quantization group size, and read the whole
-        floor."""
+        quantization in groups of 32 only (still checked on the base), no soft prompt. Every other stage
+        still runs; the full defaults attack harder, fit a soft prompt, search the trace set and the
+        quantization group size, and read the whole floor."""
         quick = dict(
             n_vectors=5,
             attacks=("prefix",),
@@ -118,5 +141,6 @@ class AuditConfig(Result):
             head_top_k=3,
             floor_limit=24,
             quantize_groups=(32,),
+            soft_prompt_steps=0,
         )
         return cls(**{**quick, **overrides})

@@ -81,6 +81,64 @@ def families_table(results: Sequence[AuditResult], labels: Sequence[str]) -> pd.
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+def attacks_table(results: Sequence[AuditResult], labels: Sequence[str]) -> pd.DataFrame:
+    """Every audit's per-attack rows (``AuditResult.attacks_frame``), intervals as text."""
+    rows = []
+    for r, lab in zip(results, labels):
+        for a in r.extra.get("attacks", []):
+            rows.append(
+                {
+                    "model": lab,
+                    "attack": a["attack"],
+                    "forget": f"{a['forget']:.2f} [{a['forget_lo']:.2f}, {a['forget_hi']:.2f}]",
+                    "control": _fmt(a["control"]),
+                    "floor": f"{a['floor']:.2f} [{a['floor_lo']:.2f}, {a['floor_hi']:.2f}]",
+                    "net recovery": f"{a['net']:+.2f} [{a['net_lo']:+.2f}, {a['net_hi']:+.2f}]",
+                    "base forget": _fmt(a["base_forget"]),
+                    "seconds": r.seconds.get(a["attack"], float("nan")),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def attack_heatmap(results: Sequence[AuditResult], labels: Sequence[str] | None = None) -> go.Figure | None:
+    """Attack x audited model: the net recovery (held-out forget accuracy minus the floor's under the same
+    attack); hover shows the 95% interval. None when no audit has per-attack rows."""
+    labels = [_label(r, lab) for r, lab in zip(results, labels or [None] * len(results))]
+    attacks: list[str] = []
+    for r in results:
+        for a in r.extra.get("attacks", []):
+            if a["attack"] not in attacks:
+                attacks.append(a["attack"])
+    if not attacks:
+        return None
+    z, text = [], []
+    for name in attacks:
+        zr, tr = [], []
+        for r in results:
+            row = next((a for a in r.extra.get("attacks", []) if a["attack"] == name), None)
+            zr.append(row["net"] if row else None)
+            tr.append(f"{row['net']:+.2f} [{row['net_lo']:+.2f}, {row['net_hi']:+.2f}]" if row else "not run")
+        z.append(zr)
+        text.append(tr)
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=list(labels),
+            y=attacks,
+            text=text,
+            texttemplate="%{text}",
+            hovertemplate="%{y} on %{x}: net recovery %{text}<extra></extra>",
+            zmin=-1,
+            zmax=1,
+            colorscale="RdBu_r",
+            colorbar_title="net",
+        )
+    )
+    fig.update_layout(height=120 + 32 * len(attacks), xaxis_title="audited model", yaxis_autorange="reversed")
+    return fig
+
+
 def _behaviour_figure(results, labels) -> go.Figure:
     fig = go.Figure()
     conds = ["base"] + [f"unlearned: {lab}" for lab in labels]
@@ -249,6 +307,16 @@ def audit_report(
             cls="note",
         )
         page.table(families_table(results, labels))
+    heat = attack_heatmap(results, labels)
+    if heat is not None:
+        page.heading("Attacks: net recovery over the floor (95% bootstrap intervals)")
+        page.paragraph(
+            "Each attack alone on the held-out forget items minus the same attack on facts never known (the "
+            "floor): what an attack lifts there it taught, so only the excess counts.",
+            cls="note",
+        )
+        page.figure(heat)
+        page.table(attacks_table(results, labels))
     page.heading("Behaviour before, after and under attack")
     page.figure(_behaviour_figure(results, labels))
     page.heading("Recovery: attacks before and after ablating the traces")

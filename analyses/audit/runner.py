@@ -13,11 +13,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from analyses.audit import stages
+from analyses.audit.attacks import attack_rows
 from analyses.audit.cache import BASE_MEMO, StageCache, stage_key
 from analyses.audit.config import AuditConfig
 from analyses.audit.report import audit_report
 from analyses.audit.result import AuditResult
-from analyses.audit.rule import FAMILIES, TraceCall, call_family, call_vectors, verdict
+from analyses.audit.rule import ATTACK_FAMILIES, FAMILIES, TraceCall, call_family, call_vectors, verdict
 from analyses.audit.traces import item_sets
 from analyses.behaviour import answer_free_text
 from probes.alignment import aligned_to
@@ -82,6 +83,7 @@ def audit(
         "behaviour",
         "relearn",
         "fact_relearn",
+        "soft_prompt",
         "quantization",
         "concept_vectors",
         "logit_lens",
@@ -128,6 +130,10 @@ def audit(
             "fact_relearn",
             lambda: stages._fact_relearn_stage(unlearned, the_item_sets(), relearn_facts, cfg),
         )
+        soft_prompt = run(
+            "soft_prompt",
+            lambda: stages._soft_prompt_stage(unlearned, the_item_sets(), relearn_facts, cfg),
+        )
         quantization = run(
             "quantization",
             lambda: stages._quantization_stage(base, unlearned, the_item_sets(), cfg, on_base, behaviour),
@@ -167,6 +173,7 @@ def audit(
                 relearn,
                 fact_relearn,
                 quantization,
+                soft_prompt,
             )
 
         trace_values = run("traces", traces_stage)
@@ -182,6 +189,8 @@ def audit(
         }
     if "unlearned_items" in fact_relearn:  # measured (off, or nothing to fine-tune on: no entry)
         recovery["unlearned"]["fact_relearn"] = fact_relearn["unlearned"]
+    if "unlearned_items" in soft_prompt:
+        recovery["unlearned"]["soft_prompt"] = soft_prompt["unlearned"]
     if "unlearned_items" in quantization:
         qb = quantization["base"]
         recovery["base"]["quantization"] = float(np.mean(qb["forget"])) if qb["forget"] else float("nan")
@@ -221,13 +230,25 @@ def audit(
         },
         "attacks": {"base": behaviour["base"]["attacks"], "unlearned": behaviour["unlearned"]["attacks"]},
     }
+    # each attack's time stays out of audit.json (it would make two identical audits differ): in
+    # AuditResult.seconds and timings.json
+    rows = attack_rows(trace_values, behaviour, timings, n_boot=n_boot, seed=cfg.seed)
+    attack_seconds = {r["attack"]: r.pop("seconds") for r in rows}
+    public_traces = dict(trace_values)
+    if "prompt_attacks" in public_traces:
+        pa = public_traces["prompt_attacks"]
+        public_traces["prompt_attacks"] = {
+            **pa,
+            "unlearned": {k: v for k, v in pa["unlearned"].items() if k != "seconds"},
+        }
     extra = {
+        "attacks": rows,
         "probes": probes,
         "heads": heads,
         "ches": ches,
         "quantization": quantization.get("base", {}),
         "config": cfg.to_dict(),
-        "trace_values": trace_values,
+        "trace_values": public_traces,
     }
     if seen:
         notes.append(
@@ -264,11 +285,12 @@ def audit(
         notes=tuple(notes),
         traces=tuple(calls),
         items=tuple(_items(concept, trace_values, "heldout" if trained_split is not None else "all")),
+        seconds=attack_seconds,
     )
     if out is not None:
         out = Path(out)
         write_json(out / "audit.json", result.to_dict())
-        write_json(out / "timings.json", timings)
+        write_json(out / "timings.json", {**timings, "attacks": attack_seconds})
         audit_report([result]).write(out / "report.html")
     return result
 
@@ -365,6 +387,8 @@ def family_calls(values: dict[str, Any], basis: dict[str, Any], cfg: AuditConfig
                 "relearning": "relearning is off (relearn_steps=0)",
                 "fact_relearning": "fact relearning is off (fact_relearn_steps=0), or fewer than 2 audited "
                 "items and no trained facts to fine-tune on",
+                "soft_prompt": "the soft-prompt attack is off (soft_prompt_steps=0), or fewer than 2 audited "
+                "items and no trained facts to fit it on",
                 "probes": "fewer than 4 control or floor items to fit a probe on",
                 "quantization": "the quantization attack is off (quantize_bits=0), or no group size kept "
                 "the base's own accuracy (the 'quantization' entry of audit.json has the search)",
@@ -375,12 +399,19 @@ def family_calls(values: dict[str, Any], basis: dict[str, Any], cfg: AuditConfig
             calls.append(TraceCall(family, "not measured", why))
         else:
             base = v.get("base")
-            if family in ("prompt_attacks", "relearning", "fact_relearning"):
+            if family in ("prompt_attacks", "relearning", "fact_relearning", "soft_prompt"):
                 # the base answers anyway: its plain answers
                 base = values["behaviour"]["base"]
+            plain = values["behaviour"]["unlearned"]["control"] if family in ATTACK_FAMILIES else None
             calls.append(
                 call_family(
-                    family, v["unlearned"], base, margin=cfg.gone_margin, present_level=present_level, **kw
+                    family,
+                    v["unlearned"],
+                    base,
+                    margin=cfg.gone_margin,
+                    present_level=present_level,
+                    plain_control=plain,
+                    **kw,
                 )
             )
     return calls
@@ -392,6 +423,7 @@ def _items(concept: Concept, values: dict[str, Any], split: str) -> list[dict[st
     attacks = values["prompt_attacks"]["unlearned"]
     facts = values.get("fact_relearning", {}).get("unlearned", {})
     quant = values.get("quantization", {}).get("unlearned", {})
+    soft = values.get("soft_prompt", {}).get("unlearned", {})
     rows = []
     for i, q in enumerate(concept.qa):
         row = {
@@ -409,6 +441,9 @@ def _items(concept: Concept, values: dict[str, Any], split: str) -> list[dict[st
         if facts.get("forget"):
             row["fact_relearned"] = facts["forget_completions"][i]
             row["fact_relearned_correct"] = bool(facts["forget"][i])
+        if soft.get("forget"):
+            row["soft_prompted"] = soft["forget_completions"][i]
+            row["soft_prompted_correct"] = bool(soft["forget"][i])
         if quant.get("forget"):
             row["quantized"] = quant["forget_completions"][i]
             row["quantized_correct"] = bool(quant["forget"][i])

@@ -108,6 +108,26 @@ def _fact_relearn_stage(
     return {"unlearned": float(np.mean(forget)) if forget else float("nan"), "unlearned_items": items}
 
 
+def _soft_prompt_stage(
+    unlearned: Model, sets: Any, trained: tuple[QA, ...], cfg: AuditConfig
+) -> dict[str, Any]:
+    """The soft-prompt attack on the unlearned model (``traces.soft_prompt_values``): vectors fitted on
+    ``trained`` (none: two halves of the audited items), scored on the audited items; ``unlearned`` is the
+    forget accuracy, ``unlearned_items`` the per-item values the ``traces`` stage reads. As for fact
+    relearning, the base's plain answers stand in for the base."""
+    from analyses.audit import traces as T
+
+    if cfg.soft_prompt_steps <= 0:
+        return {"unlearned": float("nan")}
+    items = T.soft_prompt_values(
+        unlearned, sets, trained, config=cfg.soft_prompt(), batch_size=cfg.batch_size
+    )
+    forget = items["forget"]
+    if not forget:
+        return {"unlearned": float("nan")}
+    return {"unlearned": float(np.mean(forget)), "unlearned_items": items}
+
+
 def _quantization_stage(
     base: Model,
     unlearned: Model,
@@ -475,6 +495,7 @@ def _traces(
     relearn: dict[str, Any],
     fact_relearn: dict[str, Any] | None = None,
     quantization: dict[str, Any] | None = None,
+    soft_prompt: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Per-item values of every trace family on the forget, control and floor sets
     (``analyses.audit.traces``): the unlearned model's, and the base's where a family measures the base."""
@@ -506,6 +527,8 @@ def _traces(
         out["relearning"] = {"unlearned": relearn["unlearned_items"]}
     if fact_relearn and "unlearned_items" in fact_relearn:
         out["fact_relearning"] = {"unlearned": fact_relearn["unlearned_items"]}
+    if soft_prompt and "unlearned_items" in soft_prompt:
+        out["soft_prompt"] = {"unlearned": soft_prompt["unlearned_items"]}
     if quantization and "unlearned_items" in quantization:
         q = quantization["base"]
         out["quantization"] = {

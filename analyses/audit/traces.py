@@ -126,15 +126,22 @@ def attack_values(
     sampling: SamplingConfig | None = None,
 ) -> dict[str, Any]:
     """Per item: answered under at least one of ``attacks`` (the battery's success, as an attacker who
-    tries them all would see it). The forget items' completion under each attack is kept; ``forget`` as in
-    ``behaviour_values``."""
+    tries them all would see it). ``by_attack`` keeps each attack's own per-item values on the three sets
+    and ``seconds`` the time each took here; the forget items' completion under each attack is kept;
+    ``forget`` as in ``behaviour_values``."""
+    import time
+
     out: dict[str, Any] = {"attacks": list(attacks)}
+    by_attack: dict[str, dict[str, list[float]]] = {a: {} for a in attacks}
+    seconds = dict.fromkeys(attacks, 0.0)
     for which in SETS:
         qa = sets.qa(which)
         hit = np.zeros(len(qa), dtype=bool)
         for a in attacks:
             if not qa:
-                break
+                by_attack[a][which] = []
+                continue
+            t0 = time.perf_counter()
             if which == "forget" and forget is not None:
                 got = forget[a]
             else:
@@ -148,11 +155,13 @@ def attack_values(
                         sampling=sampling,
                     )
                 )
+            seconds[a] += time.perf_counter() - t0
             hit |= np.array(got["correct"], dtype=bool)
+            by_attack[a][which] = [float(c) for c in got["correct"]]
             if which == "forget":
                 out[f"forget_completions_{a}"] = got["completions"]
         out[which] = hit.astype(float).tolist()
-    return out
+    return {**out, "by_attack": by_attack, "seconds": {a: round(t, 3) for a, t in seconds.items()}}
 
 
 def relearn_values(model: Model, sets: ItemSets, *, steps: int, lr: float, seed: int) -> dict[str, Any]:
@@ -184,13 +193,52 @@ def fact_relearn_values(
     seed: int,
     batch_size: int = 16,
 ) -> dict[str, Any]:
-    """Deeb & Roger's (2024) retrain-on-T, test-on-V, on the three sets. Forget: a copy fine-tuned on
-    ``trained`` (the facts the unlearning run trained on) answers every forget item; without them, two
-    seeded halves of the forget items, each answered by the copy fine-tuned on the other half. Control: the
-    (first) forget copy answers them (what fine-tuning on the concept's facts does to facts it did not
-    touch). Floor: a copy fine-tuned on a seeded sample of as many floor facts as the forget copy saw (at
-    most half the floor) answers the rest: facts never known, so what comes back there the attack taught.
-    Every value comes from a copy that never saw that item; ``forget_completions`` are the forget copy's."""
+    """Deeb & Roger's (2024) retrain-on-T, test-on-V, on the three sets (``fit_and_test``): each fold's
+    scorer is a copy of ``model`` fine-tuned for ``steps`` AdamW steps on that fold's facts."""
+
+    def fit(facts: Sequence[QA]):
+        torch.manual_seed(seed)
+        work = fact_relearned_copy(model, facts, steps=steps, lr=lr, seed=seed)
+        return lambda items: score_qa(work, items, batch_size=batch_size)
+
+    return fit_and_test(sets, trained, fit, seed=seed)
+
+
+def soft_prompt_values(
+    model: Model,
+    sets: ItemSets,
+    trained: Sequence[QA] = (),
+    *,
+    config: Any,
+    batch_size: int = 16,
+) -> dict[str, Any]:
+    """The soft-prompt attack (``analyses.soft_prompt``) as a retrain-on-T, test-on-V (``fit_and_test``):
+    each fold's scorer is ``model`` with input vectors fitted on that fold's facts (``config``: a
+    ``SoftPromptConfig``; its seed also draws the folds) placed before each question. ``losses`` keeps the
+    forget prompt's fitting curve."""
+    from analyses.soft_prompt import fit_soft_prompt, soft_prompt_scores
+
+    curves: list[list[float]] = []
+
+    def fit(facts: Sequence[QA]):
+        prompt = fit_soft_prompt(model, facts, config)
+        curves.append(list(prompt.losses))
+        return lambda items: soft_prompt_scores(model, prompt, items, batch_size=batch_size)
+
+    out = fit_and_test(sets, trained, fit, seed=config.seed)
+    out["losses"] = curves[0] if curves else []
+    return out
+
+
+def fit_and_test(sets: ItemSets, trained: Sequence[QA], fit, *, seed: int) -> dict[str, Any]:
+    """Retrain on T, test on V (Deeb & Roger 2024) for an attack ``fit(facts) -> scorer`` (a scorer maps
+    items to ``QAScores``). Forget: the scorer fitted on ``trained`` (the facts the unlearning run trained
+    on) answers every forget item; without them, two seeded halves of the forget items, each answered by
+    the scorer fitted on the other half. Control: the (first) forget scorer answers them (what the attack
+    does to facts it was not fitted on). Floor: a scorer fitted on a seeded sample of as many floor facts
+    as the forget scorer saw (at most half the floor) answers the rest: facts never known, so what comes
+    back there the attack taught. Every value comes from a scorer that never saw that item;
+    ``forget_completions`` are the forget scorer's."""
     forget = list(sets.forget.qa)
     n = len(forget)
     rng = np.random.default_rng(seed)
@@ -203,32 +251,26 @@ def fact_relearn_values(
         folds = [([forget[i] for i in a], b), ([forget[i] for i in b], a)]
     else:
         return out
-
-    def copy_on(facts: Sequence[QA]) -> Model:
-        torch.manual_seed(seed)
-        return fact_relearned_copy(model, facts, steps=steps, lr=lr, seed=seed)
-
     correct = np.zeros(n)
     completions = [""] * n
     for k, (facts, test) in enumerate(folds):
-        work = copy_on(facts)
-        s = score_qa(work, [forget[i] for i in test], batch_size=batch_size)
+        score = fit(facts)
+        s = score([forget[i] for i in test])
         correct[test] = s.correct
         for i, c in zip(test, s.completions, strict=True):
             completions[int(i)] = c
         if k == 0 and sets.control.qa:
-            out["control"] = _correct(score_qa(work, sets.control.qa, batch_size=batch_size))
-        del work
+            out["control"] = _correct(score(sets.control.qa))
+        del score
     out.update(forget=correct.tolist(), forget_completions=completions, trained_on=len(folds[0][0]))
     floor = list(sets.floor.qa)
     k = min(len(folds[0][0]), len(floor) // 2)
     if k >= 1:
         on = set(rng.choice(len(floor), k, replace=False).tolist())
-        work = copy_on([floor[i] for i in sorted(on)])
-        rest = [q for i, q in enumerate(floor) if i not in on]
-        out["floor"] = _correct(score_qa(work, rest, batch_size=batch_size))
+        score = fit([floor[i] for i in sorted(on)])
+        out["floor"] = _correct(score([q for i, q in enumerate(floor) if i not in on]))
         out["floor_trained_on"] = k
-        del work
+        del score
     return out
 
 

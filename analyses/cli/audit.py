@@ -48,6 +48,19 @@ def register(sub) -> argparse.ArgumentParser:
         help="samples per prompt of the 'sampled' attack (default 8, temperature 1, top-p 0.95)",
     )
     p.add_argument(
+        "--soft-prompt-steps",
+        type=common.non_negative_int,
+        default=None,
+        help="soft-prompt attack: Adam steps fitting input vectors on the facts the run trained on, scored "
+        "on the held-out ones (0: off; default 40, --quick 0)",
+    )
+    p.add_argument(
+        "--soft-prompt-tokens",
+        type=common.positive_int,
+        default=None,
+        help="number of input vectors of the soft-prompt attack (default 8)",
+    )
+    p.add_argument(
         "--quantize-bits",
         type=common.non_negative_int,
         default=None,
@@ -122,6 +135,8 @@ def run(args: argparse.Namespace) -> int:
         "fact_relearn_steps": args.fact_relearn_steps,
         "lens_top_k": args.lens_top_k,
         "quantize_bits": args.quantize_bits,
+        "soft_prompt_steps": args.soft_prompt_steps,
+        "soft_prompt_tokens": args.soft_prompt_tokens,
         "sample_n": args.sample_n,
         "quantize_groups": tuple(args.quantize_groups) if args.quantize_groups else None,
         "attacks": tuple(args.attacks) if args.attacks else None,

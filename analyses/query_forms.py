@@ -1,0 +1,142 @@
+"""Query forms: the same facts asked in other forms than the plain completion prompt.
+
+Unlearning trains on some form of the question; a fact hidden from that form may still be reached through
+another. Each form rewrites an item deterministically and is scored by the data contract (the greedy
+continuation starts with the answer), except ``multiple_choice``, which ranks options:
+
+- ``fill_blank``: "Fill in the blank ... {prompt} ____. Answer:".
+- ``chat``: the question as a user turn of the model's chat template, the assistant's turn opened with the
+  prompt itself (the model continues its own sentence; a model without a chat template is refused).
+- ``few_shot``: ``FEW_SHOT`` other facts of the same set, with their answers, before the question (the
+  items before it, cyclically): facts of the same concept, which cannot give an independent answer away.
+- ``multiple_choice``: a recognition test next to recall. The answer and up to ``CHOICES - 1`` distractors
+  (other answers of the same set, same type first) are ranked by their mean log-probability per token
+  after the prompt; the item counts when the answer ranks first. Its chance level is about one in
+  ``CHOICES``, which the floor, scored the same way, shows.
+
+The audit runs each form on the forget items, the control and the floor alike (``AuditConfig.attacks``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from probes.data import QA
+from probes.errors import VestigeError
+from probes.model import Model
+from probes.qa import QAScores, answer_ids, score_qa
+
+FORMS = ("fill_blank", "chat", "few_shot", "multiple_choice")
+FEW_SHOT = 3
+CHOICES = 4
+FILL_BLANK = "Fill in the blank with the missing words.\n{prompt} ____.\nAnswer:"
+CHAT_REQUEST = "Complete this sentence with the correct fact: {prompt} ..."
+
+
+class QueryFormError(VestigeError):
+    """A query form cannot be built for this model or these items."""
+
+
+def fill_blank_items(items: Sequence[QA]) -> list[QA]:
+    return [QA(FILL_BLANK.format(prompt=q.prompt.rstrip()), q.answer, q.type) for q in items]
+
+
+def chat_items(model: Model, items: Sequence[QA]) -> list[QA]:
+    """Each prompt as a user request in ``model``'s chat template, the assistant's reply opened with the
+    prompt (so the answer continues it)."""
+    tok = model.tokenizer
+    if not getattr(tok, "chat_template", None):
+        raise QueryFormError(
+            f"model {model.name!r} has no chat template",
+            "the 'chat' query form asks through the tokenizer's chat template",
+            "drop 'chat' from the attacks for this model, or load a tokenizer that has a chat template",
+        )
+    out = []
+    for q in items:
+        turn = [{"role": "user", "content": CHAT_REQUEST.format(prompt=q.prompt.rstrip())}]
+        text = tok.apply_chat_template(turn, tokenize=False, add_generation_prompt=True)
+        out.append(QA(text + q.prompt, q.answer, q.type))
+    return out
+
+
+def few_shot_items(items: Sequence[QA], shots: int = FEW_SHOT) -> list[QA]:
+    """Before each item, the ``shots`` items before it in ``items`` (cyclically), each with its answer."""
+    n = len(items)
+    k = min(shots, n - 1)
+    out = []
+    for i, q in enumerate(items):
+        examples = [items[(i - j) % n] for j in range(k, 0, -1)]
+        context = "".join(f"{e.prompt.rstrip()} {e.answer}.\n" for e in examples)
+        out.append(QA(context + q.prompt, q.answer, q.type))
+    return out
+
+
+def choices_of(items: Sequence[QA], n_choices: int = CHOICES) -> list[list[str]]:
+    """Per item: its answer first, then up to ``n_choices - 1`` distractors, the other distinct answers of
+    ``items`` of the same type in item order after it (cyclically), then of any type."""
+    n = len(items)
+    out = []
+    for i, q in enumerate(items):
+        order = [items[(i + j) % n] for j in range(1, n)]
+        seen = {q.answer.strip().lower()}
+        options = [q.answer]
+        for same_type in (True, False):
+            for o in order:
+                key = o.answer.strip().lower()
+                if len(options) == n_choices or key in seen or (same_type and o.type != q.type):
+                    continue
+                seen.add(key)
+                options.append(o.answer)
+        out.append(options)
+    return out
+
+
+@torch.no_grad()
+def multiple_choice_scores(
+    model: Model, items: Sequence[QA], *, n_choices: int = CHOICES, batch_size: int = 16
+) -> QAScores:
+    """The recognition test: correct when the item's answer has the highest mean log-probability per token
+    among its options (``choices_of``) after the prompt; ``completions`` are the top-ranked options and
+    ``logprobs`` the answer's summed log-probability (the data contract's)."""
+    from probes.qa import answer_logprobs
+
+    options = choices_of(items, n_choices)
+    flat = [(q.prompt, o) for q, opts in zip(items, options, strict=True) for o in opts]
+    summed = answer_logprobs(model, [p for p, _ in flat], [o for _, o in flat], batch_size=batch_size)
+    lengths = torch.tensor([len(answer_ids(model, p, o)[1]) for p, o in flat], dtype=summed.dtype)
+    mean = summed / lengths
+    correct, completions, logprobs = [], [], []
+    k = 0
+    for opts in options:
+        scores = mean[k : k + len(opts)]
+        best = int(scores.argmax())
+        # ties go against the answer: a model that cannot tell the options apart does not recognise it
+        correct.append(best == 0 and bool((scores[1:] < scores[0]).all()))
+        completions.append(opts[best])
+        logprobs.append(float(summed[k]))
+        k += len(opts)
+    return QAScores(
+        tuple(q.prompt for q in items),
+        tuple(q.answer for q in items),
+        tuple(completions),
+        tuple(correct),
+        tuple(logprobs),
+    )
+
+
+def query_form_scores(model: Model, items: Sequence[QA], form: str, *, batch_size: int = 16) -> QAScores:
+    """``items`` asked in ``form`` (one of ``FORMS``); ``prompts`` of the result are the original ones."""
+    if form == "multiple_choice":
+        return multiple_choice_scores(model, items, batch_size=batch_size)
+    if form == "fill_blank":
+        rewritten = fill_blank_items(items)
+    elif form == "chat":
+        rewritten = chat_items(model, items)
+    elif form == "few_shot":
+        rewritten = few_shot_items(items)
+    else:
+        raise ValueError(f"unknown query form {form!r}; choose from {FORMS}")
+    s = score_qa(model, rewritten, batch_size=batch_size)
+    return QAScores(tuple(q.prompt for q in items), s.answers, s.completions, s.correct, s.logprobs)
