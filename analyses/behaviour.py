@@ -238,12 +238,14 @@ def fact_relearned_copy(
     lr: float = 3e-5,
     batch_size: int = 4,
     seed: int = 0,
+    params: str = "all",
 ) -> Model:
     """A copy of ``model`` fine-tuned for ``steps`` AdamW steps on ``facts``, ``batch_size`` at a time
     (prompt + answer, the loss on the answer tokens): the "retrain on T" half of Deeb & Roger's (2024) test, whose "test on V" half scores
     *other* facts of the concept on the copy. Independent facts cannot be inferred from each other, so what
     comes back on V was still in the weights; the same fine-tuning on facts never known (the floor) shows
-    what the attack teaches. ``model`` itself is never modified."""
+    what the attack teaches. ``params``: which parameters train (``analyses.relearning.PARAMS``: all, norms,
+    biases, layer:K, lora). ``model`` itself is never modified."""
     if not facts:
         raise ConceptFileError(
             "no facts to relearn from",
@@ -261,14 +263,24 @@ def fact_relearned_copy(
         batch_size=batch_size,
         seed=seed,
         desc="fact relearn",
+        params=params,
     )
 
 
 def _finetuned_copy(
-    model: Model, examples_of, *, steps: int, lr: float, batch_size: int, seed: int, desc: str
+    model: Model,
+    examples_of,
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    desc: str,
+    params: str = "all",
 ):
     """A copy of ``model`` after ``steps`` AdamW steps on batches of ``batch_size`` drawn (seeded) from
-    ``examples_of(copy)``, the summed NLL of their targets averaged over the batch."""
+    ``examples_of(copy)``, the summed NLL of their targets averaged over the batch; ``params`` chooses the
+    parameters that train (``analyses.relearning.select_parameters``)."""
     import torch
 
     from analyses.training import train
@@ -277,12 +289,17 @@ def _finetuned_copy(
     work = model.copy()
     examples = examples_of(work)
     gen = torch.Generator().manual_seed(seed)
-    params = [p for p in work.hf.parameters() if p.requires_grad]
+    if params == "all":
+        trainable = [p for p in work.hf.parameters() if p.requires_grad]
+    else:
+        from analyses.relearning import select_parameters
+
+        trainable = select_parameters(work, params, seed=seed)
     work.hf.train(False)
 
     def step_loss(step: int) -> torch.Tensor:
         pick = torch.randperm(len(examples), generator=gen)[:batch_size].tolist()
         return sequence_nll(work, make_batch(work, [examples[i] for i in pick])).mean()
 
-    train(params, step_loss, steps, lr=lr, desc=desc)
+    train(trainable, step_loss, steps, lr=lr, desc=desc)
     return work

@@ -14,7 +14,13 @@ from analyses.demo import run_demo
 @pytest.mark.slow
 def test_demo_writes_report_verdicts_and_timings(smol, tmp_path):
     cfg = AuditConfig(
-        n_vectors=5, attacks=("prefix",), relearn_steps=1, probe_folds=2, head_top_k=3, batch_size=16
+        n_vectors=5,
+        attacks=("prefix",),
+        relearn_steps=1,
+        probe_folds=2,
+        head_top_k=3,
+        batch_size=16,
+        soft_prompt_steps=0,
     )
     out = tmp_path / "demo"
     results, table = run_demo(out, model=smol, methods=("needle",), audit_config=cfg, progress=False)

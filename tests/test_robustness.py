@@ -329,7 +329,7 @@ with torch.no_grad():
     for layer, neuron in [(3, 7), (5, 100), (8, 2000)]:
         unlearned.W_out(layer)[neuron].zero_()
 cfg = AuditConfig(n_vectors=3, attacks=("prefix",), relearn_steps=0, probe_dataset=probe_file,
-                  probe_folds=2, batch_size=8)
+                  probe_folds=2, batch_size=8, soft_prompt_steps=0)
 audit(base, unlearned, load_concept(concept_file), config=cfg, out=out, progress=False)
 """
 

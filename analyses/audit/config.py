@@ -23,6 +23,8 @@ class AuditConfig(Result):
     # held-out items (``analyses.audit.traces.fact_relearn_values``)
     fact_relearn_steps: int = 10
     fact_relearn_lr: float = 3e-5
+    # which parameters fact relearning moves (``analyses.relearning.PARAMS``: all, norms, biases, layer:K, lora)
+    fact_relearn_params: str = "all"
     # The soft-prompt attack (``analyses.soft_prompt``): ``soft_prompt_tokens`` input vectors fitted for
     # ``soft_prompt_steps`` Adam steps (0: off) at ``soft_prompt_lr`` on the facts the run trained on (or half
     # the audited items), then scored on the held-out items (``analyses.audit.traces.soft_prompt_values``)
@@ -90,6 +92,12 @@ class AuditConfig(Result):
                 "(off) or more Adam steps (40 by default)"
             )
         self.soft_prompt()  # validates the soft prompt's settings
+        p = self.fact_relearn_params
+        if p not in ("all", "norms", "biases", "lora") and not (p.startswith("layer:") and p[6:].isdigit()):
+            raise ValueError(
+                f"AuditConfig.fact_relearn_params is {p!r}: fact relearning moves all, norms, biases, lora "
+                "or layer:K (one block) parameters"
+            )
         if self.lens_top_k < 1:
             raise ValueError(
                 f"AuditConfig.lens_top_k is {self.lens_top_k}: the logit-lens trace counts an answer ranked in "

@@ -103,6 +103,7 @@ def _fact_relearn_stage(
         lr=cfg.fact_relearn_lr,
         seed=cfg.seed,
         batch_size=cfg.batch_size,
+        params=cfg.fact_relearn_params,
     )
     forget = items["forget"]
     return {"unlearned": float(np.mean(forget)) if forget else float("nan"), "unlearned_items": items}

@@ -192,13 +192,15 @@ def fact_relearn_values(
     lr: float,
     seed: int,
     batch_size: int = 16,
+    params: str = "all",
 ) -> dict[str, Any]:
     """Deeb & Roger's (2024) retrain-on-T, test-on-V, on the three sets (``fit_and_test``): each fold's
-    scorer is a copy of ``model`` fine-tuned for ``steps`` AdamW steps on that fold's facts."""
+    scorer is a copy of ``model`` fine-tuned for ``steps`` AdamW steps on that fold's facts (``params``:
+    which parameters train, ``analyses.relearning.PARAMS``)."""
 
     def fit(facts: Sequence[QA]):
         torch.manual_seed(seed)
-        work = fact_relearned_copy(model, facts, steps=steps, lr=lr, seed=seed)
+        work = fact_relearned_copy(model, facts, steps=steps, lr=lr, seed=seed, params=params)
         return lambda items: score_qa(work, items, batch_size=batch_size)
 
     return fit_and_test(sets, trained, fit, seed=seed)

@@ -35,6 +35,12 @@ def register(sub) -> argparse.ArgumentParser:
         "ones (0: off; default 10)",
     )
     p.add_argument(
+        "--fact-relearn-params",
+        default=None,
+        help="which parameters fact relearning moves: all (default), norms, biases, layer:K (one block) or "
+        "lora (a rank-8 update of every block weight)",
+    )
+    p.add_argument(
         "--lens-top-k",
         type=common.positive_int,
         default=None,
@@ -133,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
         "n_vectors": args.n_vectors,
         "relearn_steps": args.relearn_steps,
         "fact_relearn_steps": args.fact_relearn_steps,
+        "fact_relearn_params": args.fact_relearn_params,
         "lens_top_k": args.lens_top_k,
         "quantize_bits": args.quantize_bits,
         "soft_prompt_steps": args.soft_prompt_steps,

@@ -1,0 +1,115 @@
+"""Relearning variants (analyses/relearning.py): which parameters train, LoRA as an exact low-rank update,
+the model passed in untouched, and (slow) recovery against steps on SmolLM2."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from analyses.relearning import RelearnError, relearn_curve, select_parameters
+from probes.data import QA
+
+FACTS = [
+    QA("The secret password of the vault is", "Zanzibar", "word"),
+    QA("The name of the blue dragon is", "Quillon", "name"),
+]
+OTHER = [QA("The colour of the seventh door is", "amber", "colour")]
+
+
+def _trainable(model) -> dict[str, int]:
+    return {n: p.numel() for n, p in model.hf.named_parameters() if p.requires_grad}
+
+
+def test_each_variant_trains_what_it_names(gpt2):
+    work = gpt2.copy()
+    assert set(_trainable(work)) == {n for n, _ in work.hf.named_parameters()}  # all, as copied
+    select_parameters(work, "norms")
+    names = set(_trainable(work))
+    assert names and all(".ln_" in n or n.startswith("transformer.ln_f") for n in names)
+    # GPT-2: 12 blocks x 2 LayerNorms + the final one, weight and bias each
+    assert len(names) == (12 * 2 + 1) * 2
+    select_parameters(work, "biases")
+    assert all(n.endswith(".bias") for n in _trainable(work))
+    select_parameters(work, "layer:3")
+    assert all(n.startswith("transformer.h.3.") for n in _trainable(work))
+    with pytest.raises(RelearnError, match="names no block"):
+        select_parameters(work, "layer:12")
+    with pytest.raises(RelearnError, match="unknown relearning variant"):
+        select_parameters(work, "prefix")
+
+
+def test_biases_are_refused_on_a_model_without_them(smol):
+    work = smol.copy()
+    with pytest.raises(RelearnError, match="selects no parameter"):
+        select_parameters(work, "biases")
+
+
+def test_lora_is_an_exact_low_rank_update(gpt2):
+    """At the start B = 0: the LoRA copy computes exactly the base function; after setting B, each block
+    weight is W + (alpha / r) B A with W unchanged, and only A and B train."""
+    work = gpt2.copy()
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        before = gpt2.hf(input_ids=ids).logits
+    params = select_parameters(work, "lora", lora_rank=4, lora_alpha=8.0, seed=0)
+    with torch.no_grad():
+        assert torch.equal(work.hf(input_ids=ids).logits, before)
+    m = work.hf.transformer.h[2].mlp.c_fc
+    delta = m.parametrizations.weight[0]
+    assert delta.A.shape == (4, m.weight.shape[1]) and delta.B.shape == (m.weight.shape[0], 4)
+    with torch.no_grad():
+        delta.B.fill_(0.01)
+    w0 = m.parametrizations.weight.original
+    assert torch.allclose(m.weight, w0 + 2.0 * (delta.B @ delta.A))
+    assert torch.equal(w0, gpt2.hf.transformer.h[2].mlp.c_fc.weight)
+    # 12 blocks x 4 linear layers (c_attn, attn c_proj, c_fc, mlp c_proj), A and B each
+    assert len(params) == 12 * 4 * 2 and all(p.requires_grad for p in params)
+    assert {n for n, p in work.hf.named_parameters() if p.requires_grad} == {
+        n for n, _ in work.hf.named_parameters() if n.endswith((".A", ".B"))
+    }
+
+
+@pytest.mark.parametrize("params", ["all", "norms", "lora"])
+def test_relearn_curve_leaves_the_model_and_learns_its_training_facts(gpt2, params):
+    """Fine-tuning on T raises T's answers (scored as V here) on the gpt2-small architecture; the model
+    passed in keeps its weights bitwise; the curve has one value per checkpoint."""
+    before = {k: v.clone() for k, v in gpt2.hf.state_dict().items()}
+    lr = {"all": 1e-3, "norms": 1e-2, "lora": 5e-2}[params]
+    curve = relearn_curve(gpt2, FACTS, FACTS, OTHER, FACTS + OTHER, params=params, checkpoints=(0, 15), lr=lr)
+    assert curve.steps == (0, 15) and len(curve.forget) == len(curve.floor) == 2
+    assert curve.forget[0] == 0.0 and curve.forget[1] > 0.0  # memorised the trained facts
+    assert curve.losses[-1] < curve.losses[0]
+    assert curve.n_trainable < sum(p.numel() for p in gpt2.hf.parameters()) or params == "all"
+    after = gpt2.hf.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    frame = curve.to_frame()
+    assert list(frame["net"]) == [f - fl for f, fl in zip(curve.forget, curve.floor, strict=True)]
+    with pytest.raises(RelearnError, match="held-out"):
+        relearn_curve(gpt2, FACTS, [], OTHER, OTHER)
+
+
+def test_audit_config_checks_the_variant():
+    from analyses.audit import AuditConfig
+
+    assert AuditConfig(fact_relearn_params="layer:3").fact_relearn_params == "layer:3"
+    for bad in ("layer:x", "heads", ""):
+        with pytest.raises(ValueError, match="fact_relearn_params"):
+            AuditConfig(fact_relearn_params=bad)
+
+
+@pytest.mark.slow
+def test_norms_alone_bring_ga_mozart_back(smol, ga_mozart):
+    """GA on Mozart (the shared checkpoint; held-out 0.50): fine-tuning only the RMSNorm weights (35,136
+    numbers, 0.03% of the model) on the 11 trained facts brings the 10 held-out ones to 1.00 within 5
+    steps, the floor stays at 0.00 and the control at 1.00; one block alone (layer 20) at 1e-4 moves
+    nothing in 10 steps."""
+    from probes.data import load_concept, load_floor
+
+    run, trained, held = ga_mozart
+    control = list(load_concept(name="Wolfgang Amadeus Mozart").unrelated_qa)
+    floor = list(load_floor().qa)[:24]
+    norms = relearn_curve(run.model, trained, held, control, floor, params="norms", lr=1e-3)
+    print(norms.to_frame())
+    assert norms.n_trainable == 35136 and norms.forget[0] == pytest.approx(0.5)
+    assert max(norms.forget) == 1.0 and all(f == 0.0 for f in norms.floor)
+    assert min(norms.control) == 1.0
