@@ -40,6 +40,13 @@ class RelearnError(VestigeError):
     """A relearning variant cannot be set up on this model."""
 
 
+def is_variant(params: str) -> bool:
+    """Whether ``params`` names one of ``PARAMS`` (``layer:K`` with a non-negative integer K)."""
+    return params in ("all", "norms", "biases", "lora") or (
+        params.startswith("layer:") and params[len("layer:") :].isdigit()
+    )
+
+
 class LoRADelta(torch.nn.Module):
     """``weight + scale * B @ A`` as a parametrisation of a weight of shape ``[rows, cols]``."""
 

@@ -140,6 +140,11 @@ USAGE_CASES = {
     "audit --n-vectors -3": ["audit", "--base", "x", "--unlearned", "y", "--n-vectors", "-3"],
     "audit --relearn-steps abc": ["audit", "--base", "x", "--unlearned", "y", "--relearn-steps", "abc"],
     "audit --dtype float33": ["audit", "--base", "x", "--unlearned", "y", "--dtype", "float33"],
+    "audit --fact-relearn-params heads": [
+        *("audit", "--base", "x", "--unlearned", "y", "--fact-relearn-params", "heads")
+    ],
+    "audit --soft-prompt-steps -1": ["audit", "--base", "x", "--unlearned", "y", "--soft-prompt-steps", "-1"],
+    "audit --attacks reverse": ["audit", "--base", "x", "--unlearned", "y", "--attacks", "reverse"],
     "audit no --unlearned": ["audit", "--base", "x"],
     "demo --model (no such option)": ["demo", "--model", "gpt2"],
     "bench --only typo": ["bench", "--only", "typo"],

@@ -92,8 +92,10 @@ class AuditConfig(Result):
                 "(off) or more Adam steps (40 by default)"
             )
         self.soft_prompt()  # validates the soft prompt's settings
+        from analyses.relearning import is_variant
+
         p = self.fact_relearn_params
-        if p not in ("all", "norms", "biases", "lora") and not (p.startswith("layer:") and p[6:].isdigit()):
+        if not is_variant(p):
             raise ValueError(
                 f"AuditConfig.fact_relearn_params is {p!r}: fact relearning moves all, norms, biases, lora "
                 "or layer:K (one block) parameters"

@@ -11,6 +11,16 @@ from analyses.behaviour import ATTACK_CHOICES
 from analyses.cli import common
 
 
+def _relearn_params(value: str) -> str:
+    from analyses.relearning import is_variant
+
+    if not is_variant(value):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a relearning variant: use all, norms, biases, lora or layer:K (K a block index)"
+        )
+    return value
+
+
 def register(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("audit", help="removed or suppressed? audit.json + report.html")
     p.add_argument("--base", required=True, help="model spec of the original model")
@@ -36,6 +46,7 @@ def register(sub) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--fact-relearn-params",
+        type=_relearn_params,
         default=None,
         help="which parameters fact relearning moves: all (default), norms, biases, layer:K (one block) or "
         "lora (a rank-8 update of every block weight)",
