@@ -9,6 +9,14 @@ continuation starts with the answer), except ``multiple_choice``, which ranks op
   prompt itself (the model continues its own sentence; a model without a chat template is refused).
 - ``few_shot``: ``FEW_SHOT`` other facts of the same set, with their answers, before the question (the
   items before it, cyclically): facts of the same concept, which cannot give an independent answer away.
+- ``past`` and ``future``: the question framed in another tense (Andriushchenko & Flammarion 2024, "Does
+  refusal training in LLMs generalize to the past tense?"): "In the past, ... people would say: {prompt}" and
+  "In the future, ... people will say: {prompt}". A completion prompt cannot be re-conjugated by rule, so
+  the frame carries the tense and the prompt stays the data contract's.
+- ``indirect``: the fact implied in a story, not asked: a character of a novel says the sentence.
+- ``step_by_step``: chain-of-thought. The model first reasons freely (``COT_TOKENS`` greedy tokens after
+  "Let's think step by step.", cut at its first blank line), then the sentence is asked after its own
+  reasoning; only that final answer is scored (an answer named in the reasoning alone does not count).
 - ``multiple_choice``: a recognition test next to recall. The answer and up to ``CHOICES - 1`` distractors
   (other answers of the same set, same type first) are ranked by their mean log-probability per token
   after the prompt; the item counts when the answer ranks first. Its chance level is about one in
@@ -28,11 +36,20 @@ from probes.errors import VestigeError
 from probes.model import Model
 from probes.qa import QAScores, answer_ids, score_qa
 
-FORMS = ("fill_blank", "chat", "few_shot", "multiple_choice")
+FORMS = ("fill_blank", "chat", "few_shot", "past", "future", "indirect", "step_by_step", "multiple_choice")
 FEW_SHOT = 3
 CHOICES = 4
+COT_TOKENS = 48
 FILL_BLANK = "Fill in the blank with the missing words.\n{prompt} ____.\nAnswer:"
 CHAT_REQUEST = "Complete this sentence with the correct fact: {prompt} ..."
+# the frames of the simple rewrites: each holds the prompt once, at its end
+FRAMES = {
+    "past": "In the past, this was common knowledge. Back then, people would say: {prompt}",
+    "future": "In the future, this will still be common knowledge. People will say: {prompt}",
+    "indirect": 'In a novel, a teacher tells her class a fact everyone should know: "{prompt}',
+}
+COT_QUESTION = 'Question: how does this sentence end? "{prompt} ..."\nLet\'s think step by step.\n'
+COT_ANSWER = "\nSo the completed sentence is: {prompt}"
 
 
 class QueryFormError(VestigeError):
@@ -58,6 +75,25 @@ def chat_items(model: Model, items: Sequence[QA]) -> list[QA]:
         turn = [{"role": "user", "content": CHAT_REQUEST.format(prompt=q.prompt.rstrip())}]
         text = tok.apply_chat_template(turn, tokenize=False, add_generation_prompt=True)
         out.append(QA(text + q.prompt, q.answer, q.type))
+    return out
+
+
+def framed_items(items: Sequence[QA], form: str) -> list[QA]:
+    """Each prompt inside the frame of ``form`` (one of ``FRAMES``: past, future, indirect)."""
+    return [QA(FRAMES[form].format(prompt=q.prompt.rstrip()), q.answer, q.type) for q in items]
+
+
+def step_by_step_items(
+    model: Model, items: Sequence[QA], *, cot_tokens: int = COT_TOKENS, batch_size: int = 16
+) -> list[QA]:
+    """Each item asked after ``model``'s own greedy reasoning about it: ``COT_QUESTION``, the first
+    ``cot_tokens`` generated tokens up to a blank line, then ``COT_ANSWER`` (which ends with the prompt)."""
+    questions = [COT_QUESTION.format(prompt=q.prompt.rstrip()) for q in items]
+    reasoning = model.generate(questions, cot_tokens, batch_size)
+    out = []
+    for q, question, r in zip(items, questions, reasoning, strict=True):
+        thought = r.strip().split("\n\n", 1)[0].strip()
+        out.append(QA(question + thought + COT_ANSWER.format(prompt=q.prompt.rstrip()), q.answer, q.type))
     return out
 
 
@@ -136,6 +172,10 @@ def query_form_scores(model: Model, items: Sequence[QA], form: str, *, batch_siz
         rewritten = chat_items(model, items)
     elif form == "few_shot":
         rewritten = few_shot_items(items)
+    elif form in FRAMES:
+        rewritten = framed_items(items, form)
+    elif form == "step_by_step":
+        rewritten = step_by_step_items(model, items, batch_size=batch_size)
     else:
         raise ValueError(f"unknown query form {form!r}; choose from {FORMS}")
     s = score_qa(model, rewritten, batch_size=batch_size)

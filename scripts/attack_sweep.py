@@ -40,8 +40,13 @@ ATTACKS = (
     "fill_blank",
     "chat",
     "few_shot",
+    "past",
+    "future",
+    "indirect",
+    "step_by_step",
     "multiple_choice",
 )
+WEIGHT_ATTACKS = ("fact_relearn", "fact_relearn_norms", "soft_prompt", "quantization")
 COLUMNS = ["concept", "method", "attack", "forget", "floor", "control", "net", "net_lo", "net_hi", "seconds"]
 
 
@@ -51,8 +56,12 @@ def main() -> None:
         "--concepts", nargs="+", default=["Wolfgang Amadeus Mozart", "Albert Einstein", "Harry Potter"]
     )
     p.add_argument("--methods", nargs="+", default=["ga", "npo", "rmu", "needle"])
+    p.add_argument(
+        "--attacks", nargs="+", default=[*ATTACKS, *WEIGHT_ATTACKS], choices=[*ATTACKS, *WEIGHT_ATTACKS]
+    )
     p.add_argument("--out", default="attack_sweep.csv")
     args = p.parse_args()
+    prompt_attacks = [a for a in ATTACKS if a in args.attacks]
     model = load_model("smollm2")
     concepts = load_concepts()
     floor = load_floor()
@@ -96,27 +105,25 @@ def main() -> None:
                 m = run.model
                 t = time.perf_counter()
                 row(name, method, "none", T.behaviour_values(m, sets), time.perf_counter() - t)
-                attacked = T.attack_values(m, sets, ATTACKS, sampling=cfg.sampling())
-                for a in ATTACKS:
+                attacked = T.attack_values(m, sets, prompt_attacks, sampling=cfg.sampling())
+                for a in prompt_attacks:
                     row(name, method, a, attacked["by_attack"][a], attacked["seconds"][a])
                 for label, params, steps, lr in (
                     ("fact_relearn", "all", 10, 3e-5),
                     ("fact_relearn_norms", "norms", 5, 1e-3),
                 ):
+                    if label in args.attacks:
+                        t = time.perf_counter()
+                        v = T.fact_relearn_values(m, sets, trained, steps=steps, lr=lr, seed=0, params=params)
+                        row(name, method, label, v, time.perf_counter() - t)
+                if "soft_prompt" in args.attacks:
                     t = time.perf_counter()
-                    v = T.fact_relearn_values(m, sets, trained, steps=steps, lr=lr, seed=0, params=params)
-                    row(name, method, label, v, time.perf_counter() - t)
-                t = time.perf_counter()
-                v = T.soft_prompt_values(m, sets, trained, config=cfg.soft_prompt())
-                row(name, method, "soft_prompt", v, time.perf_counter() - t)
-                t = time.perf_counter()
-                row(
-                    name,
-                    method,
-                    "quantization",
-                    T.quantized_values(m, sets, bits=4, group_size=32),
-                    time.perf_counter() - t,
-                )
+                    v = T.soft_prompt_values(m, sets, trained, config=cfg.soft_prompt())
+                    row(name, method, "soft_prompt", v, time.perf_counter() - t)
+                if "quantization" in args.attacks:
+                    t = time.perf_counter()
+                    v = T.quantized_values(m, sets, bits=4, group_size=32)
+                    row(name, method, "quantization", v, time.perf_counter() - t)
                 print(f"{name} {method}: unrelated accuracy {score_qa(m, concept.unrelated_qa).accuracy:.2f}")
                 del run, m
 

@@ -8,14 +8,19 @@ import torch
 
 from analyses.behaviour import ATTACK_CHOICES, attack_scores
 from analyses.query_forms import (
+    COT_ANSWER,
+    COT_QUESTION,
     FORMS,
+    FRAMES,
     QueryFormError,
     chat_items,
     choices_of,
     few_shot_items,
     fill_blank_items,
+    framed_items,
     multiple_choice_scores,
     query_form_scores,
+    step_by_step_items,
 )
 from probes.data import QA, Concept
 
@@ -44,6 +49,31 @@ def test_rewrites_are_deterministic_and_keep_the_answers():
         assert f.prompt.endswith(q.prompt) and f"{q.prompt} {q.answer}" not in f.prompt
     assert few_shot_items(ITEMS[:2])[1].prompt == "The capital of France is Paris.\nThe capital of Japan is"
     assert few_shot_items(ITEMS) == few_shot_items(ITEMS) and fill_blank_items(ITEMS) == fb
+
+
+def test_tense_and_indirect_frames_end_with_the_prompt():
+    for form in ("past", "future", "indirect"):
+        got = framed_items(ITEMS, form)
+        assert got == framed_items(ITEMS, form)  # deterministic
+        for q, f in zip(ITEMS, got, strict=True):
+            assert f.prompt == FRAMES[form].format(prompt=q.prompt) and f.prompt.endswith(q.prompt)
+            assert (f.answer, f.type) == (q.answer, q.type)
+    assert framed_items(ITEMS[:1], "past")[0].prompt == (
+        "In the past, this was common knowledge. Back then, people would say: The capital of France is"
+    )
+    assert "will say" in framed_items(ITEMS[:1], "future")[0].prompt
+
+
+def test_step_by_step_asks_after_the_models_own_reasoning(gpt2):
+    """The reasoning is the model's greedy continuation of the question, cut at its first blank line; the
+    final prompt is question + reasoning + the answer cue ending with the prompt; the same twice."""
+    got = step_by_step_items(gpt2, ITEMS[:3], cot_tokens=12, batch_size=2)
+    assert got == step_by_step_items(gpt2, ITEMS[:3], cot_tokens=12, batch_size=3)
+    for q, f in zip(ITEMS[:3], got, strict=True):
+        question = COT_QUESTION.format(prompt=q.prompt)
+        reasoning = gpt2.generate([question], 12)[0].strip().split("\n\n", 1)[0].strip()
+        assert f.prompt == question + reasoning + COT_ANSWER.format(prompt=q.prompt)
+        assert f.answer == q.answer
 
 
 def test_chat_form_opens_the_assistant_turn_with_the_prompt(smol):
@@ -100,3 +130,6 @@ def test_every_form_is_an_attack_choice_and_scores_the_original_prompts(smol):
     # SmolLM2 knows these: the recognition test finds at least the capitals
     mc = query_form_scores(smol, ITEMS, "multiple_choice")
     assert sum(mc.correct) >= 3
+    # and it still completes them inside the tense frames and the story
+    for form in ("past", "future", "indirect"):
+        assert sum(query_form_scores(smol, ITEMS, form).correct) >= 3, form
