@@ -8,6 +8,8 @@ Specs (docs/models.md):
 - ``gpt2-seeded``: the gpt2-small architecture (transformers' default ``GPT2Config``) with seeded random
   weights and the SmolLM2 tokenizer; what the offline tests run on.
 - a local HF directory, a hub id, or a ``.gguf`` path.
+- a PEFT adapter directory (``adapter_config.json``): merged into its base in memory (``probes.adapters``;
+  the base is ``base=`` or the one the adapter names).
 
 Only safetensors and GGUF load by default; pickle checkpoints need ``allow_pickle=True`` (then loaded
 with ``weights_only=True``), remote code needs ``trust_remote_code=True``.
@@ -460,10 +462,26 @@ def load_model(
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
     seed: int = 0,
+    base: str | Model | None = None,
 ) -> Model:
     """Load ``spec`` (see the module docstring) onto ``device`` (CUDA when available, else CPU) in
-    ``dtype`` (float32 by default). ``device_map`` passes through to HF accelerate dispatch."""
+    ``dtype`` (float32 by default). ``device_map`` passes through to HF accelerate dispatch. ``base``: the
+    base model of a PEFT adapter directory (a ``Model`` or a spec; ignored for any other spec)."""
     t0 = time.perf_counter()
+    from probes.adapters import is_adapter_dir, load_adapter
+
+    if os.path.isdir(os.path.expanduser(spec)) and is_adapter_dir(spec):
+        model = load_adapter(
+            spec,
+            base,
+            allow_pickle=allow_pickle,
+            device=device,
+            dtype=dtype,
+            device_map=device_map,
+            trust_remote_code=trust_remote_code,
+        )
+        model.load_seconds = time.perf_counter() - t0
+        return model
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     dtype = dtype or torch.float32

@@ -341,7 +341,7 @@ def test_unlearn_without_an_optional_field_starts(method, field, capsys, monkeyp
         assert model == "model" and cfg.method == method
         raise _Reached
 
-    monkeypatch.setattr(analyses.cli.common, "load", lambda spec, args: "model")
+    monkeypatch.setattr(analyses.cli.common, "load", lambda spec, args, **_: "model")
     monkeypatch.setattr(cli_unlearn, "unlearn", fake_unlearn)
     path = _write(tmp_path / "c.json", _without(field))
     with pytest.raises(_Reached):
@@ -355,7 +355,7 @@ def test_audit_without_an_optional_field_starts(field, monkeypatch, tmp_path):
     import analyses.audit as audit_mod
     import probes.qa
 
-    monkeypatch.setattr(analyses.cli.common, "load", lambda spec, args: spec)
+    monkeypatch.setattr(analyses.cli.common, "load", lambda spec, args, **_: spec)
     monkeypatch.setattr(probes.qa, "validate_concept", lambda model, concept: concept)
     monkeypatch.setattr(audit_mod, "audit", lambda *a, **k: (_ for _ in ()).throw(_Reached()))
     path = _write(tmp_path / "c.json", _without(field))
@@ -372,7 +372,7 @@ def test_concepts_without_unrelated_qa_prints_na(capsys, monkeypatch, tmp_path):
 
     validation = {"target_drop": 1.5, "unrelated_drop": None, "control_target_drop": float("nan")}
     report = type("R", (), {"vectors": (), "validation": validation})()
-    monkeypatch.setattr(analyses.cli.common, "load", lambda spec, args: "model")
+    monkeypatch.setattr(analyses.cli.common, "load", lambda spec, args, **_: "model")
     monkeypatch.setattr(cv, "run_concept", lambda model, concept, **k: report)
     monkeypatch.setattr(cv, "write_outputs", lambda report, out: (f"{out}/concepts.json", f"{out}/r.html"))
     path = _write(tmp_path / "c.json", _without("unrelated_qa"))
@@ -419,7 +419,7 @@ def test_console_script_prints_no_traceback(argv, clear, tmp_path):
 def test_concepts_end_to_end_without_optional_fields(field, gpt2, capsys, monkeypatch, tmp_path):
     concept = _without(field) if field != "all" else _bare()
     path = _write(tmp_path / "c.json", concept)
-    monkeypatch.setattr(analyses.cli.common, "load", lambda spec, args: gpt2)
+    monkeypatch.setattr(analyses.cli.common, "load", lambda spec, args, **_: gpt2)
     code, out, err = _run(
         capsys, ["concepts", "--concept-file", str(path), "--n", "2", "--out", str(tmp_path)]
     )
@@ -444,7 +444,7 @@ def _bare() -> dict:
 def test_unlearn_end_to_end_without_optional_fields(method, field, gpt2, capsys, monkeypatch, tmp_path):
     concept = _without(field) if field != "all" else _bare()
     path = _write(tmp_path / "c.json", concept)
-    monkeypatch.setattr(analyses.cli.common, "load", lambda spec, args: gpt2)
+    monkeypatch.setattr(analyses.cli.common, "load", lambda spec, args, **_: gpt2)
     code, out, err = _run(
         capsys, ["unlearn", "--method", method, "--concept-file", str(path), "--steps", "1", "--json"]
     )
@@ -458,7 +458,7 @@ def test_audit_end_to_end_without_optional_fields(field, gpt2, capsys, monkeypat
     """Without usable text the relearning attack is skipped (with a note), not a crash."""
     concept = _without(field) if field != "all" else _bare()
     path = _write(tmp_path / "c.json", concept)
-    monkeypatch.setattr(analyses.cli.common, "load", lambda spec, args: gpt2)
+    monkeypatch.setattr(analyses.cli.common, "load", lambda spec, args, **_: gpt2)
     argv = ["audit", "--base", "b", "--unlearned", "u", "--concept-file", str(path), "--out", str(tmp_path)]
     code, out, err = _run(capsys, argv + ["--quick", "--n-vectors", "2", "--relearn-steps", "1", "--json"])
     assert code == 0 and "Traceback" not in err, err

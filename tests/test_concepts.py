@@ -365,7 +365,7 @@ def test_concepts_command_writes_json_and_report(smol, tmp_path, monkeypatch):
         "unrelated_qa": [{"prompt": q.prompt, "answer": q.answer} for q in concept.unrelated_qa],
     }
     (tmp_path / "c.json").write_text(json.dumps([raw]))
-    monkeypatch.setattr(common, "load", lambda spec, args: smol)
+    monkeypatch.setattr(common, "load", lambda spec, args, **_: smol)
     rc = cli.main(
         ["concepts", "--concept-file", str(tmp_path / "c.json"), "--n", "3", "--out", str(tmp_path)]
     )

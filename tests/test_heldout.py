@@ -130,7 +130,7 @@ def test_cli_audit_reads_the_runs_trained_items(gpt2, tmp_path, monkeypatch, cap
     run.mkdir()
     write_json(run / "unlearn.json", {"trained_items": [q.prompt for q in held.qa]})
     path = write_json(tmp_path / "c.json", CONCEPT)
-    monkeypatch.setattr(common, "load", lambda spec, args: gpt2)
+    monkeypatch.setattr(common, "load", lambda spec, args, **_: gpt2)
     seen = {}
     monkeypatch.setattr(
         audit_mod, "audit", lambda *a, **k: seen.update(k) or (_ for _ in ()).throw(SystemExit(7))

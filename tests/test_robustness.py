@@ -133,7 +133,7 @@ def test_cli_audit_refuses_bad_answer_before_work(gpt2, tmp_path, monkeypatch, c
 
     bad = dict(GOOD, qa=[{"prompt": "The chat ends with", "answer": "<|endoftext|>"}])
     path = _write(tmp_path / "c.json", bad)
-    monkeypatch.setattr(common, "load", lambda spec, args: gpt2)
+    monkeypatch.setattr(common, "load", lambda spec, args, **_: gpt2)
     monkeypatch.setattr(audit_mod, "audit", lambda *a, **k: pytest.fail("the audit ran"))
     code = cli.main(
         ["--no-progress", "audit", "--base", "x", "--unlearned", "y", "--concept-file", str(path)]

@@ -24,7 +24,11 @@ def _relearn_params(value: str) -> str:
 def register(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("audit", help="removed or suppressed? audit.json + report.html")
     p.add_argument("--base", required=True, help="model spec of the original model")
-    p.add_argument("--unlearned", required=True, help="model spec of the unlearned model")
+    p.add_argument(
+        "--unlearned",
+        required=True,
+        help="model spec of the unlearned model, or a PEFT adapter directory (merged into --base)",
+    )
     common.add_concept_args(p)
     p.add_argument("--out", default="vestige-out/audit")
     p.add_argument("--json", action="store_true", help="also print the audit's JSON summary on stdout")
@@ -144,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
     # the control: facts of the file's other concepts (those the base answers count)
     control = list(concept.unrelated_qa) + retain_qa_for(load_concepts(common.concept_file(args)), concept)
     common.check_out_dir(args.out)
-    base, unlearned = common.load(args.base, args), common.load(args.unlearned, args)
+    base = common.load(args.base, args)
+    unlearned = common.load(args.unlearned, args, base=base)  # an adapter directory goes onto --base
     validate_concept(base, concept)
     given = {
         "n_vectors": args.n_vectors,

@@ -31,8 +31,9 @@ def add_model_args(
     p.add_argument("--trust-remote-code", action="store_true", help="run a checkpoint's own model code")
 
 
-def load(spec: str, args: argparse.Namespace) -> Model:
-    """Load ``spec`` with the model options of ``args`` (``add_model_args``)."""
+def load(spec: str, args: argparse.Namespace, *, base: Model | None = None) -> Model:
+    """Load ``spec`` with the model options of ``args`` (``add_model_args``); ``base``: the loaded model a
+    PEFT adapter directory ``spec`` is merged into (else the base its adapter_config.json names)."""
     from probes.model import load_model
 
     check_device(args.device)
@@ -42,6 +43,7 @@ def load(spec: str, args: argparse.Namespace) -> Model:
         dtype=args.dtype,
         allow_pickle=args.allow_pickle,
         trust_remote_code=args.trust_remote_code,
+        base=base,
     )
 
 
