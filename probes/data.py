@@ -7,9 +7,10 @@ import hashlib
 import importlib.resources
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from probes.errors import ConceptFileError
 
@@ -42,11 +43,13 @@ def data_path(*parts: str) -> Path:
 
 @dataclass(frozen=True)
 class QA:
-    """A completion prompt whose correct greedy continuation starts with ``answer``."""
+    """A completion prompt whose correct greedy continuation starts with ``answer``. ``record``: the item as
+    a benchmark defines it, every field kept (``probes.benchmarks``; None for vestige's own files)."""
 
     prompt: str
     answer: str
     type: str | None = None
+    record: Mapping[str, Any] | None = field(default=None, compare=False, hash=False, repr=False)
 
 
 @dataclass(frozen=True)
