@@ -1,10 +1,11 @@
 """Unlearned models published as PEFT adapters (LoRA and the other adapters PEFT can merge).
 
 A directory with an ``adapter_config.json`` is not a model on its own: it is a low-rank (or other) update of
-a base model. ``load_adapter`` loads the base (the ``base`` given, else the one the adapter names in
-``base_model_name_or_path``, resolved as any model spec, offline rules included), applies the adapter with
-PEFT and merges it into the weights in memory, so every instrument sees an ordinary model whose weights are
-``W + (alpha / r) B A``. The base passed in is never modified (the adapter goes onto its copy).
+a base model. ``load_model(adapter_dir, base=...)`` loads the base (the ``base`` given, else the one the
+adapter names in ``base_model_name_or_path``, resolved as any model spec, offline rules included), and
+``merge_adapter`` applies the adapter with PEFT to a copy of it and merges it into the weights in memory, so
+every instrument sees an ordinary model whose weights are ``W + (alpha / r) B A``. The base passed in is
+never modified.
 
 As for full checkpoints, only safetensors load by default: an adapter saved as ``adapter_model.bin`` needs
 ``allow_pickle=True``. PEFT is an optional dependency (``pip install peft`` or ``vestige[peft]``).
@@ -14,12 +15,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+import torch
 
 from probes.errors import ModelLoadError
-
-if TYPE_CHECKING:
-    from probes.model import Model
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_SAFETENSORS = "adapter_model.safetensors"
@@ -47,36 +46,38 @@ def adapter_config(path: str | Path) -> dict:
     return config
 
 
-def load_adapter(
-    path: str | Path,
-    base: str | Model | None = None,
-    *,
-    allow_pickle: bool = False,
-    **load_kwargs,
-) -> Model:
-    """The model ``base + adapter`` with the adapter at ``path`` merged into its weights.
-
-    ``base``: a loaded ``Model`` (copied, never modified), a model spec, or None for the adapter's own
-    ``base_model_name_or_path``. ``load_kwargs`` (device, dtype, trust_remote_code, ...) go to
-    ``load_model`` when the base is loaded here."""
-    from probes.model import Model, load_model
-
+def check_adapter_weights(path: str | Path, allow_pickle: bool = False) -> None:
+    """The adapter's weights are there, and are safetensors unless ``allow_pickle``."""
     path = Path(path).expanduser()
-    config = adapter_config(path)
-    if not (path / ADAPTER_SAFETENSORS).is_file():
-        if (path / ADAPTER_PICKLE).is_file() and not allow_pickle:
-            raise ModelLoadError(
-                f"the adapter in {str(path)!r} is a pickle file ({ADAPTER_PICKLE})",
-                "only safetensors load by default: unpickling can run arbitrary code",
-                "re-save it as safetensors (peft's save_pretrained does by default), or pass allow_pickle=True "
-                "(--allow-pickle) if you trust the file",
-            )
-        if not (path / ADAPTER_PICKLE).is_file():
-            raise ModelLoadError(
-                f"{str(path)!r} has {ADAPTER_CONFIG} but no adapter weights",
-                f"neither {ADAPTER_SAFETENSORS} nor {ADAPTER_PICKLE} is there",
-                "copy the adapter's weights file next to its config",
-            )
+    if (path / ADAPTER_SAFETENSORS).is_file():
+        return
+    if (path / ADAPTER_PICKLE).is_file():
+        if allow_pickle:
+            return
+        raise ModelLoadError(
+            f"the adapter in {str(path)!r} is a pickle file ({ADAPTER_PICKLE})",
+            "only safetensors load by default: unpickling can run arbitrary code",
+            "re-save it as safetensors (peft's save_pretrained does by default), or pass allow_pickle=True "
+            "(--allow-pickle) if you trust the file",
+        )
+    raise ModelLoadError(
+        f"{str(path)!r} has {ADAPTER_CONFIG} but no adapter weights",
+        f"neither {ADAPTER_SAFETENSORS} nor {ADAPTER_PICKLE} is there",
+        "copy the adapter's weights file next to its config",
+    )
+
+
+def named_base(path: str | Path) -> str | None:
+    """The base model the adapter names (``base_model_name_or_path``), or None."""
+    named = adapter_config(path).get("base_model_name_or_path")
+    return str(named) if named else None
+
+
+def merge_adapter(hf: torch.nn.Module, path: str | Path, base_name: str) -> torch.nn.Module:
+    """``hf`` (modified: pass a copy) with the adapter at ``path`` applied by PEFT and merged into its
+    weights; the result is the plain HF module, without PEFT layers."""
+    path = Path(path).expanduser()
+    adapter_config(path)  # a clear error for a broken config before PEFT reads it
     try:
         from peft import PeftModel
     except ImportError as e:
@@ -85,34 +86,14 @@ def load_adapter(
             "merging an adapter into its base needs the peft package",
             "pip install peft   (or pip install 'vestige[peft]')",
         ) from e
-    named = config.get("base_model_name_or_path")
-    if base is None:
-        if not named:
-            raise ModelLoadError(
-                f"the adapter in {str(path)!r} names no base model",
-                f"its {ADAPTER_CONFIG} has no base_model_name_or_path",
-                "pass the base model (base=..., --base on the command line)",
-            )
-        try:
-            base = load_model(named, allow_pickle=allow_pickle, **load_kwargs)
-        except ModelLoadError as e:
-            raise ModelLoadError(
-                f"cannot load the base model {named!r} that the adapter in {str(path)!r} names",
-                e.problem,
-                "pass the base explicitly (base=..., --base on the command line), e.g. a local directory",
-            ) from e
-    elif isinstance(base, str):
-        base = load_model(base, allow_pickle=allow_pickle, **load_kwargs)
-    work = base.copy()
+    named = named_base(path)
     try:
-        peft_model = PeftModel.from_pretrained(work.hf, str(path), is_trainable=False)
+        peft_model = PeftModel.from_pretrained(hf, str(path), is_trainable=False)
     except (RuntimeError, ValueError, KeyError) as e:
         raise ModelLoadError(
-            f"the adapter in {str(path)!r} does not fit the base model {base.name!r}",
+            f"the adapter in {str(path)!r} does not fit the base model {base_name!r}",
             f"{type(e).__name__}: {str(e).splitlines()[0]}"
             + (f" (the adapter was trained on {named!r})" if named else ""),
             "pass the base model the adapter was trained on (--base)",
         ) from e
-    merged = peft_model.merge_and_unload()
-    merged.eval()
-    return Model(merged, base.tokenizer, name=str(path))
+    return peft_model.merge_and_unload().eval()

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 
+from probes.adapters import check_adapter_weights, is_adapter_dir, merge_adapter, named_base
 from probes.errors import ModelLoadError
 from probes.results import Result, locked
 
@@ -468,18 +469,9 @@ def load_model(
     ``dtype`` (float32 by default). ``device_map`` passes through to HF accelerate dispatch. ``base``: the
     base model of a PEFT adapter directory (a ``Model`` or a spec; ignored for any other spec)."""
     t0 = time.perf_counter()
-    from probes.adapters import is_adapter_dir, load_adapter
-
     if os.path.isdir(os.path.expanduser(spec)) and is_adapter_dir(spec):
-        model = load_adapter(
-            spec,
-            base,
-            allow_pickle=allow_pickle,
-            device=device,
-            dtype=dtype,
-            device_map=device_map,
-            trust_remote_code=trust_remote_code,
-        )
+        loading = dict(device=device, dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code)
+        model = _load_adapter(spec, base, allow_pickle, loading)
         model.load_seconds = time.perf_counter() - t0
         return model
     if isinstance(dtype, str):
@@ -516,6 +508,31 @@ def load_model(
     if device_map is None:
         hf = hf.to(device=torch.device(device) if device is not None else default_device())
     return Model(hf, tok, name=spec, load_seconds=time.perf_counter() - t0)
+
+
+def _load_adapter(spec: str, base: str | Model | None, allow_pickle: bool, loading: dict) -> Model:
+    """A PEFT adapter directory merged into a copy of its base (``probes.adapters``)."""
+    check_adapter_weights(spec, allow_pickle)
+    if base is None:
+        named = named_base(spec)
+        if named is None:
+            raise ModelLoadError(
+                f"the adapter in {spec!r} names no base model",
+                "its adapter_config.json has no base_model_name_or_path",
+                "pass the base model (base=..., --base on the command line)",
+            )
+        try:
+            base = load_model(named, allow_pickle=allow_pickle, **loading)
+        except ModelLoadError as e:
+            raise ModelLoadError(
+                f"cannot load the base model {named!r} that the adapter in {spec!r} names",
+                e.problem,
+                "pass the base explicitly (base=..., --base on the command line), e.g. a local directory",
+            ) from e
+    elif isinstance(base, str):
+        base = load_model(base, allow_pickle=allow_pickle, **loading)
+    hf = merge_adapter(base.copy().hf, spec, base.name)
+    return Model(hf, base.tokenizer, name=spec)
 
 
 def _looks_like_path(spec: str) -> bool:

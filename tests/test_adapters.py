@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 
-from probes.adapters import is_adapter_dir, load_adapter
+from probes.adapters import is_adapter_dir
 from probes.errors import ModelLoadError
 from probes.model import load_model
 
@@ -71,7 +71,7 @@ def test_merged_lora_equals_peft_unmerged_and_leaves_the_base(gpt2, tmp_path):
 def test_the_base_the_adapter_names_is_loaded_when_none_is_given(gpt2, tmp_path):
     path = tmp_path / "adapter"
     expected = _save_lora(gpt2, path, targets=("c_proj",))
-    merged = load_adapter(path, device="cpu")  # base_model_name_or_path: gpt2-seeded (seed 0, as gpt2)
+    merged = load_model(str(path), device="cpu")  # base_model_name_or_path: gpt2-seeded (seed 0, as gpt2)
     with torch.no_grad():
         assert torch.allclose(merged.hf(input_ids=IDS).logits, expected, atol=1e-4)
 
@@ -97,7 +97,7 @@ def test_bad_adapters_are_refused_with_the_cause(gpt2, tmp_path):
     cfg["base_model_name_or_path"] = None
     (nameless / "adapter_config.json").write_text(json.dumps(cfg))
     with pytest.raises(ModelLoadError, match="names no base model"):
-        load_adapter(nameless)
+        load_model(str(nameless))
     # a base it was not trained on (another width)
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -106,12 +106,12 @@ def test_bad_adapters_are_refused_with_the_cause(gpt2, tmp_path):
     torch.manual_seed(0)
     small = from_hf(GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=12, n_head=4)).eval(), gpt2.tokenizer)
     with pytest.raises(ModelLoadError, match="does not fit the base model") as e:
-        load_adapter(path, small)
+        load_model(str(path), base=small)
     assert "--base" in str(e.value)
     # broken JSON
     (nameless / "adapter_config.json").write_text("{not json")
     with pytest.raises(ModelLoadError, match="not valid JSON"):
-        load_adapter(nameless, gpt2)
+        load_model(str(nameless), base=gpt2)
 
 
 def test_vestige_audit_takes_an_adapter_directory_onto_base(gpt2, tmp_path, monkeypatch):
