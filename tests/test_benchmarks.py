@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from probes.benchmarks import TOFU_SPLITS, load_tofu, read_records, to_records
+from probes.benchmarks import (
+    TOFU_SPLITS,
+    load_muse_knowmem,
+    load_muse_privleak,
+    load_muse_verbmem,
+    load_tofu,
+    read_records,
+    to_records,
+)
 from probes.benchmarks.tofu import tofu_metrics
 from probes.errors import ConceptFileError
 
@@ -111,3 +119,44 @@ def test_tofu_metrics_on_smollm2_equal_their_definitions(smol):
     assert f["truth_ratio"] == pytest.approx(truth_ratio_score(fr, forget=True))
     assert 0.0 < f["truth_ratio"] <= 1.0 and 0.0 < f["probability"] < 1.0 and f["n"] == 3
     assert tofu_metrics(smol, load_tofu(TOFU, "forget01"), forget=True)["truth_ratio"] is None
+
+
+MUSE = Path(__file__).parent / "fixtures" / "muse"
+
+
+def test_muse_knowmem_asks_after_the_in_context_examples_and_keeps_the_rows(tmp_path):
+    c = load_muse_knowmem(MUSE, "forget_qa")
+    rows = json.loads((MUSE / "knowmem" / "forget_qa.json").read_text())
+    icl = json.loads((MUSE / "knowmem" / "forget_qa_icl.json").read_text())
+    context = f"Question: {icl[0]['question']}\nAnswer: {icl[0]['answer']}\n\n"
+    assert c.concept == "MUSE knowmem forget_qa" and to_records(c.qa) == rows
+    for q, r in zip(c.qa, rows, strict=True):
+        assert q.prompt == context + f"Question: {r['question']}\nAnswer:" and q.answer == r["answer"]
+    assert (
+        load_muse_knowmem(MUSE, "forget_qa", icl=False).qa[0].prompt
+        == f"Question: {rows[0]['question']}\nAnswer:"
+    )
+    # retain_qa has no _icl file in the fixture: asked plainly
+    assert load_muse_knowmem(MUSE, "retain_qa").qa[0].prompt.startswith("Question: What did the Lorne")
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("pyarrow")
+    hub = tmp_path / "news" / "knowmem"  # the hub's layout: {config}/{split}-*.parquet
+    hub.mkdir(parents=True)
+    pd.DataFrame(rows).to_parquet(hub / "forget_qa-00000-of-00001.parquet")
+    assert to_records(load_muse_knowmem(tmp_path / "news", "forget_qa").qa) == rows
+
+
+def test_muse_verbmem_and_privleak():
+    v = load_muse_verbmem(MUSE)
+    row = json.loads((MUSE / "verbmem" / "forget.json").read_text())[0]
+    assert v.qa[0].prompt == row["prompt"] and v.qa[0].answer == row["gt"] and to_records(v.qa) == [row]
+    texts = load_muse_privleak(MUSE)
+    assert set(texts) == {"forget", "retain", "holdout"} and len(texts["forget"]) == 2
+    assert texts["holdout"] == json.loads((MUSE / "privleak" / "holdout.json").read_text())
+    with pytest.raises(ConceptFileError, match="no MUSE split knowmem/holdout_qa") as e:
+        load_muse_knowmem(MUSE, "holdout_qa")
+    assert "forget_qa.json" in str(e.value)
+    with pytest.raises(ConceptFileError, match="no MUSE 'raw' folder"):
+        from probes.benchmarks.muse import muse_file
+
+        muse_file(MUSE, "raw", "forget")

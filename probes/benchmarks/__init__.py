@@ -6,6 +6,15 @@ downloaded.
 """
 
 from probes.benchmarks.files import read_records, to_records
+from probes.benchmarks.muse import load_muse_knowmem, load_muse_privleak, load_muse_verbmem
 from probes.benchmarks.tofu import TOFU_SPLITS, load_tofu
 
-__all__ = ["TOFU_SPLITS", "load_tofu", "read_records", "to_records"]
+__all__ = [
+    "TOFU_SPLITS",
+    "load_muse_knowmem",
+    "load_muse_privleak",
+    "load_muse_verbmem",
+    "load_tofu",
+    "read_records",
+    "to_records",
+]
