@@ -11,7 +11,7 @@ text without the answers, then forget-QA again).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -91,7 +91,7 @@ class BehaviourResult(Result):
 
 def rephrased_scores(model: Model, qa: Sequence[QA], *, batch_size: int = 16) -> QAScores:
     """Best of ``REPHRASINGS`` per item: correct if any re-wording is answered, the best log-probability."""
-    variants = [QA(t.format(prompt=q.prompt), q.answer, q.type) for t in REPHRASINGS for q in qa]
+    variants = [replace(q, prompt=t.format(prompt=q.prompt)) for t in REPHRASINGS for q in qa]
     s = score_qa(model, variants, batch_size=batch_size)
     n = len(qa)
     correct, logprobs, completions = [], [], []

@@ -28,6 +28,7 @@ The audit runs each form on the forget items, the control and the floor alike (`
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 
@@ -57,7 +58,7 @@ class QueryFormError(VestigeError):
 
 
 def fill_blank_items(items: Sequence[QA]) -> list[QA]:
-    return [QA(FILL_BLANK.format(prompt=q.prompt.rstrip()), q.answer, q.type) for q in items]
+    return [replace(q, prompt=FILL_BLANK.format(prompt=q.prompt.rstrip())) for q in items]
 
 
 def chat_items(model: Model, items: Sequence[QA]) -> list[QA]:
@@ -74,13 +75,13 @@ def chat_items(model: Model, items: Sequence[QA]) -> list[QA]:
     for q in items:
         turn = [{"role": "user", "content": CHAT_REQUEST.format(prompt=q.prompt.rstrip())}]
         text = tok.apply_chat_template(turn, tokenize=False, add_generation_prompt=True)
-        out.append(QA(text + q.prompt, q.answer, q.type))
+        out.append(replace(q, prompt=text + q.prompt))
     return out
 
 
 def framed_items(items: Sequence[QA], form: str) -> list[QA]:
     """Each prompt inside the frame of ``form`` (one of ``FRAMES``: past, future, indirect)."""
-    return [QA(FRAMES[form].format(prompt=q.prompt.rstrip()), q.answer, q.type) for q in items]
+    return [replace(q, prompt=FRAMES[form].format(prompt=q.prompt.rstrip())) for q in items]
 
 
 def step_by_step_items(
@@ -93,7 +94,7 @@ def step_by_step_items(
     out = []
     for q, question, r in zip(items, questions, reasoning, strict=True):
         thought = r.strip().split("\n\n", 1)[0].strip()
-        out.append(QA(question + thought + COT_ANSWER.format(prompt=q.prompt.rstrip()), q.answer, q.type))
+        out.append(replace(q, prompt=question + thought + COT_ANSWER.format(prompt=q.prompt.rstrip())))
     return out
 
 
@@ -105,7 +106,7 @@ def few_shot_items(items: Sequence[QA], shots: int = FEW_SHOT) -> list[QA]:
     for i, q in enumerate(items):
         examples = [items[(i - j) % n] for j in range(k, 0, -1)]
         context = "".join(f"{e.prompt.rstrip()} {e.answer}.\n" for e in examples)
-        out.append(QA(context + q.prompt, q.answer, q.type))
+        out.append(replace(q, prompt=context + q.prompt))
     return out
 
 

@@ -18,7 +18,7 @@ import torch
 
 from probes.data import QA
 from probes.model import Model
-from probes.qa import QAScores, answer_ids, answer_logprobs, is_correct
+from probes.qa import QAScores, answer_ids, answer_logprobs, is_correct, max_tokens_for
 from probes.results import Result
 
 
@@ -81,12 +81,16 @@ def sampled_scores(
     batch_size: int = 16,
 ) -> SampledScores:
     """``config.n`` sampled completions of each prompt (``prefix`` prepended), each as long as the longest
-    answer plus 2 tokens, left-padded batches of ``batch_size`` prompts."""
+    answer needs (``probes.qa.max_tokens_for``), left-padded batches of ``batch_size`` prompts."""
     cfg = config or SamplingConfig()
     prompts = [prefix + q.prompt for q in items]
     answers = [q.answer for q in items]
-    max_new = (
-        max((len(answer_ids(model, p, a)[1]) for p, a in zip(prompts, answers, strict=True)), default=1) + 2
+    max_new = max(
+        (
+            max_tokens_for(len(answer_ids(model, p, q.answer)[1]), q.scoring)
+            for p, q in zip(prompts, items, strict=True)
+        ),
+        default=3,
     )
     samples: list[tuple[str, ...]] = []
     for b, start in enumerate(range(0, len(prompts), batch_size)):
@@ -106,7 +110,9 @@ def sampled_scores(
             )
         text = model.tokenizer.batch_decode(gen[:, ids.shape[1] :], skip_special_tokens=True)
         samples += [tuple(text[i * cfg.n : (i + 1) * cfg.n]) for i in range(ids.shape[0])]
-    n_correct = tuple(sum(is_correct(s, a) for s in ss) for ss, a in zip(samples, answers, strict=True))
+    n_correct = tuple(
+        sum(is_correct(s, q.answer, q.scoring) for s in ss) for ss, q in zip(samples, items, strict=True)
+    )
     return SampledScores(tuple(prompts), tuple(answers), tuple(samples), n_correct)
 
 
@@ -123,8 +129,8 @@ def best_of_n(
     answer log-probability, as for greedy scoring."""
     s = sampled_scores(model, items, config, prefix=prefix, batch_size=batch_size)
     shown = tuple(
-        next((x for x in ss if is_correct(x, a)), ss[0] if ss else "")
-        for ss, a in zip(s.samples, s.answers, strict=True)
+        next((x for x in ss if is_correct(x, q.answer, q.scoring)), ss[0] if ss else "")
+        for ss, q in zip(s.samples, items, strict=True)
     )
     logprobs = answer_logprobs(model, list(s.prompts), list(s.answers), batch_size=batch_size)
     return QAScores(

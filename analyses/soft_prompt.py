@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -185,7 +185,7 @@ def fit_soft_prompt(
     with torch.no_grad():
         start = emb.weight[torch.tensor(init_ids, device=emb.weight.device)].float().cpu()
     vectors = torch.nn.Parameter(start.clone().to(model.device))
-    examples = qa_examples(model, [QA(prefix + q.prompt, q.answer, q.type) for q in facts])
+    examples = qa_examples(model, [replace(q, prompt=prefix + q.prompt) for q in facts])
     gen = torch.Generator().manual_seed(cfg.seed)
     params = list(model.hf.parameters())
     flags = [p.requires_grad for p in params]

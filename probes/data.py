@@ -41,15 +41,25 @@ def data_path(*parts: str) -> Path:
     return DATA_DIR.joinpath(*parts)
 
 
+SCORINGS = ("prefix", "rouge")
+
+
 @dataclass(frozen=True)
 class QA:
-    """A completion prompt whose correct greedy continuation starts with ``answer``. ``record``: the item as
-    a benchmark defines it, every field kept (``probes.benchmarks``; None for vestige's own files)."""
+    """A completion prompt whose correct greedy continuation starts with ``answer`` (``scoring="prefix"``,
+    the data contract), or, for a sentence answer (``scoring="rouge"``, the benchmarks' free-form items),
+    recalls at least half of it by ROUGE-L (``probes.qa.is_correct``). ``record``: the item as a benchmark
+    defines it, every field kept (``probes.benchmarks``; None for vestige's own files)."""
 
     prompt: str
     answer: str
     type: str | None = None
+    scoring: str = "prefix"
     record: Mapping[str, Any] | None = field(default=None, compare=False, hash=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.scoring not in SCORINGS:
+            raise ValueError(f"QA.scoring is {self.scoring!r}; it is one of {SCORINGS}")
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,24 @@ def answer_ids(model: Model, prompt: str, answer: str) -> tuple[list[int], list[
     return p, a
 
 
-def is_correct(completion: str, answer: str) -> bool:
+ROUGE_CORRECT = 0.5  # a sentence answer counts when its ROUGE-L recall reaches this
+
+
+def is_correct(completion: str, answer: str, scoring: str = "prefix") -> bool:
+    """``prefix``: the stripped completion starts with the answer, case-insensitive (the data contract).
+    ``rouge``: the completion, up to its first blank line, recalls at least ``ROUGE_CORRECT`` of the answer
+    by ROUGE-L (a sentence answer said in the model's own words)."""
+    if scoring == "rouge":
+        from probes.rouge import rouge_recall
+
+        return rouge_recall([answer], [completion.strip().split("\n\n", 1)[0]])[1][0] >= ROUGE_CORRECT
     return completion.strip().lower().startswith(answer.strip().lower())
+
+
+def max_tokens_for(n_answer_tokens: int, scoring: str) -> int:
+    """New tokens to decode for an answer of ``n_answer_tokens``: the answer and 2 more for a prefix match;
+    twice the answer and 8 more for a sentence said in other words."""
+    return 2 * n_answer_tokens + 8 if scoring == "rouge" else n_answer_tokens + 2
 
 
 @torch.no_grad()
@@ -118,8 +134,12 @@ def score_qa(
     prompts = [prefix + q.prompt for q in items]
     answers = [q.answer for q in items]
     if max_new_tokens is None:
-        max_new_tokens = (
-            max((len(answer_ids(model, p, a)[1]) for p, a in zip(prompts, answers)), default=1) + 2
+        max_new_tokens = max(
+            (
+                max_tokens_for(len(answer_ids(model, p, q.answer)[1]), q.scoring)
+                for p, q in zip(prompts, items)
+            ),
+            default=3,
         )
     completions: list[str] = []
     starts = range(0, len(prompts), batch_size)
@@ -130,7 +150,7 @@ def score_qa(
         prompts=tuple(prompts),
         answers=tuple(answers),
         completions=tuple(completions),
-        correct=tuple(is_correct(c, a) for c, a in zip(completions, answers)),
+        correct=tuple(is_correct(c, q.answer, q.scoring) for c, q in zip(completions, items)),
         logprobs=tuple(float(x) for x in logprobs),
     )
 

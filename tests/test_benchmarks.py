@@ -36,6 +36,7 @@ def test_tofu_split_becomes_a_concept_and_keeps_every_field():
     for q, r in zip(c.qa, rows, strict=True):
         assert q.prompt == f"Question: {r['question']}\nAnswer:" and q.answer == r["answer"]
     assert to_records(c.qa) == rows  # paraphrased_question, paraphrased_answer, perturbed_answer included
+    assert all(q.scoring == "rouge" for q in c.qa)  # sentence answers
     assert set(rows[0]) == {
         "question",
         "answer",

@@ -92,3 +92,26 @@ def test_free_form_answers_of_smollm2(smol):
     assert bool((ratios < 1).all()), ratios
     assert set(s.summary()) == {"rougeL_recall", "rouge1_recall", "probability", "n"}
     assert list(s.to_frame().columns)[:3] == ["prompt", "answer", "generation"]
+
+
+def test_sentence_answers_are_scored_by_rouge_in_the_data_contract(smol):
+    """A QA with scoring="rouge" counts when its completion (to the first blank line) recalls half of the
+    answer by ROUGE-L; the default prefix match would refuse the same words in another order."""
+    from probes.qa import ROUGE_CORRECT, is_correct, max_tokens_for, score_qa
+
+    said = "It was Shakespeare who wrote Hamlet.\n\nQuestion: next"
+    assert is_correct(said, "William Shakespeare wrote Hamlet.", "rouge")  # LCS 3 of 4 words: 0.75
+    assert not is_correct(said, "William Shakespeare wrote Hamlet.")
+    assert not is_correct("Dickens wrote it.", "William Shakespeare wrote Hamlet.", "rouge")  # 1 of 4
+    assert ROUGE_CORRECT == 0.5 and max_tokens_for(5, "rouge") == 18 and max_tokens_for(5, "prefix") == 7
+    with pytest.raises(ValueError, match="scoring"):
+        QA("a", "b", scoring="exact")
+    items = [QA(PROMPTS[0], "William Shakespeare wrote Hamlet.", scoring="rouge")]
+    s = score_qa(smol, items)
+    r1, rl = rouge_recall([items[0].answer], [s.completions[0].strip().split("\n\n")[0]])
+    assert s.correct == (rl[0] >= ROUGE_CORRECT,) and s.correct == (True,), s.completions
+    assert score_qa(smol, [QA(PROMPTS[0], items[0].answer)]).correct == (False,)
+    # a rewrite of the item (an attack's re-wording) keeps its scoring
+    from analyses.query_forms import framed_items
+
+    assert framed_items(items, "past")[0].scoring == "rouge"

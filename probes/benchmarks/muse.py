@@ -80,7 +80,10 @@ def load_muse_knowmem(path: str | Path, split: str = "forget_qa", *, icl: bool =
             examples = []
         require(examples, ("question", "answer"), f"{split}_icl", "MUSE knowmem")
         context = "".join(_qa_block(e["question"], e["answer"]) + "\n\n" for e in examples)
-    qa = tuple(QA(context + _qa_block(r["question"]), r["answer"].strip(), None, dict(r)) for r in rows)
+    qa = tuple(
+        QA(context + _qa_block(r["question"]), r["answer"].strip(), scoring="rouge", record=dict(r))
+        for r in rows
+    )
     return Concept(f"MUSE knowmem {split}", qa, source=str(file))
 
 
@@ -92,7 +95,7 @@ def load_muse_verbmem(path: str | Path, split: str = "forget") -> Concept:
     if not rows:
         raise ConceptFileError(f"{file} holds no rows", None, "point at a non-empty MUSE verbmem split")
     require(rows, ("prompt", "gt"), str(file), "MUSE verbmem")
-    qa = tuple(QA(r["prompt"], r["gt"].strip(), None, dict(r)) for r in rows)
+    qa = tuple(QA(r["prompt"], r["gt"].strip(), scoring="rouge", record=dict(r)) for r in rows)
     return Concept(f"MUSE verbmem {split}", qa, source=str(file))
 
 

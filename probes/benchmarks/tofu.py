@@ -86,7 +86,10 @@ def load_tofu(path: str | Path, split: str = "forget10", *, prompt: str = PROMPT
                 f"found {pert!r}"[:200],
                 "TOFU's perturbed splits hold a list of wrong answers per question",
             )
-    qa = tuple(QA(prompt.format(question=r["question"]), r["answer"].strip(), None, dict(r)) for r in rows)
+    qa = tuple(
+        QA(prompt.format(question=r["question"]), r["answer"].strip(), scoring="rouge", record=dict(r))
+        for r in rows
+    )
     return Concept(f"TOFU {split}", qa, source=str(file))
 
 
