@@ -146,6 +146,7 @@ USAGE_CASES = {
     "audit --soft-prompt-steps -1": ["audit", "--base", "x", "--unlearned", "y", "--soft-prompt-steps", "-1"],
     "audit --attacks reverse": ["audit", "--base", "x", "--unlearned", "y", "--attacks", "reverse"],
     "audit no --unlearned": ["audit", "--base", "x"],
+    "audit --benchmark tofy": ["audit", "--base", "x", "--unlearned", "y", "--benchmark", "tofy"],
     "demo --model (no such option)": ["demo", "--model", "gpt2"],
     "bench --only typo": ["bench", "--only", "typo"],
     "bench --repeats 0": ["bench", "--repeats", "0"],
@@ -225,6 +226,48 @@ def test_malformed_needles_refused_before_loading(content, capsys, no_model, tmp
     path = _write(tmp_path / "needles.json", content)
     code, _, err = _run(capsys, ["heads", "--kind", "retrieval", "--needles", str(path)])
     _assert_refused(code, err, clear=True)
+
+
+TOFU_FIXTURES = Path(__file__).parent / "fixtures" / "tofu"
+BENCHMARK_REFUSED = {
+    "--benchmark without --data": (["--benchmark", "tofu"], "needs --data"),
+    "--data without --benchmark": (["--data", str(TOFU_FIXTURES)], "no --benchmark was given"),
+    "a split the folder lacks": (
+        ["--benchmark", "tofu", "--data", str(TOFU_FIXTURES), "--split", "forget05"],
+        "no TOFU split 'forget05'",
+    ),
+    "a folder that is not there": (["--benchmark", "muse-knowmem", "--data", "/nonexistent"], "/nonexistent"),
+}
+
+
+@pytest.mark.parametrize(("extra", "said"), list(BENCHMARK_REFUSED.values()), ids=list(BENCHMARK_REFUSED))
+def test_bad_benchmark_arguments_refused_before_loading(extra, said, capsys, no_model):
+    code, _, err = _run(capsys, ["audit", "--base", "x", "--unlearned", "y", *extra])
+    _assert_refused(code, err, clear=True)
+    assert said in err
+
+
+def test_audit_reads_a_tofu_forget_split_with_its_retain_items_as_control(capsys, monkeypatch):
+    import analyses.audit as audit_mod
+
+    seen = {}
+
+    def audit(base, unlearned, concept, **kwargs):
+        seen.update(concept=concept, control=kwargs["control_qa"])
+        raise _Reached
+
+    monkeypatch.setattr(analyses.cli.common, "load", lambda spec, args, **_: spec)
+    monkeypatch.setattr("probes.qa.validate_concept", lambda model, concept: concept)
+    monkeypatch.setattr(audit_mod, "audit", audit)
+    argv = ["audit", "--base", "b", "--unlearned", "u", "--benchmark", "tofu", "--data", str(TOFU_FIXTURES)]
+    with pytest.raises(_Reached):
+        analyses.cli.main(["--no-progress", *argv, "--split", "forget01_perturbed"])
+    concept, control = seen["concept"], seen["control"]
+    assert concept.concept == "TOFU forget01_perturbed" and len(concept.qa) == 3
+    assert all(q.scoring == "rouge" for q in concept.qa)
+    retain = [q.prompt for q in control[:2]]  # retain_perturbed first, then the bundled file's facts
+    assert retain[0].startswith("Question: What instrument does the composer Tavio Renhalt play?")
+    assert len(control) > 2
 
 
 MISSING_MODEL = {

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from analyses.behaviour import ATTACK_CHOICES
 from analyses.cli import common
+from probes.benchmarks import BENCHMARKS, load_benchmark
+from probes.errors import VestigeError
 
 
 def _relearn_params(value: str) -> str:
@@ -30,6 +32,19 @@ def register(sub) -> argparse.ArgumentParser:
         help="model spec of the unlearned model, or a PEFT adapter directory (merged into --base)",
     )
     common.add_concept_args(p)
+    p.add_argument(
+        "--benchmark",
+        default=None,
+        choices=BENCHMARKS,
+        help="read the forget set from a published benchmark's local files instead of a concept file",
+    )
+    p.add_argument("--data", default=None, help="with --benchmark: the benchmark's folder, or one split file")
+    p.add_argument(
+        "--split",
+        default=None,
+        help="with --benchmark: the forget split (default: tofu forget10, muse-knowmem forget_qa, muse-verbmem "
+        "forget); the benchmark's retain items found beside it join the control",
+    )
     p.add_argument("--out", default="vestige-out/audit")
     p.add_argument("--json", action="store_true", help="also print the audit's JSON summary on stdout")
     p.add_argument(
@@ -143,10 +158,29 @@ def run(args: argparse.Namespace) -> int:
     from probes.data import load_concept, load_concepts
     from probes.qa import validate_concept
 
-    concept = common.load_concept_from_args(args)
+    if (args.data or args.split) and not args.benchmark:
+        raise VestigeError(
+            "--data and --split read a benchmark's files, and no --benchmark was given",
+            f"they name the files of one of {BENCHMARKS}",
+            "add --benchmark tofu (or muse-knowmem, muse-verbmem), or drop --data / --split",
+        )
+    retain: list = []
+    if args.benchmark:
+        if not args.data:
+            raise VestigeError(
+                f"--benchmark {args.benchmark} needs --data",
+                "vestige reads benchmark files from local paths only (nothing is downloaded)",
+                "pass --data FOLDER (e.g. the folder of TOFU's split files) or --data SPLIT_FILE",
+            )
+        concept, retain = load_benchmark(args.benchmark, args.data, args.split)
+    else:
+        concept = common.load_concept_from_args(args)
     floor = load_concept(args.floor) if args.floor else None
-    # the control: facts of the file's other concepts (those the base answers count)
-    control = list(concept.unrelated_qa) + retain_qa_for(load_concepts(common.concept_file(args)), concept)
+    # the control: the benchmark's retain items, then facts of the file's other concepts (those the base
+    # answers count)
+    control = (
+        retain + list(concept.unrelated_qa) + retain_qa_for(load_concepts(common.concept_file(args)), concept)
+    )
     common.check_out_dir(args.out)
     base = common.load(args.base, args)
     unlearned = common.load(args.unlearned, args, base=base)  # an adapter directory goes onto --base

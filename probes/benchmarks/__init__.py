@@ -7,10 +7,13 @@ downloaded.
 
 from probes.benchmarks.files import read_records, to_records
 from probes.benchmarks.muse import load_muse_knowmem, load_muse_privleak, load_muse_verbmem
+from probes.benchmarks.registry import BENCHMARKS, load_benchmark
 from probes.benchmarks.tofu import TOFU_SPLITS, load_tofu
 
 __all__ = [
+    "BENCHMARKS",
     "TOFU_SPLITS",
+    "load_benchmark",
     "load_muse_knowmem",
     "load_muse_privleak",
     "load_muse_verbmem",
