@@ -5,6 +5,7 @@ without an import circle."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 
 from probes.errors import VestigeError
 
@@ -13,7 +14,8 @@ class FreeFormError(VestigeError):
     """Free-form scoring cannot run on these inputs."""
 
 
-def _scorer():
+@lru_cache(maxsize=1)
+def _scorer():  # one scorer (its stemmer) per process: is_correct calls this per scored item
     try:
         from rouge_score import rouge_scorer
     except ImportError as e:

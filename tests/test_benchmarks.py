@@ -161,3 +161,19 @@ def test_muse_verbmem_and_privleak():
         from probes.benchmarks.muse import muse_file
 
         muse_file(MUSE, "raw", "forget")
+
+
+def test_the_floor_is_scored_by_the_forget_items_rule():
+    from analyses.audit.runner import _scored_like
+    from probes.data import load_floor
+
+    floor = load_floor()
+    assert all(q.scoring == "prefix" for q in floor.qa)
+    tofu = load_tofu(TOFU, "forget01_perturbed")
+    scored = _scored_like(floor, tofu)
+    assert all(q.scoring == "rouge" for q in scored.qa)
+    assert [(q.prompt, q.answer) for q in scored.qa] == [(q.prompt, q.answer) for q in floor.qa]
+    from probes.data import load_concept
+
+    hp = load_concept(name="Harry Potter")
+    assert _scored_like(floor, hp) is floor  # prefix items: the floor as it is

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,7 @@ def audit(
     floor, floor_note = _floor_for(base, floor)
     if floor_note:
         notes.append(floor_note)
+    floor = _scored_like(floor, concept)
     control_pool = list(control_qa) if control_qa is not None else list(concept.unrelated_qa) + retain
     # the facts the fact-relearning attack fine-tunes on (T of retrain-on-T, test-on-V)
     relearn_facts = tuple(trained_split.qa) if trained_split is not None else ()
@@ -333,6 +335,16 @@ def evaluation_items(
             "(`vestige audit --allow-trained-items`) to audit the trained items anyway",
         )
     return None, concept, seen
+
+
+def _scored_like(floor: Concept | None, concept: Concept) -> Concept | None:
+    """The floor scored by the forget items' rule: a concept of sentence answers (``scoring="rouge"``, the
+    benchmarks') has its floor scored by ROUGE too, so the floor reads what that rule credits for free."""
+    scorings = {q.scoring for q in concept.qa}
+    if floor is None or len(scorings) != 1 or all(q.scoring in scorings for q in floor.qa):
+        return floor
+    (scoring,) = scorings
+    return replace(floor, qa=tuple(replace(q, scoring=scoring) for q in floor.qa))
 
 
 def _floor_for(base: Model, floor: Concept | None) -> tuple[Concept | None, str | None]:
