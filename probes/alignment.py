@@ -31,8 +31,9 @@ and query heads within a group; ``permute_attention_heads`` refuses any other.
 
 Head permutations are supported for the families whose attention is laid out as known per-head blocks:
 ``HEAD_ARCHITECTURES`` (gpt2's fused ``c_attn`` with bias; llama, mistral, qwen2 (q/k/v biases), qwen3
-(per-head-shared q/k norms), olmo, olmo2 (q/k norms over all heads, permuted along), gemma, gemma2).
-Anything else raises ``HeadLayoutError``.
+(per-head-shared q/k norms), olmo, olmo2 (q/k norms over all heads, permuted along), gemma, gemma2,
+gemma3_text, phi3 (one fused ``qkv_proj``: query rows, then key rows, then value rows). Anything else (e.g.
+GPT-NeoX, whose fused ``query_key_value`` interleaves q, k and v per head) raises ``HeadLayoutError``.
 """
 
 from __future__ import annotations
@@ -149,7 +150,19 @@ def random_permutations(model: Model, seed: int = 0) -> dict[int, torch.Tensor]:
 
 
 # ---- attention heads ------------------------------------------------------------------------------------
-HEAD_ARCHITECTURES = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "olmo", "olmo2", "gemma", "gemma2")
+HEAD_ARCHITECTURES = (
+    "gpt2",
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "olmo",
+    "olmo2",
+    "gemma",
+    "gemma2",
+    "gemma3_text",
+    "phi3",
+)
 
 
 class HeadLayoutError(VestigeError):
@@ -199,6 +212,12 @@ def _head_parts(model: Model, layer: int) -> _HeadParts:
         kv = [("k", w[dq : 2 * dq]), ("k", b[dq : 2 * dq]), ("v", w[2 * dq :]), ("v", b[2 * dq :])]
         return _HeadParts(tuple([*q, ("o", model.W_O(layer))]), tuple(kv))
     attn = _get(block, "self_attn")
+    if model.family == "phi3":
+        w = _get(attn, "qkv_proj").weight  # Linear [dq + 2 dkv, d_model]
+        if w.shape[0] != dq + 2 * dkv or getattr(_get(attn, "qkv_proj"), "bias", None) is not None:
+            raise _unsupported(model, f"qkv_proj has {w.shape[0]} outputs, not {dq} + 2 x {dkv}")
+        q = [("q", w[:dq]), ("o", model.W_O(layer))]
+        return _HeadParts(tuple(q), (("k", w[dq : dq + dkv]), ("v", w[dq + dkv :])))
     found: dict[str, torch.Tensor] = {}
     for name, p in attn.named_parameters():
         name = name.replace("._original_component", "")  # the bridge wraps the projections in place

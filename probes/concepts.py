@@ -42,18 +42,21 @@ from probes.results import Result
 
 
 def _norm_weight(model: Model) -> torch.Tensor | None:
-    w = getattr(model.final_norm, "weight", None)
-    return None if w is None else w.detach()
+    return model.final_norm_gain()
 
 
 def value_vectors(
     model: Model, layer: int, *, final_norm: bool = False
 ) -> Float[torch.Tensor, "d_mlp d_model"]:
     """The value vectors of ``layer`` (detached), optionally multiplied by the final norm's weight (what
-    the unembedding sees of them, up to the per-position normalisation scale)."""
+    the unembedding sees of them, up to the per-position normalisation scale); where the MLP's output is
+    normalised before it joins the residual stream (``Model.mlp_out_norm``), also by that norm's gain."""
     w_out = model.W_out(layer).detach()
     if final_norm:
-        if model.family == "gpt2":  # LayerNorm removes the mean of what is written
+        post = model.mlp_out_norm(layer)
+        if post is not None and model.norm_gain(post) is not None:
+            w_out = w_out * model.norm_gain(post)
+        if model.final_norm_centers:  # LayerNorm removes the mean of what is written
             w_out = w_out - w_out.mean(-1, keepdim=True)
         weight = _norm_weight(model)
         if weight is not None:
@@ -242,26 +245,42 @@ class LocateResult(Result):
         return pd.DataFrame([v.to_dict() for v in self.vectors])
 
 
+def _norm_eps(norm: torch.nn.Module) -> float:
+    return float(getattr(norm, "eps", getattr(norm, "variance_epsilon", 1e-5)))
+
+
 def _last_position_state(
     model: Model, prompts: Sequence[str], layers: Sequence[int], batch_size: int
-) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
-    """Neuron activations of ``layers`` and the final-norm scale ``1/sigma`` at the last prompt token."""
+) -> tuple[dict[int, torch.Tensor], torch.Tensor, dict[int, torch.Tensor]]:
+    """Neuron activations of ``layers``, the final-norm scale ``1/sigma`` and, per layer, the scale of the
+    norm on the MLP's output (``Model.mlp_out_norm``; 1 without one), at the last prompt token."""
     last = model.cfg.n_layers - 1
     names = [hooks.mlp_post(l) for l in layers] + [hooks.resid_post(last)]
     acts: dict[int, list[torch.Tensor]] = {l: [] for l in layers}
     inv_scale = []
-    norm = model.final_norm
-    eps = float(getattr(norm, "eps", getattr(norm, "variance_epsilon", 1e-5)))
+    eps = _norm_eps(model.final_norm)
     for start in range(0, len(prompts), batch_size):
         ids, mask = model.tokenize(list(prompts[start : start + batch_size]), padding_side="left")
         _, cache = hooks.run_with_cache(model, ids, names, mask)
         for l in layers:
             acts[l].append(cache[hooks.mlp_post(l)][:, -1].float())
         x = cache[hooks.resid_post(last)][:, -1].float()
-        if model.family == "gpt2":
+        if model.final_norm_centers:
             x = x - x.mean(-1, keepdim=True)
         inv_scale.append(torch.rsqrt(x.pow(2).mean(-1) + eps))
-    return {l: torch.cat(a) for l, a in acts.items()}, torch.cat(inv_scale)
+    acts = {l: torch.cat(a) for l, a in acts.items()}
+    post_inv = {}
+    for l in layers:
+        norm = model.mlp_out_norm(l)
+        if norm is None:
+            post_inv[l] = torch.ones(len(prompts), device=acts[l].device)
+            continue
+        module = model.layer_module(l, "mlp_out")
+        raw = acts[l] @ model.W_out(l).detach().float()
+        if getattr(module, "bias", None) is not None:
+            raw = raw + module.bias.detach().float()
+        post_inv[l] = torch.rsqrt(raw.pow(2).mean(-1) + _norm_eps(norm))
+    return acts, torch.cat(inv_scale), post_inv
 
 
 @torch.no_grad()
@@ -277,8 +296,8 @@ def direct_effects(
     layers = list(range(model.cfg.n_layers)) if layers is None else list(dict.fromkeys(layers))
     if not items:
         return {l: torch.zeros(0, model.cfg.d_mlp, device=model.device) for l in layers}
-    acts, inv_scale = _last_position_state(model, [q.prompt for q in items], layers, batch_size)
-    return _direct_effects_of(model, items, layers, acts, inv_scale)
+    acts, inv_scale, post_inv = _last_position_state(model, [q.prompt for q in items], layers, batch_size)
+    return _direct_effects_of(model, items, layers, acts, inv_scale, post_inv)
 
 
 def _direct_effects_of(
@@ -287,6 +306,7 @@ def _direct_effects_of(
     layers: Sequence[int],
     acts: dict[int, torch.Tensor],
     inv_scale: torch.Tensor,
+    post_inv: dict[int, torch.Tensor],
 ) -> dict[int, torch.Tensor]:
     W_U = model.W_U.detach().float()
     answers = torch.tensor([answer_ids(model, q.prompt, q.answer)[1][0] for q in items], device=W_U.device)
@@ -294,7 +314,7 @@ def _direct_effects_of(
     out = {}
     for l in layers:
         G = value_vectors(model, l, final_norm=True).float() @ U  # [d_mlp, item]
-        out[l] = acts[l] * G.T * inv_scale[:, None]
+        out[l] = acts[l] * G.T * (inv_scale * post_inv[l])[:, None]
     return out
 
 
@@ -407,12 +427,14 @@ def locate(
             "its name, answers and text have no word of three letters or more",
             "give the concept a name, answers or text with words",
         )
-    acts, inv = _last_position_state(model, [q.prompt for q in concept.qa], layers, batch_size)
-    de = _direct_effects_of(model, concept.qa, layers, acts, inv)
+    acts, inv, post = _last_position_state(model, [q.prompt for q in concept.qa], layers, batch_size)
+    de = _direct_effects_of(model, concept.qa, layers, acts, inv, post)
     acts_un = de_un = None
     if unrelated:
-        acts_un, inv_un = _last_position_state(model, [q.prompt for q in unrelated], layers, batch_size)
-        de_un = _direct_effects_of(model, unrelated, layers, acts_un, inv_un)
+        acts_un, inv_un, post_un = _last_position_state(
+            model, [q.prompt for q in unrelated], layers, batch_size
+        )
+        de_un = _direct_effects_of(model, unrelated, layers, acts_un, inv_un, post_un)
     proj = projection_scores(model, tokens, layers, final_norm=final_norm)
     effect = torch.stack(
         [de[l].mean(0) - (de_un[l].abs().mean(0) if de_un is not None else 0.0) for l in layers]

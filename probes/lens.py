@@ -87,8 +87,11 @@ class LensResult(Result):
 def lens_logits(
     model: Model, resid: Float[torch.Tensor, "... d_model"]
 ) -> Float[torch.Tensor, "... d_vocab"]:
-    """Residual stream -> final norm -> unembedding (the model's own output head)."""
-    return model.hf.get_output_embeddings()(model.final_norm(resid))
+    """Residual stream -> final norm -> unembedding (the model's own output head), soft-capped as the model
+    caps its logits (Gemma-2's ``final_logit_softcapping``)."""
+    logits = model.hf.get_output_embeddings()(model.final_norm(resid))
+    cap = getattr(model.hf.config, "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
 
 
 @torch.no_grad()

@@ -95,6 +95,26 @@ _FAMILIES = {
         final_norm="model.norm",
         mlp_act="mlp.act_fn",
     ),
+    # Phi-3 fuses gate and up into one Linear [2 d_mlp, d_model]: neuron i reads rows i and d_mlp + i
+    "phi3": dict(
+        layers="model.layers",
+        mlp_out="mlp.down_proj",
+        mlp_in=("mlp.gate_up_proj",),
+        mlp_in_fused=2,
+        out_rows=False,
+        attn_out="self_attn.o_proj",
+        final_norm="model.norm",
+        mlp_act="mlp.activation_fn",
+    ),
+    "gpt_neox": dict(
+        layers="gpt_neox.layers",
+        mlp_out="mlp.dense_4h_to_h",
+        mlp_in=("mlp.dense_h_to_4h",),  # Linear [d_mlp, d_model] + bias
+        out_rows=False,
+        attn_out="attention.dense",
+        final_norm="gpt_neox.final_layer_norm",
+        mlp_act="mlp.act",
+    ),
 }
 _FAMILY_OF = {
     "gpt2": "gpt2",
@@ -106,6 +126,9 @@ _FAMILY_OF = {
     "olmo2": "llama",
     "gemma": "llama",
     "gemma2": "llama",
+    "gemma3_text": "llama",
+    "phi3": "phi3",
+    "gpt_neox": "gpt_neox",
 }
 
 
@@ -140,6 +163,10 @@ class Model:
             )
         self.family = _FAMILY_OF[model_type]
         self._paths = _FAMILIES[self.family]
+        if not getattr(hf.config, "architectures", None):
+            # a model built from a config (``from_config``) names no class; the bridge picks its adapter
+            # by that name
+            hf.config.architectures = [type(hf).__name__]
         # The bridge wraps HF submodules in place; remember the native parameter names for saving.
         self._native_keys = list(self.hf.state_dict().keys())
 
@@ -210,16 +237,59 @@ class Model:
         ``c_fc`` weight (transposed) and bias. With ``W_out`` these are everything a neuron owns: permuting
         the rows of all of them together leaves the model's function unchanged."""
         out = []
+        fused = self._paths.get("mlp_in_fused", 1)
         for path in self._paths["mlp_in"]:
             module = _get(self.layers()[layer], path)
-            out.append(module.weight if not self._paths["out_rows"] else module.weight.T)
-            if getattr(module, "bias", None) is not None:
-                out.append(module.bias)
+            w = module.weight if not self._paths["out_rows"] else module.weight.T
+            b = getattr(module, "bias", None)
+            if fused > 1:  # [fused * d_mlp, ...] -> [d_mlp, fused, ...]: still a view
+                w = w.view(fused, -1, *w.shape[1:]).transpose(0, 1)
+                b = None if b is None else b.view(fused, -1).transpose(0, 1)
+            out.append(w)
+            if b is not None:
+                out.append(b)
         return out
 
     @property
     def final_norm(self) -> torch.nn.Module:
         return _get(self.hf, self._paths["final_norm"])
+
+    @property
+    def final_norm_centers(self) -> bool:
+        """Whether the final norm removes the mean of what it is given (LayerNorm: GPT-2, GPT-NeoX), not
+        only its scale (RMSNorm)."""
+        return isinstance(self.final_norm, torch.nn.LayerNorm)
+
+    def final_norm_gain(self) -> Float[torch.Tensor, " d_model"] | None:
+        """What the final norm multiplies each normalised coordinate by (detached); None without a weight."""
+        return self.norm_gain(self.final_norm)
+
+    def norm_gain(self, norm: torch.nn.Module) -> Float[torch.Tensor, " d_model"] | None:
+        """The per-coordinate gain of a norm module (detached): its weight, or ``1 + weight`` for Gemma's
+        RMSNorm, which stores the gain's offset from 1; None without a weight."""
+        w = getattr(norm, "weight", None)
+        if w is None:
+            return None
+        w = w.detach()
+        return 1.0 + w if "gemma" in getattr(self.hf.config, "model_type", "") else w
+
+    def mlp_out_norm(self, layer: int) -> torch.nn.Module | None:
+        """The norm applied to the MLP's output before it joins the residual stream (Gemma-2/3 and
+        OLMo-2's ``post_feedforward_layernorm``), or None where the MLP writes its output as it is. With
+        one, what a value vector adds to the residual stream is ``gain * v / rms(MLP output)``."""
+        block = self.layers()[layer]
+        norm = getattr(block, "post_feedforward_layernorm", None)
+        return None if norm is None else getattr(norm, "_original_component", norm)
+
+    def attn_out_norm(self, layer: int) -> torch.nn.Module | None:
+        """The norm applied to the attention output before it joins the residual stream, or None. Blocks
+        with a post-MLP norm (Gemma-2/3, OLMo-2) use ``post_attention_layernorm`` that way; in Llama's
+        layout the same name is the norm *before* the MLP."""
+        block = self.layers()[layer]
+        if getattr(block, "post_feedforward_layernorm", None) is None:
+            return None
+        norm = getattr(block, "post_attention_layernorm", None)
+        return None if norm is None else getattr(norm, "_original_component", norm)
 
     def W_out(self, layer: int) -> Float[torch.Tensor, "d_mlp d_model"]:
         """The value vectors of layer ``layer`` as a **view** of the HF parameter: row i is what neuron i

@@ -255,7 +255,9 @@ def decode(
 
         def make(layer: int):
             def fn(scores, hook):
-                rows[layer] = scores[0, :, -1].argmax(-1)
+                # a sliding-window layer (Gemma-2/3, Mistral) keeps only the last keys: its row's key j
+                # is absolute position j + (tokens so far - keys kept)
+                rows[layer] = scores[0, :, -1].argmax(-1) + (seen[0] - scores.shape[-1])
 
             return fn
 
@@ -264,6 +266,7 @@ def decode(
         span_ids = prompt[0, start:end]
     _, cache = br(prompt[:, :-1], return_type="logits_and_cache", use_cache=True)
     cur, out = prompt[:, -1:], []
+    seen = [prompt.shape[1]]  # tokens the current decode step's query has in its past, itself included
     eos = model.tokenizer.eos_token_id
     with br.hooks(fwd_hooks=list(fwd_hooks) + score_hooks):
         for _ in range(max_new_tokens):
@@ -281,6 +284,7 @@ def decode(
             if token == eos or (stop_at_newline and "\n" in model.tokenizer.decode([token])):
                 break
             cur = nxt.view(1, 1)
+            seen[0] += 1
     return out, hits
 
 

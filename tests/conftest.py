@@ -19,10 +19,36 @@ THREADS = max(1, min(2, (os.cpu_count() or 1) // _WORKERS))
 os.environ["OMP_NUM_THREADS"] = str(THREADS)
 os.environ["MKL_NUM_THREADS"] = str(THREADS)
 
+from contextlib import contextmanager  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(THREADS)
+
+
+@contextmanager
+def heads_zeroed_in_hf(model, chosen):
+    """The HF modules with the heads ``chosen`` [(layer, head)] zeroed by hand: their ``d_head`` slice of
+    the attention output projection's input set to 0 (the independent computation of ``hook_z`` masking)."""
+    from probes import heads
+
+    d_head = model.cfg.d_head
+    handles = []
+    for layer, idx in heads.by_layer(chosen).items():
+
+        def pre(mod, args, idx=idx):
+            x = args[0].clone()
+            for h in idx:
+                x[..., h * d_head : (h + 1) * d_head] = 0
+            return (x,) + args[1:]
+
+        handles.append(model.layer_module(layer, "attn_out").register_forward_pre_hook(pre))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 @pytest.fixture(scope="session")

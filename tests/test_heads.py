@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import heads_zeroed_in_hf
 
 from probes import heads, hooks, memory_heads, retrieval
 from probes.data import QA
@@ -169,21 +170,8 @@ def test_zero_masking_equals_hf_with_head_input_zeroed(any_model):
     ids, mask = model.tokenize(["The capital of France is"])
     with torch.no_grad():
         masked = hooks.run_with_hooks(model, ids, heads.mask_hooks(chosen, "zero"), mask)
-        handles = []
-        for layer, idx in heads.by_layer(chosen).items():
-
-            def pre(mod, args, idx=idx):
-                x = args[0].clone()
-                for h in idx:
-                    x[..., h * cfg.d_head : (h + 1) * cfg.d_head] = 0
-                return (x,) + args[1:]
-
-            handles.append(model.layer_module(layer, "attn_out").register_forward_pre_hook(pre))
-        try:
+        with heads_zeroed_in_hf(model, chosen):
             expected = model.forward(ids, mask).logits
-        finally:
-            for hd in handles:
-                hd.remove()
         plain = model.forward(ids, mask).logits
     assert torch.allclose(masked, expected, atol=1e-4)
     assert not torch.allclose(masked, plain, atol=1e-3)
