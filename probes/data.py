@@ -41,15 +41,19 @@ def data_path(*parts: str) -> Path:
     return DATA_DIR.joinpath(*parts)
 
 
-SCORINGS = ("prefix", "rouge")
+SCORINGS = ("prefix", "rouge", "choice")
+CHOICE_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"  # the options of a "choice" item, in order
 
 
 @dataclass(frozen=True)
 class QA:
     """A completion prompt whose correct greedy continuation starts with ``answer`` (``scoring="prefix"``,
     the data contract), or, for a sentence answer (``scoring="rouge"``, the benchmarks' free-form items),
-    recalls at least half of it by ROUGE-L (``probes.qa.is_correct``). ``record``: the item as a benchmark
-    defines it, every field kept (``probes.benchmarks``; None for vestige's own files)."""
+    recalls at least half of it by ROUGE-L (``probes.qa.is_correct``). A multiple-choice item
+    (``scoring="choice"``, WMDP's) lists its options in ``record["choices"]`` and lettered in the prompt,
+    and ``answer`` is the right letter: it is correct when that letter is the option the model gives the
+    highest log-likelihood after the prompt (``probes.qa.choice_scores``). ``record``: the item as a
+    benchmark defines it, every field kept (``probes.benchmarks``; None for vestige's own files)."""
 
     prompt: str
     answer: str
@@ -60,6 +64,20 @@ class QA:
     def __post_init__(self) -> None:
         if self.scoring not in SCORINGS:
             raise ValueError(f"QA.scoring is {self.scoring!r}; it is one of {SCORINGS}")
+        if self.scoring == "choice":
+            letters = choice_letters(self)
+            if self.answer not in letters:
+                raise ValueError(f"QA.answer of a choice item is {self.answer!r}; it is one of {letters}")
+
+
+def choice_letters(item: QA) -> tuple[str, ...]:
+    """The option letters of a ``"choice"`` item: ``A``, ``B``, ... one per entry of ``record["choices"]``."""
+    choices = (item.record or {}).get("choices")
+    if not isinstance(choices, (list, tuple)) or not 2 <= len(choices) <= len(CHOICE_LETTERS):
+        raise ValueError(
+            f"a choice item lists its 2 to 26 options in record['choices']; this one has {choices!r}"[:200]
+        )
+    return tuple(CHOICE_LETTERS[: len(choices)])
 
 
 @dataclass(frozen=True)

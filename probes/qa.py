@@ -7,6 +7,9 @@ Batches are left-padded with padding-aware positions, so batched = one at a time
 
 from __future__ import annotations
 
+import inspect
+import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -15,7 +18,7 @@ import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
-from probes.data import QA, Concept
+from probes.data import CHOICE_LETTERS, QA, Concept, choice_letters
 from probes.errors import ConceptFileError
 from probes.model import Model
 from probes.results import Result
@@ -37,11 +40,15 @@ ROUGE_CORRECT = 0.5  # a sentence answer counts when its ROUGE-L recall reaches 
 def is_correct(completion: str, answer: str, scoring: str = "prefix") -> bool:
     """``prefix``: the stripped completion starts with the answer, case-insensitive (the data contract).
     ``rouge``: the completion, up to its first blank line, recalls at least ``ROUGE_CORRECT`` of the answer
-    by ROUGE-L (a sentence answer said in the model's own words)."""
+    by ROUGE-L (a sentence answer said in the model's own words). ``choice``: the completion names the
+    right letter first ("B", "B.", "B) ..."); this is how a sampled answer to a multiple-choice item is read,
+    while ``score_qa`` scores such an item by the log-likelihood of its option letters (``choice_scores``)."""
     if scoring == "rouge":
         from probes.rouge import rouge_recall
 
         return rouge_recall([answer], [completion.strip().split("\n\n", 1)[0]])[1][0] >= ROUGE_CORRECT
+    if scoring == "choice":
+        return re.match(rf"{re.escape(answer.strip())}(?![A-Za-z0-9])", completion.strip()) is not None
     return completion.strip().lower().startswith(answer.strip().lower())
 
 
@@ -87,6 +94,106 @@ def answer_logprobs(
     return result
 
 
+@torch.no_grad()
+def option_logprobs(
+    model: Model, prompts: Sequence[str], options: Sequence[Sequence[str]], *, batch_size: int = 16
+) -> list[list[float]]:
+    """``log p(option | prompt)`` for every option of every prompt, summed over the option's tokens as they
+    continue the prompt (``answer_ids``), fp32. When every option is one token (answer letters) a prompt
+    takes one forward pass, read at its last position; otherwise each (prompt, option) pair is scored by
+    ``answer_logprobs``."""
+    pairs = [[answer_ids(model, p, o) for o in opts] for p, opts in zip(prompts, options, strict=True)]
+    if not all(len(a) == 1 for row in pairs for _, a in row):
+        flat = answer_logprobs(
+            model,
+            [p for p, opts in zip(prompts, options) for _ in opts],
+            [o for opts in options for o in opts],
+            batch_size=batch_size,
+        ).tolist()
+        out, i = [], 0
+        for opts in options:
+            out.append(flat[i : i + len(opts)])
+            i += len(opts)
+        return out
+    keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.hf.forward).parameters else {}
+    out = []
+    for start in range(0, len(pairs), batch_size):
+        rows = pairs[start : start + batch_size]
+        ids, mask = model.pad([row[0][0] for row in rows], padding_side="left")
+        last = torch.log_softmax(model.forward(ids, mask, **keep).logits[:, -1].float(), dim=-1).cpu()
+        out += [[float(last[i, a[0]]) for _, a in row] for i, row in enumerate(rows)]
+    for i, values in enumerate(out):
+        if not all(math.isfinite(v) for v in values):  # answer_logprobs names the diverged layer
+            answer_logprobs(model, [prompts[i]] * len(options[i]), list(options[i]))
+    return out
+
+
+@dataclass(frozen=True)
+class ChoiceScores(Result):
+    """Multiple-choice items scored as lm-eval-harness scores WMDP (``acc``): per item the log-likelihood of
+    each option letter after the prompt, the option with the highest (``chosen``), the right one
+    (``answer_index``) and whether they agree."""
+
+    prompts: tuple[str, ...]
+    options: tuple[tuple[str, ...], ...]
+    logprobs: tuple[tuple[float, ...], ...]
+    chosen: tuple[int, ...]
+    answer_index: tuple[int, ...]
+
+    @property
+    def correct(self) -> tuple[bool, ...]:
+        return tuple(c == a for c, a in zip(self.chosen, self.answer_index, strict=True))
+
+    @property
+    def accuracy(self) -> float:
+        return sum(self.correct) / len(self.correct) if self.correct else float("nan")
+
+    def to_frame(self) -> pd.DataFrame:
+        width = max((len(o) for o in self.options), default=0)
+        return pd.DataFrame(
+            {
+                "prompt": self.prompts,
+                "answer": [o[a] for o, a in zip(self.options, self.answer_index, strict=True)],
+                "chosen": [o[c] for o, c in zip(self.options, self.chosen, strict=True)],
+                "correct": self.correct,
+                **{
+                    f"logprob_{CHOICE_LETTERS[k]}": [
+                        lp[k] if k < len(lp) else math.nan for lp in self.logprobs
+                    ]
+                    for k in range(width)
+                },
+            }
+        )
+
+    def summary(self) -> dict[str, float]:
+        return {"accuracy": self.accuracy, "n": len(self.prompts)}
+
+
+def choice_scores(
+    model: Model, items: Sequence[QA], *, prefix: str = "", batch_size: int = 16
+) -> ChoiceScores:
+    """Score ``"choice"`` items (``QA.scoring``): the log-likelihood of each option letter (``A``, ``B``, ...
+    one per ``record["choices"]`` entry, as it continues ``prefix + prompt``); the item is correct when the
+    right letter has the highest. Ties go to the first option (``argmax``), as in lm-eval-harness."""
+    bad = [i for i, q in enumerate(items) if q.scoring != "choice"]
+    if bad:
+        raise ConceptFileError(
+            f"item {bad[0]} is scored {items[bad[0]].scoring!r}, not as a multiple-choice item",
+            "choice_scores reads the option letters of items with scoring='choice'",
+            "pass multiple-choice items only (e.g. from probes.benchmarks.load_wmdp), or use score_qa",
+        )
+    prompts = [prefix + q.prompt for q in items]
+    options = [choice_letters(q) for q in items]
+    logprobs = option_logprobs(model, prompts, options, batch_size=batch_size)
+    return ChoiceScores(
+        prompts=tuple(prompts),
+        options=tuple(tuple(o) for o in options),
+        logprobs=tuple(tuple(lp) for lp in logprobs),
+        chosen=tuple(max(range(len(lp)), key=lp.__getitem__) for lp in logprobs),
+        answer_index=tuple(o.index(q.answer) for o, q in zip(options, items, strict=True)),
+    )
+
+
 @dataclass(frozen=True)
 class QAScores(Result):
     """Per-item greedy completions, correctness and answer log-probabilities."""
@@ -130,7 +237,9 @@ def score_qa(
     progress: bool = False,
 ) -> QAScores:
     """Greedy accuracy and answer log-probability of ``items`` (``prefix`` is prepended to every prompt,
-    e.g. an adversarial instruction or the concept's text)."""
+    e.g. an adversarial instruction or the concept's text). A multiple-choice item (``scoring="choice"``)
+    is correct when its right letter is the most likely option (``choice_scores``); its log-probability is
+    that letter's, and its completion is still the greedy one."""
     prompts = [prefix + q.prompt for q in items]
     answers = [q.answer for q in items]
     if max_new_tokens is None:
@@ -145,12 +254,25 @@ def score_qa(
     starts = range(0, len(prompts), batch_size)
     for start in tqdm(starts, desc="qa", disable=not progress, leave=False):
         completions += model.generate(prompts[start : start + batch_size], max_new_tokens, batch_size)
-    logprobs = answer_logprobs(model, prompts, answers, batch_size=batch_size)
+    correct = [is_correct(c, q.answer, q.scoring) for c, q in zip(completions, items)]
+    logprobs = [0.0] * len(items)
+    plain = [i for i, q in enumerate(items) if q.scoring != "choice"]
+    if plain:
+        values = answer_logprobs(
+            model, [prompts[i] for i in plain], [answers[i] for i in plain], batch_size=batch_size
+        )
+        for i, x in zip(plain, values.tolist(), strict=True):
+            logprobs[i] = x
+    choice = [i for i, q in enumerate(items) if q.scoring == "choice"]
+    if choice:
+        cs = choice_scores(model, [items[i] for i in choice], prefix=prefix, batch_size=batch_size)
+        for i, ok, lp, a in zip(choice, cs.correct, cs.logprobs, cs.answer_index, strict=True):
+            correct[i], logprobs[i] = ok, lp[a]
     return QAScores(
         prompts=tuple(prompts),
         answers=tuple(answers),
         completions=tuple(completions),
-        correct=tuple(is_correct(c, q.answer, q.scoring) for c, q in zip(completions, items)),
+        correct=tuple(correct),
         logprobs=tuple(float(x) for x in logprobs),
     )
 
