@@ -169,6 +169,8 @@ class Model:
             hf.config.architectures = [type(hf).__name__]
         # The bridge wraps HF submodules in place; remember the native parameter names for saving.
         self._native_keys = list(self.hf.state_dict().keys())
+        # a model dispatched by a device map (accelerate) takes its inputs where its embedding runs
+        self._input_device = _dispatched_input_device(hf)
 
     # ---- views -------------------------------------------------------------------------------------
     @cached_property
@@ -178,13 +180,25 @@ class Model:
 
         if getattr(self.hf.config, "_attn_implementation", "eager") != "eager":
             self.hf.config._attn_implementation = "eager"
-        bridge = TransformerBridge.boot_transformers(
-            self.hf.config.model_type,
-            hf_model=self.hf,
-            tokenizer=self.tokenizer,
-            device=self.device,
-            dtype=self.dtype,
-        )
+        try:
+            bridge = TransformerBridge.boot_transformers(
+                self.hf.config.model_type,
+                hf_model=self.hf,
+                tokenizer=self.tokenizer,
+                device=self.device,
+                dtype=self.dtype,
+            )
+        except ValueError as e:
+            if not getattr(self.hf, "hf_device_map", None):
+                raise
+            raise ModelLoadError(
+                f"the TransformerLens bridge cannot wrap {self.name!r} as its device map places it",
+                f"TransformerBridge refused the placement {_short_map(self.hf.hf_device_map)}: "
+                f"{str(e).splitlines()[0]}",
+                "use a device map over GPUs only (--device-map balanced on a multi-GPU machine, or a JSON map "
+                "of GPU indices), or a CPU/disk-only map; TransformerBridge does not wrap a map that mixes "
+                "GPUs with cpu or disk offload",
+            ) from e
         _keep_attention_recording(self.hf)
         return bridge
 
@@ -197,7 +211,22 @@ class Model:
 
     @property
     def device(self) -> torch.device:
+        """Where inputs go: the device of the parameters, or for a model split by a device map the device
+        its input embedding runs on (accelerate moves activations between the pieces)."""
+        split = getattr(self, "_input_device", None)
+        if split is not None:
+            return split
         return next(self.hf.parameters()).device
+
+    @property
+    def device_map(self) -> dict[str, Any] | None:
+        """The placement a device map gave (``hf_device_map``: module name -> device), or None."""
+        return getattr(self.hf, "hf_device_map", None)
+
+    def offloaded(self) -> list[str]:
+        """The parameters a device map offloaded (kept by accelerate on disk or in host memory beside GPUs
+        and loaded only for their module's forward): they sit on the meta device in the model itself."""
+        return [n for n, p in self.hf.named_parameters() if p.device.type == "meta"]
 
     @property
     def dtype(self) -> torch.dtype:
@@ -389,6 +418,7 @@ class Model:
     # ---- copies and checkpoints -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The HF state dict under its native names (the bridge's in-place wrappers removed)."""
+        check_resident(self, "copying or saving the model")
         raw = self.hf.state_dict()
         clean: dict[str, torch.Tensor] = {}
         for key, value in raw.items():
@@ -419,7 +449,13 @@ class Model:
                 owner, _, leaf = name.rpartition(".")
                 src = getattr(_get(self.hf, owner) if owner else self.hf, leaf)
                 (_get(hf, owner) if owner else hf)._buffers[leaf] = src.detach().clone()
-        return Model(hf.to(self.device), self.tokenizer, name=f"{self.name} (copy)")
+        if getattr(self, "_input_device", None) is not None:  # split by a device map: tensors stay put
+            from accelerate import dispatch_model
+
+            hf = dispatch_model(hf, device_map=dict(self.hf.hf_device_map))
+        else:
+            hf = hf.to(self.device)
+        return Model(hf, self.tokenizer, name=f"{self.name} (copy)")
 
     def save(self, path: str | os.PathLike) -> Path:
         """Save as safetensors + config + tokenizer, atomically (written to a temp dir, then renamed)."""
@@ -511,6 +547,164 @@ def _refuse_output_attentions(module: torch.nn.Module, args: tuple, kwargs: dict
         )
 
 
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def _as_device(value: Any) -> torch.device:
+    return torch.device("cuda", value) if isinstance(value, int) else torch.device(str(value))
+
+
+def _dispatched_input_device(hf: torch.nn.Module) -> torch.device | None:
+    """For a model a device map split over several devices (or partly offloaded), the device its input
+    embedding runs on; None for a model on one device. Offloaded modules (``disk``, or ``cpu`` beside GPUs)
+    run on the map's first GPU, as ``accelerate.dispatch_model`` runs them."""
+    dm = getattr(hf, "hf_device_map", None)
+    if not dm:
+        return None
+    values = [v if isinstance(v, int) else str(v) for v in dm.values()]
+    placed = {str(_as_device(v)) for v in values if v not in ("disk", "meta")}
+    if len(placed) <= 1 and "disk" not in values:
+        return None
+    gpus = [v for v in values if v not in ("cpu", "disk", "meta")]
+    emb = hf.get_input_embeddings()
+    name = next((n for n, m in hf.named_modules() if m is emb), "")
+    keys = [k for k in dm if k == "" or name == k or name.startswith(k + ".")]
+    value = dm[max(keys, key=len)] if keys else values[0]
+    if value in ("disk", "meta") or (value == "cpu" and gpus):
+        value = gpus[0] if gpus else "cpu"
+    return _as_device(value)
+
+
+def _short_map(device_map: dict[str, Any]) -> str:
+    counts: dict[str, int] = {}
+    for v in device_map.values():
+        counts[repr(v)] = counts.get(repr(v), 0) + 1
+    return "{" + ", ".join(f"{k}: {n} module{'s' if n > 1 else ''}" for k, n in counts.items()) + "}"
+
+
+def check_resident(model: Model, needed_by: str) -> None:
+    """Refuse a model whose device map offloaded weights (see ``Model.offloaded``) for work that reads,
+    copies or edits the weights themselves, naming what needs them."""
+    off = model.offloaded()
+    if off:
+        raise ModelLoadError(
+            f"{needed_by} needs every weight of {model.name!r} in memory, and {len(off)} parameters are "
+            f"offloaded (e.g. {off[0].replace('._original_component', '')})",
+            f"its device map {_short_map(model.device_map or {})} offloads them: accelerate keeps them on "
+            "disk (or in host memory beside GPUs) and loads each only for its own module's forward pass, so "
+            "they cannot be read, copied or edited in place",
+            "give the model a device map without 'disk' (GPUs only, e.g. --device-map balanced, or cpu only "
+            "on a CPU machine); `vestige plan --model M` says what fits",
+        )
+
+
+def resolve_device_map(
+    value: str | dict | None, *, check_devices: bool = True
+) -> str | dict[str, int | str] | None:
+    """A device map as ``load_model`` takes it, checked before any weight loads: None; a strategy
+    (``auto``, ``balanced``, ``balanced_low_0``, ``sequential``: transformers' own); a dict of module name
+    (``""`` is the whole model) -> device (a GPU index, ``"cuda:N"``, ``"cpu"``, ``"disk"``, ``"mps"``); or
+    that dict as JSON text, or the path of a JSON file that holds it. ``check_devices``: refuse a GPU this
+    machine does not have (``vestige plan`` plans for other machines and turns it off)."""
+    if value is None or isinstance(value, dict):
+        mapping = value
+    else:
+        text = str(value).strip()
+        if text in DEVICE_MAP_STRATEGIES:
+            return text
+        if text.startswith("{"):
+            source = "the JSON given"
+        elif os.path.isfile(os.path.expanduser(text)):
+            source = f"the file {text!r}"
+            text = Path(text).expanduser().read_text(encoding="utf-8")
+        else:
+            raise ModelLoadError(
+                f"device map {value!r} is not a strategy, a JSON object or a JSON file",
+                f"a device map is one of {', '.join(DEVICE_MAP_STRATEGIES)}, a JSON object of module name -> "
+                "device, or the path of a file that holds one",
+                'pass e.g. --device-map auto, or --device-map \'{"model.embed_tokens": 0, "model.layers.0": 0, '
+                '..., "lm_head": 1}\'',
+            )
+        try:
+            mapping = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ModelLoadError(
+                f"device map from {source} is not valid JSON",
+                f"{e.msg} at line {e.lineno} column {e.colno}",
+                'write it as a JSON object, e.g. {"model.layers.0": "cpu", "model.layers.1": "disk"}',
+            ) from e
+    if mapping is None:
+        return None
+    if not isinstance(mapping, dict) or not mapping:
+        raise ModelLoadError(
+            "a device map must be a non-empty JSON object of module name -> device",
+            f"got {type(mapping).__name__} {str(mapping)[:60]!r}",
+            'pass e.g. {"": "cpu"} or {"model.layers.0": 0, "model.layers.1": 1, ...}',
+        )
+    n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    out: dict[str, int | str] = {}
+    for name, device in mapping.items():
+        ok = isinstance(name, str)
+        if isinstance(device, bool) or not isinstance(device, (int, str)):
+            ok = False
+        elif isinstance(device, int):
+            ok = ok and device >= 0
+        elif device not in ("cpu", "disk"):
+            try:
+                dev = torch.device(device)
+            except (RuntimeError, ValueError):
+                ok = False
+            else:
+                ok = ok and dev.type != "meta"
+                if ok and dev.type == "cuda":
+                    device = dev.index or 0
+        if not ok:
+            raise ModelLoadError(
+                f"device map entry {name!r}: {device!r} is not a device",
+                "a device map sends each module to a GPU index (0, 1, ...), 'cuda:N', 'cpu', 'disk' or 'mps'",
+                "fix that entry of the map",
+            )
+        if check_devices and isinstance(device, int) and device >= n_gpus:
+            raise ModelLoadError(
+                f"device map entry {name!r} -> {device}: there is no such GPU",
+                f"this machine has {n_gpus} CUDA device(s)"
+                + (f": 0 .. {n_gpus - 1}" if n_gpus else f" (torch {torch.__version__} sees none)"),
+                "map the modules onto the GPUs this machine has, or onto 'cpu' / 'disk'",
+            )
+        out[name] = device
+    return out
+
+
+def _offload_folder(hf: torch.nn.Module, folder: str | None) -> str:
+    """Where a device map's 'disk' entries go: ``folder``, else a temporary folder removed with ``hf``."""
+    if folder is not None:
+        return folder
+    import weakref
+
+    tmp = tempfile.mkdtemp(prefix="vestige-offload-")
+    weakref.finalize(hf, shutil.rmtree, tmp, ignore_errors=True)
+    return tmp
+
+
+def _dispatch(hf: torch.nn.Module, device_map: str | dict, offload_folder: str | None) -> torch.nn.Module:
+    """Place a model built in memory (``gpt2-seeded``) by ``device_map`` as from_pretrained would: a
+    strategy is resolved by accelerate's ``infer_auto_device_map`` (balanced over the GPUs for
+    ``auto``/``balanced``), then ``dispatch_model`` moves the weights and installs the hooks."""
+    from accelerate import dispatch_model, infer_auto_device_map
+    from accelerate.utils import get_balanced_memory
+
+    if isinstance(device_map, str):
+        no_split = list(getattr(hf, "_no_split_modules", None) or [])
+        max_memory = None
+        if device_map != "sequential":
+            max_memory = get_balanced_memory(
+                hf, no_split_module_classes=no_split, low_zero=device_map == "balanced_low_0"
+            )
+        device_map = infer_auto_device_map(hf, max_memory=max_memory, no_split_module_classes=no_split)
+    folder = _offload_folder(hf, offload_folder) if "disk" in device_map.values() else None
+    return dispatch_model(hf, device_map=device_map, offload_dir=folder)
+
+
 def _strip_quantization(hf: torch.nn.Module) -> None:
     """A GGUF load leaves a quantizer on the model although its weights are plain dequantized tensors."""
     hf.hf_quantizer = None
@@ -530,36 +724,65 @@ def load_model(
     dtype: torch.dtype | str | None = None,
     *,
     device_map: str | dict | None = None,
+    offload_folder: str | None = None,
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
     seed: int = 0,
     base: str | Model | None = None,
 ) -> Model:
     """Load ``spec`` (see the module docstring) onto ``device`` (CUDA when available, else CPU) in
-    ``dtype`` (float32 by default). ``device_map`` passes through to HF accelerate dispatch. ``base``: the
-    base model of a PEFT adapter directory (a ``Model`` or a spec; ignored for any other spec)."""
+    ``dtype`` (float32 by default; ``"auto"``: a checkpoint in the dtype it was saved in, e.g. a bfloat16
+    release as bfloat16; the built-in models and GGUF files in float32). ``device_map`` (``resolve_device_map``: ``auto``, ``balanced``, a dict
+    or JSON of module name -> device) places the model with accelerate instead, as transformers'
+    ``from_pretrained(device_map=...)`` does; its ``disk`` entries go to ``offload_folder`` (default: a
+    temporary folder removed with the model). ``base``: the base model of a PEFT adapter directory (a
+    ``Model`` or a spec; ignored for any other spec)."""
     t0 = time.perf_counter()
+    device_map = resolve_device_map(device_map)
     if os.path.isdir(os.path.expanduser(spec)) and is_adapter_dir(spec):
-        loading = dict(device=device, dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code)
+        loading = dict(
+            device=device,
+            dtype=dtype,
+            device_map=device_map,
+            offload_folder=offload_folder,
+            trust_remote_code=trust_remote_code,
+        )
         model = _load_adapter(spec, base, allow_pickle, loading)
         model.load_seconds = time.perf_counter() - t0
         return model
-    if isinstance(dtype, str):
+    # "auto": a checkpoint in the dtype it was saved in (its config's dtype: a bfloat16 release stays
+    # bfloat16); the built-in models and GGUF files, which have no stored float dtype, in float32
+    as_stored = isinstance(dtype, str) and dtype == "auto"
+    if isinstance(dtype, str) and not as_stored:
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise ModelLoadError(
+                f"unknown dtype {dtype!r}",
+                "a dtype is a torch floating-point type or 'auto' (the checkpoint's own)",
+                "pass float32, bfloat16, float16 or auto",
+            )
         dtype = getattr(torch, dtype)
-    dtype = dtype or torch.float32
-    placement = {"device_map": device_map} if device_map is not None else {}
+    dtype = None if as_stored else dtype or torch.float32
+    stored = "auto" if as_stored else dtype  # what a checkpoint loads as
+    dtype = dtype or torch.float32  # what a model without a stored dtype is built in
+    placement: dict[str, Any] = {}
+    if device_map is not None:
+        placement = {"device_map": device_map, "offload_folder": offload_folder}
     key = spec.lower()
     if key in SMOLLM2_SPECS:
         hf, tok = _load_smollm2(dtype, placement)
     elif key in SEEDED_GPT2_SPECS:
         hf, tok = _seeded_gpt2(seed, dtype)
+        if device_map is not None:
+            hf = _dispatch(hf, device_map, offload_folder)
     elif key in GPT2_SPECS:
-        hf, tok = _load_pretrained("gpt2", dtype, placement, allow_pickle, trust_remote_code, hub_name="gpt2")
+        hf, tok = _load_pretrained(
+            "gpt2", stored, placement, allow_pickle, trust_remote_code, hub_name="gpt2"
+        )
     elif spec.endswith(".gguf"):
         hf, tok = _load_gguf(Path(spec).expanduser(), dtype, placement)
     elif os.path.isdir(os.path.expanduser(spec)):
         hf, tok = _load_pretrained(
-            os.path.expanduser(spec), dtype, placement, allow_pickle, trust_remote_code
+            os.path.expanduser(spec), stored, placement, allow_pickle, trust_remote_code
         )
     elif _looks_like_path(spec):
         raise ModelLoadError(
@@ -568,7 +791,7 @@ def load_model(
             "check the path, or use a built-in spec: " + ", ".join(KNOWN_SPECS),
         )
     elif spec.count("/") == 1:
-        hf, tok = _load_pretrained(spec, dtype, placement, allow_pickle, trust_remote_code, hub_name=spec)
+        hf, tok = _load_pretrained(spec, stored, placement, allow_pickle, trust_remote_code, hub_name=spec)
     else:
         raise ModelLoadError(
             f"unknown model spec {spec!r}",
@@ -673,13 +896,13 @@ def _dequantize_once(path: Path, cached: Path) -> None:
 
 def _load_pretrained(
     source: str,
-    dtype: torch.dtype,
+    dtype: torch.dtype | str,
     placement: dict,
     allow_pickle: bool,
     trust_remote_code: bool,
     hub_name: str | None = None,
 ) -> tuple[Any, Any]:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     is_dir = os.path.isdir(source)
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false")
@@ -718,20 +941,45 @@ def _load_pretrained(
     if getattr(config, "auto_map", None) and not trust_remote_code:
         raise _remote_code_error(source)
     config._attn_implementation = "eager"
+    placement = dict(placement)
+    made_folder = None
+    if placement.get("device_map") is not None and placement.get("offload_folder") is None:
+        # transformers needs a folder for whatever the map (or "auto", short of memory) sends to disk
+        made_folder = placement["offload_folder"] = tempfile.mkdtemp(prefix="vestige-offload-")
     kwargs = dict(
         config=config,
         dtype=dtype,
         local_files_only=local_only,
         trust_remote_code=trust_remote_code,
         attn_implementation="eager",
-        **placement,
+        **{k: v for k, v in placement.items() if v is not None},
     )
     if allow_pickle:
         kwargs["use_safetensors"] = None
     else:
         kwargs["use_safetensors"] = True
     try:
-        hf = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        hf = _from_pretrained(source, kwargs)
+    except BaseException:
+        if made_folder is not None:
+            shutil.rmtree(made_folder, ignore_errors=True)
+        raise
+    if made_folder is not None:
+        import weakref
+
+        weakref.finalize(hf, shutil.rmtree, made_folder, ignore_errors=True)
+    tok = AutoTokenizer.from_pretrained(
+        source, local_files_only=local_only, trust_remote_code=trust_remote_code
+    )
+    return hf, tok
+
+
+def _from_pretrained(source: str, kwargs: dict[str, Any]) -> Any:
+    """``AutoModelForCausalLM.from_pretrained`` with its failures as ``ModelLoadError``s."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except pickle.UnpicklingError as e:
         lines = [l.strip() for l in str(e).splitlines() if l.strip()] or [type(e).__name__]
         detail = next((l for l in lines if "unsupported global" in l.lower()), lines[0])
@@ -746,10 +994,16 @@ def _load_pretrained(
             f"{str(e).splitlines()[0]}",
             "convert the checkpoint to safetensors, or pass allow_pickle=True (--allow-pickle) if you trust it",
         ) from e
-    tok = AutoTokenizer.from_pretrained(
-        source, local_files_only=local_only, trust_remote_code=trust_remote_code
-    )
-    return hf, tok
+    except (ValueError, KeyError) as e:
+        if "device_map" not in kwargs:
+            raise
+        raise ModelLoadError(
+            f"the device map {kwargs['device_map']!r} does not fit {source!r}",
+            f"transformers / accelerate said: {str(e).splitlines()[0]}",
+            "name every top-level module of the model in the map (for a Llama layout: model.embed_tokens, "
+            "model.layers.N, model.norm, model.rotary_emb, lm_head) with a device each, or use auto / "
+            "balanced",
+        ) from e
 
 
 def _remote_code_error(source: str) -> ModelLoadError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -209,3 +210,40 @@ def test_unsupported_gguf_named(tmp_path):
     bad.write_bytes(b"GGUF" + b"\x00" * 64)
     with pytest.raises(ModelLoadError, match="weird.gguf"):
         load_model(str(bad))
+
+
+def test_a_bfloat16_checkpoint_loads_as_it_is_with_dtype_auto(tmp_path):
+    """``dtype="auto"`` (``--dtype auto``) keeps a checkpoint in the dtype it was saved in (issue #20: bf16 /
+    fp16 releases load as they are); the default stays float32. A tiny seeded Llama saved in bfloat16: with
+    auto every weight is bfloat16 and equal to the saved one, hooks and QA scoring run on it, and its logits
+    agree with the float32 load's to bfloat16 precision; the embedded GGUF has no stored float dtype and
+    stays float32."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from probes import hooks
+    from probes.data import QA
+    from probes.model import Model, smollm2_tokenizer
+    from probes.qa import score_qa
+
+    torch.manual_seed(0)
+    cfg = AutoConfig.for_model(
+        "llama", vocab_size=49152, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+    )  # fmt: skip
+    hf = AutoModelForCausalLM.from_config(cfg).to(torch.bfloat16)
+    path = Model(hf, smollm2_tokenizer(), name="tiny-bf16").save(tmp_path / "bf16")
+    as_is = load_model(str(path), device="cpu", dtype="auto")
+    widened = load_model(str(path), device="cpu")
+    assert {p.dtype for p in as_is.hf.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in widened.hf.parameters()} == {torch.float32}
+    for (name, p), q in zip(hf.named_parameters(), as_is.hf.parameters()):
+        assert torch.equal(p, q), name
+    ids, mask = as_is.tokenize(["The capital of France is"])
+    logits, cache = hooks.run_with_cache(as_is, ids, [hooks.resid_post(1)], mask)
+    assert cache[hooks.resid_post(1)].dtype == torch.bfloat16 and cache[hooks.resid_post(1)].shape[-1] == 64
+    ref = widened.hf(input_ids=ids, attention_mask=mask).logits
+    assert torch.allclose(logits.float(), ref, atol=0.05 * ref.abs().max().item())
+    scores = score_qa(as_is, [QA("The capital of France is", "Paris")])
+    assert len(scores.correct) == 1 and np.isfinite(scores.logprobs).all()
+    with pytest.raises(ModelLoadError, match="unknown dtype"):
+        load_model(str(path), device="cpu", dtype="float33")

@@ -16,11 +16,12 @@ from probes.results import to_jsonable, write_json
 
 class StageCache:
     """JSON per stage under ``root/stages``; an entry counts only when its key matches (atomic writes, so
-    a killed run never leaves a half file behind)."""
+    a killed run never leaves a half file behind). ``hits``: the stages read from disk instead of run."""
 
     def __init__(self, root: str | Path | None, key: str):
         self.dir = Path(root) / "stages" if root is not None else None
         self.key = key
+        self.hits: set[str] = set()
 
     def get_or_run(self, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         if self.dir is not None:
@@ -29,6 +30,7 @@ class StageCache:
                 try:
                     stored = json.loads(path.read_text())
                     if stored.get("key") == self.key:
+                        self.hits.add(name)
                         return stored["value"]
                 except (json.JSONDecodeError, KeyError):
                     pass

@@ -11,10 +11,10 @@ import argparse
 import os
 import sys
 
-from analyses.cli import audit, bench, concepts, demo, heads, info, unlearn
+from analyses.cli import audit, bench, concepts, demo, heads, info, plan, unlearn
 from probes.errors import VestigeError
 
-COMMANDS = (info, concepts, heads, unlearn, audit, demo, bench)
+COMMANDS = (info, plan, concepts, heads, unlearn, audit, demo, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

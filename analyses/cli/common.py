@@ -17,15 +17,25 @@ MODEL_HELP = "model spec: smollm2-135m, gpt2, gpt2-seeded, a directory, a .gguf,
 def add_model_args(
     p: argparse.ArgumentParser, *, flag: str | None = "--model", positional: bool = False
 ) -> None:
-    """``--model`` (or a positional model), ``--device``, ``--dtype``, ``--allow-pickle``,
-    ``--trust-remote-code``; ``flag=None`` adds only the loading options (commands with two models)."""
+    """``--model`` (or a positional model), ``--device``, ``--device-map``, ``--offload-folder``,
+    ``--dtype``, ``--allow-pickle``, ``--trust-remote-code``; ``flag=None`` adds only the loading options
+    (commands with two models)."""
     if positional:
         p.add_argument("model", help=MODEL_HELP)
     elif flag is not None:
         p.add_argument(flag, default="smollm2-135m", help=MODEL_HELP + " (default: the embedded SmolLM2)")
     p.add_argument("--device", default=None, help="cuda, cpu, ... (default: CUDA when available)")
+    add_device_map_arg(p)
     p.add_argument(
-        "--dtype", default=None, choices=("float32", "bfloat16", "float16"), help="default: float32"
+        "--offload-folder",
+        default=None,
+        help="where a device map's 'disk' entries go (default: a temporary folder, removed afterwards)",
+    )
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=("float32", "bfloat16", "float16", "auto"),
+        help="default: float32; auto: a checkpoint in the dtype it was saved in (bf16 / fp16 releases as they are)",
     )
     p.add_argument("--allow-pickle", action="store_true", help="allow .bin/.pt weights (loaded weights_only)")
     p.add_argument("--trust-remote-code", action="store_true", help="run a checkpoint's own model code")
@@ -36,15 +46,42 @@ def load(spec: str, args: argparse.Namespace, *, base: Model | None = None) -> M
     PEFT adapter directory ``spec`` is merged into (else the base its adapter_config.json names)."""
     from probes.model import load_model
 
-    check_device(args.device)
+    device_map = check_placement(args.device, getattr(args, "device_map", None))
     return load_model(
         spec,
         device=args.device,
         dtype=args.dtype,
+        device_map=device_map,
+        offload_folder=getattr(args, "offload_folder", None),
         allow_pickle=args.allow_pickle,
         trust_remote_code=args.trust_remote_code,
         base=base,
     )
+
+
+def add_device_map_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device-map",
+        default=None,
+        metavar="MAP",
+        help="split the model over devices with accelerate: auto, balanced, sequential, a JSON object of "
+        'module name -> device ({"model.layers.0": 0, ..., "lm_head": "cpu"}; devices: GPU index, cuda:N, '
+        "cpu, disk) or the path of a JSON file holding one (docs/models.md)",
+    )
+
+
+def check_placement(device: str | None, device_map: str | None) -> str | dict | None:
+    """``--device`` and ``--device-map`` checked before any model loads; the device map resolved."""
+    from probes.model import resolve_device_map
+
+    check_device(device)
+    if device is not None and device_map is not None:
+        raise ModelLoadError(
+            f"--device {device!r} and --device-map {device_map!r} both say where the model goes",
+            "a device map places every module itself; --device moves the whole model to one device",
+            "pass one of them",
+        )
+    return resolve_device_map(device_map)
 
 
 def add_concept_args(p: argparse.ArgumentParser) -> None:

@@ -1,0 +1,171 @@
+"""Peak memory of a block of work: host RSS on CPU, the CUDA caching allocator's peak on GPU.
+
+``with peak_memory(device) as peak: ...`` then ``peak.bytes`` (the highest value seen inside the block) and
+``peak.kind``:
+
+- ``"rss"`` (CPU): the process's peak resident set size during the block, in bytes. On Linux the kernel
+  keeps the peak as ``VmHWM`` in ``/proc/self/status`` and resets it to the current RSS when ``"5"`` is
+  written to ``/proc/self/clear_refs`` (``peak.method == "vmhwm"``): exact, every page the block touched
+  counts, however briefly. Where that file cannot be written (another OS, a sandbox that forbids it), a
+  thread samples the RSS every ``SAMPLE_SECONDS`` (``/proc/self/statm``, else psutil; ``method ==
+  "sampled"``), which can miss a spike shorter than that. ``resource.getrusage``'s ``ru_maxrss`` is not
+  used: it is the peak of the whole process lifetime and cannot be reset, so it cannot say what one
+  stage needed. RSS counts everything the process holds (Python, torch's own libraries, both models), so
+  a stage's peak includes the models that are resident during it.
+- ``"cuda_allocated"`` (CUDA): ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``,
+  summed over the visible CUDA devices (a model split by a device map lives on several): the bytes of
+  live tensors, without the allocator's cached free blocks or the CUDA context.
+
+Blocks may nest: before a reset the inner block folds the peak so far into every enclosing block, so an
+outer block still sees the inner block's peak. Not thread-safe across concurrent blocks in two threads.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+from probes.results import Result
+
+SAMPLE_SECONDS = 0.005
+_STATUS = "/proc/self/status"
+_CLEAR_REFS = "/proc/self/clear_refs"
+_ACTIVE: list[PeakMemory] = []
+_LOCK = threading.Lock()
+
+
+@dataclass
+class PeakMemory(Result):
+    """The peak of one block (not frozen: the block fills it in as it runs and ends): ``bytes`` (the
+    highest seen so far; final when the block ends), ``kind`` (``rss`` or ``cuda_allocated``), ``method``
+    (``vmhwm``, ``sampled`` or ``cuda``), ``start_bytes`` (the same measure when the block began: RSS, or
+    CUDA memory allocated) and ``seconds`` (the block's wall time)."""
+
+    kind: str
+    method: str
+    start_bytes: int
+    bytes: int = 0
+    seconds: float = 0.0
+    _devices: tuple[int, ...] = field(default=(), repr=False)
+
+    @property
+    def megabytes(self) -> float:
+        return self.bytes / 2**20
+
+    def _fold(self, value: int) -> None:
+        self.bytes = max(self.bytes, int(value))
+
+
+def rss_bytes() -> int:
+    """The process's resident set size now, in bytes (0 where it cannot be read)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+    except Exception:  # noqa: BLE001 - psutil missing or refused: say nothing rather than fail the work
+        return 0
+
+
+def _vmhwm() -> int | None:
+    try:
+        with open(_STATUS) as f:
+            m = re.search(r"^VmHWM:\s+(\d+)\s+kB", f.read(), re.MULTILINE)
+    except OSError:
+        return None
+    return int(m.group(1)) * 1024 if m else None
+
+
+def _reset_vmhwm() -> bool:
+    """Fold the current peak into the open blocks, then reset the kernel's peak RSS to the current RSS;
+    False where this is not possible (then RSS is sampled)."""
+    before = _vmhwm()
+    if before is None:
+        return False
+    try:
+        with open(_CLEAR_REFS, "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    for outer in _ACTIVE:
+        if outer.method == "vmhwm":
+            outer._fold(before)
+    return True
+
+
+def _cuda_devices(device: torch.device) -> tuple[int, ...]:
+    if device.index is not None:
+        return (device.index,)
+    return tuple(range(torch.cuda.device_count()))
+
+
+@contextmanager
+def peak_memory(device: str | torch.device | None = None) -> Iterator[PeakMemory]:
+    """Measure the peak memory of the ``with`` block on ``device`` (a CUDA device: the CUDA allocator's
+    peak summed over the visible GPUs, or one GPU for ``cuda:N``; anything else: host RSS). See the
+    module docstring for what each kind counts."""
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    t0 = time.perf_counter()
+    if dev.type == "cuda" and torch.cuda.is_available():
+        devices = _cuda_devices(dev)
+        with _LOCK:
+            for outer in _ACTIVE:
+                if outer.kind == "cuda_allocated":
+                    outer._fold(sum(torch.cuda.max_memory_allocated(i) for i in outer._devices))
+            for i in devices:
+                torch.cuda.reset_peak_memory_stats(i)
+            start = sum(torch.cuda.memory_allocated(i) for i in devices)
+            peak = PeakMemory("cuda_allocated", "cuda", start, start, _devices=devices)
+            _ACTIVE.append(peak)
+        try:
+            yield peak
+        finally:
+            with _LOCK:
+                peak._fold(sum(torch.cuda.max_memory_allocated(i) for i in devices))
+                peak.seconds = time.perf_counter() - t0
+                _ACTIVE.remove(peak)
+        return
+    with _LOCK:
+        exact = _reset_vmhwm()
+        start = rss_bytes()
+        peak = PeakMemory("rss", "vmhwm" if exact else "sampled", start, start)
+        _ACTIVE.append(peak)
+    stop = threading.Event()
+    sampler = None
+    if not exact:
+
+        def sample() -> None:
+            while not stop.wait(SAMPLE_SECONDS):
+                peak._fold(rss_bytes())
+
+        sampler = threading.Thread(target=sample, name="vestige-rss-sampler", daemon=True)
+        sampler.start()
+    try:
+        yield peak
+    finally:
+        stop.set()
+        if sampler is not None:
+            sampler.join()
+        with _LOCK:
+            peak._fold(rss_bytes())
+            if exact:
+                peak._fold(_vmhwm() or 0)
+            peak.seconds = time.perf_counter() - t0
+            _ACTIVE.remove(peak)
+
+
+def parameter_bytes(module: torch.nn.Module) -> int:
+    """Bytes of ``module``'s parameters, each tensor once (tied weights count once), at their dtype;
+    parameters offloaded to the meta device count at their size too."""
+    return sum(p.numel() * p.element_size() for p in module.parameters())
