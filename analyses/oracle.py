@@ -94,9 +94,19 @@ class OracleResult(Result):
         frame.index.name = "trace"
         return frame
 
+    def retain_frame(self) -> pd.DataFrame:
+        """Rows: trace families; columns: every model audited with the oracle as its retain model; cells:
+        reached / above / below / inconclusive / ... (``analyses.audit.retain``): has the model reached,
+        on that trace, the state of the model that never saw the forget people?"""
+        cols = {k: {c.family: c.call for c in a.retain} for k, a in self.audits.items() if a.retain}
+        frame = pd.DataFrame(cols)
+        frame.index.name = "vs the oracle"
+        return frame
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "verdicts": self.verdicts,
+            "vs_oracle": self.retain_frame().to_dict(),
             "separation": self.to_frame().to_dict(orient="records"),
             "unlearning": self.unlearning,
             "train_seconds": self.train_seconds,
@@ -240,6 +250,9 @@ def run_oracle(
     unlearning: dict[str, dict[str, Any]] = {}
     runs: dict[str, Any] = {}
     models: dict[str, Any] = {"full model": wm.full, "oracle": wm.oracle}
+    # the oracle first: every other model is also compared with it, the retain model (analyses.audit.retain)
+    sub = Path(out) / "oracle" if out is not None else None
+    oracle_audit = audit(wm.full, wm.oracle, concept, config=acfg, out=sub, floor=floor, progress=progress)
     for method in cfg.methods:
         ucfg = UnlearnConfig(
             method=method,
@@ -257,16 +270,29 @@ def run_oracle(
         }
         sub = Path(out) / method if out is not None else None
         audits[method] = audit(
-            wm.full, run.model, concept, config=acfg, out=sub, floor=floor, progress=progress
+            wm.full,
+            run.model,
+            concept,
+            config=acfg,
+            out=sub,
+            floor=floor,
+            retain_model=oracle_audit,
+            progress=progress,
         )
-    sub = Path(out) / "oracle" if out is not None else None
-    audits["oracle"] = audit(
-        wm.full, wm.oracle, concept, config=acfg, out=sub, floor=floor, progress=progress
-    )
+    audits["oracle"] = oracle_audit
     for control in cfg.controls:
         model = models[control] = _control_model(control, wm.full, runs, world, cfg)
         sub = Path(out) / control if out is not None else None
-        audits[control] = audit(wm.full, model, concept, config=acfg, out=sub, floor=floor, progress=progress)
+        audits[control] = audit(
+            wm.full,
+            model,
+            concept,
+            config=acfg,
+            out=sub,
+            floor=floor,
+            retain_model=oracle_audit,
+            progress=progress,
+        )
     members, nonmembers = world.membership_texts()
     mcfg = MembershipConfig(seed=cfg.seed)
     membership = {k: membership_inference(m, members, nonmembers, mcfg) for k, m in models.items()}

@@ -134,8 +134,21 @@ def test_audit_tells_the_retrain_oracle_from_suppression(tmp_path):
     assert table.at["recovery: 4-bit quantization", "oracle"] <= 0.25
     # nor with input vectors fitted on the other forget facts (the floor's own fit shows what it teaches)
     assert table.at["recovery: soft prompt (fitted on other facts)", "oracle"] <= 0.25
+    # the oracle is every other model's retain model: the models that still hold the forget people are
+    # above it where the knowledge shows (measured, seed 0: GA behaviour 0.20 [0.05, 0.35] and fact
+    # relearning 0.17 [0.05, 0.33] above the oracle's; the no-op copy 0.93 and 0.88), and nothing is
+    # below it (no model forgot more than a model that never saw them)
+    vs = r.retain_frame()
+    assert set(vs.columns) == {"ga", "npo", "relearned", "no_op"} and not r.audits["oracle"].retain
+    for m in ("ga", "npo", "relearned", "no_op"):
+        assert "above" in {vs.at["behaviour", m], vs.at["fact_relearning", m]}, vs[m].to_dict()
+        assert "below" not in set(vs[m]), vs[m].to_dict()
+        assert vs.at["concept_vectors", m] == "not comparable"  # the oracle is another training run
+    for m in ("relearned", "no_op"):
+        assert vs.at["behaviour", m] == vs.at["quantization", m] == "above"
     assert (tmp_path / "oracle" / "oracle.json").exists()
     assert "membership" in json.loads((tmp_path / "oracle" / "oracle.json").read_text())
+    assert json.loads((tmp_path / "oracle" / "ga" / "audit.json").read_text())["retain"]
     assert (tmp_path / "oracle" / "oracle" / "audit.json").exists()
 
 

@@ -307,6 +307,21 @@ def audit_report(
             cls="note",
         )
         page.table(families_table(results, labels))
+    if any(r.retain for r in results):
+        page.heading(
+            "Against the retain model: has the unlearned model reached a model that never saw the data?"
+        )
+        page.paragraph(
+            "Per family, the unlearned and the retain model on the same forget items (both audited against "
+            "the same base): reached when the paired interval of unlearned - retain lies within gone_margin "
+            "times the base's signal; above: more of the concept left than in the retain model; below: "
+            "further from it (over-forgetting). A reference, not a vote.",
+            cls="note",
+        )
+        for r, lab in zip(results, labels):
+            if r.retain:
+                page.paragraph(f"{lab} vs the retain model {r.retain_model}")
+                page.table(r.retain_frame())
     heat = attack_heatmap(results, labels)
     if heat is not None:
         page.heading("Attacks: net recovery over the floor (95% bootstrap intervals)")

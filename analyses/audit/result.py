@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from analyses.audit.retain import RetainCall, retain_frame
 from analyses.audit.rule import TraceCall, calls_frame
 from probes.results import Result, to_jsonable
 
@@ -67,6 +68,13 @@ class AuditResult(Result):
     items: tuple[dict[str, Any], ...] = ()  # per forget item: prompt, answer, split, completions
     # seconds each attack took (``attacks_frame``; in timings.json, not audit.json: a rerun would differ)
     seconds: dict[str, float] = field(default_factory=dict, compare=False)
+    # timings.json: per stage seconds, peak memory and whether it was read from the stage cache, the memory
+    # kind, the models' parameter bytes (``timings_frame``; not in audit.json, a rerun would differ)
+    timings: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    # against a retain model (``audit(..., retain_model=R)``): its spec and, per family, whether the unlearned
+    # model reached it (``analyses.audit.retain``); a reference, not a vote
+    retain_model: str = ""
+    retain: tuple[RetainCall, ...] = ()
 
     @property
     def label(self) -> str:
@@ -90,12 +98,20 @@ class AuditResult(Result):
             "recovery": self.recovery,
             "interventions": self.interventions,
         }
+        if self.retain_model:
+            d["retain_model"] = self.retain_model
+            d["retain"] = [c.to_dict() for c in self.retain]
         d.update(self.extra)
         return to_jsonable(d)
 
     def traces_frame(self) -> pd.DataFrame:
         """family x call, with the intervals behind each call."""
         return calls_frame(self.traces)
+
+    def retain_frame(self) -> pd.DataFrame:
+        """family x (reached / above / below / inconclusive / ...) against the retain model, with the
+        paired interval of unlearned - retain behind each call (empty without a retain model)."""
+        return retain_frame(self.retain)
 
     def attacks_frame(self) -> pd.DataFrame:
         """One row per attack (``analyses.audit.attacks``): held-out forget accuracy, the control's, the
@@ -104,6 +120,20 @@ class AuditResult(Result):
         frame = pd.DataFrame(list(self.extra.get("attacks", [])))
         if len(frame):
             frame["seconds"] = [self.seconds.get(a, float("nan")) for a in frame["attack"]]
+        return frame
+
+    def timings_frame(self) -> pd.DataFrame:
+        """One row per stage: seconds, peak memory (MB, of ``memory_kind``: host RSS on CPU, CUDA memory
+        allocated on GPU) and whether the stage was read from the stage cache (then no peak)."""
+        stages = self.timings.get("stages", {})
+        frame = pd.DataFrame(
+            [
+                {"stage": name, **{k: v for k, v in row.items() if k != "peak_bytes"}}
+                for name, row in stages.items()
+            ]
+        )
+        if len(frame):
+            frame["memory_kind"] = self.timings.get("memory_kind")
         return frame
 
     def items_frame(self) -> pd.DataFrame:

@@ -19,6 +19,7 @@ from analyses.audit.cache import BASE_MEMO, StageCache, stage_key
 from analyses.audit.config import AuditConfig
 from analyses.audit.report import audit_report
 from analyses.audit.result import AuditResult
+from analyses.audit.retain import RetainCall, compare_with_retain
 from analyses.audit.rule import ATTACK_FAMILIES, FAMILIES, TraceCall, call_family, call_vectors, verdict
 from analyses.audit.traces import item_sets
 from analyses.behaviour import answer_free_text
@@ -27,7 +28,8 @@ from probes.data import QA, Concept
 from probes.edits import check_compatible, weights_checksum
 from probes.errors import VestigeError
 from probes.finite import check_finite
-from probes.model import Model
+from probes.memory import PeakMemory, parameter_bytes, peak_memory
+from probes.model import Model, check_resident
 from probes.qa import score_qa
 from probes.results import to_jsonable, write_json
 from probes.stats import bootstrap_mean
@@ -48,6 +50,7 @@ def audit(
     trained_items: Sequence[str] | None = None,
     floor: Concept | None = None,
     control_qa: Sequence[QA] | None = None,
+    retain_model: Model | AuditResult | None = None,
     progress: bool = True,
 ) -> AuditResult:
     """Audit ``unlearned`` against ``base`` for ``concept``; with ``out``, cache stages and write
@@ -57,9 +60,29 @@ def audit(
     Every trace family is also measured on a control and a knowledge floor (``analyses.audit.traces``):
     ``control_qa`` (default: the unrelated QA and ``retain_qa``; only the items the base answers count) and
     ``floor``, facts the base never knew (default: the bundled fictional facts, ``probes.data.load_floor``,
-    when the base's tokenizer can write their answers; the world passes its unseen people)."""
+    when the base's tokenizer can write their answers; the world passes its unseen people).
+
+    ``retain_model``: a model that never saw the forget data (TOFU's retain90, MUSE's retrained model, the
+    world's oracle), or its ``AuditResult`` against the same base, concept, items and config: every family is
+    also compared with it on the same items (``analyses.audit.retain``; ``AuditResult.retain``). A model is
+    audited against the base first (into ``out/retain_model``; the base side is computed once)."""
+    t_start = time.perf_counter()
     cfg = config or AuditConfig()
+    reference = _retain_audit(
+        retain_model,
+        base,
+        concept,
+        cfg,
+        out=Path(out) / "retain_model" if out is not None else None,
+        retain_qa=retain_qa,
+        trained_items=trained_items,
+        floor=floor,
+        control_qa=control_qa,
+        progress=progress,
+    )
     trained_split, concept, seen = evaluation_items(concept, cfg, trained_items)
+    for model in (base, unlearned):  # stages read and copy weights: every one must be in memory
+        check_resident(model, "the audit")
     check_compatible(base, unlearned)
     check_finite(base, unlearned)  # NaN/inf weights (a diverged run): refused, naming the layer
     retain = list(retain_qa) if retain_qa is not None else list(concept.unrelated_qa)
@@ -96,13 +119,15 @@ def audit(
         "traces",
     ]
     bar = tqdm(total=len(stage_names), desc=f"audit {concept.concept}", disable=not progress)
-    timings: dict[str, float] = {}
+    timings: dict[str, float] = {}  # each stage's seconds (the attack table's times)
+    stage_rows: dict[str, dict[str, Any]] = {}  # timings.json: seconds, peak memory, cached or not
 
     def run(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        t0 = time.perf_counter()
         bar.set_postfix_str(name)
-        value = cache.get_or_run(name, fn)
-        timings[name] = round(time.perf_counter() - t0, 2)
+        with peak_memory(base.device) as peak:
+            value = cache.get_or_run(name, fn)
+        timings[name] = round(peak.seconds, 2)
+        stage_rows[name] = _stage_row(peak, cached=name in cache.hits)
         bar.update(1)
         return value
 
@@ -272,6 +297,20 @@ def audit(
             "relearning attack skipped: the concept has no text without its answers to relearn from (add "
             "background 'text' to the concept file to run it)"
         )
+    retain_calls: tuple[RetainCall, ...] = ()
+    if reference is not None:
+        _check_same_items(reference, concept, cfg)
+        retain_calls = tuple(
+            compare_with_retain(
+                trace_values,
+                reference.extra["trace_values"],
+                comparable=bool(basis.comparable),
+                retain_comparable=bool(reference.concept_vectors["basis"]["comparable"]),
+                margin=cfg.gone_margin,
+                n_boot=n_boot,
+                seed=cfg.seed,
+            )
+        )
     result = AuditResult(
         concept.concept,
         v,
@@ -288,13 +327,79 @@ def audit(
         traces=tuple(calls),
         items=tuple(_items(concept, trace_values, "heldout" if trained_split is not None else "all")),
         seconds=attack_seconds,
+        retain_model=reference.unlearned_model if reference is not None else "",
+        retain=retain_calls,
+        timings=_timings(stage_rows, attack_seconds, base, unlearned, time.perf_counter() - t_start),
     )
     if out is not None:
         out = Path(out)
         write_json(out / "audit.json", result.to_dict())
-        write_json(out / "timings.json", {**timings, "attacks": attack_seconds})
+        write_json(out / "timings.json", result.timings)
         audit_report([result]).write(out / "report.html")
     return result
+
+
+def _stage_row(peak: PeakMemory, *, cached: bool) -> dict[str, Any]:
+    """One stage of timings.json. A stage read from the stage cache ran nothing: its seconds are the read
+    and its peak is not the stage's, so the peak is left out (None)."""
+    return {
+        "seconds": round(peak.seconds, 3),
+        "cached": cached,
+        "peak_bytes": None if cached else peak.bytes,
+        "peak_mb": None if cached else round(peak.megabytes, 1),
+    }
+
+
+def _timings(
+    stages: dict[str, dict[str, Any]],
+    attacks: dict[str, float],
+    base: Model,
+    unlearned: Model,
+    total: float,
+) -> dict[str, Any]:
+    """What timings.json holds: per stage seconds / peak memory / cached, the memory kind, each attack's
+    seconds, the two models' parameter bytes and the whole audit's seconds."""
+    kind = "cuda_allocated" if base.device.type == "cuda" else "rss"
+    return {
+        "memory_kind": kind,
+        "device": str(base.device),
+        "dtype": str(base.dtype).replace("torch.", ""),
+        "parameter_bytes": {"base": parameter_bytes(base.hf), "unlearned": parameter_bytes(unlearned.hf)},
+        "total_seconds": round(total, 2),
+        "stages": stages,
+        "attacks": attacks,
+    }
+
+
+def _retain_audit(
+    retain_model: Model | AuditResult | None, base: Model, concept: Concept, cfg: AuditConfig, **kw: Any
+) -> AuditResult | None:
+    """The retain model's audit against ``base`` (the given one, or run now with the same arguments)."""
+    if retain_model is None or isinstance(retain_model, AuditResult):
+        return retain_model
+    if not isinstance(retain_model, Model):
+        raise VestigeError(
+            f"retain_model is a {type(retain_model).__name__}",
+            "the audit compares with a retain model through its traces, so it needs the model or its audit",
+            "pass a probes.model.Model (load_model(spec)) or the AuditResult of audit(base, retain, concept)",
+        )
+    return audit(base, retain_model, concept, config=cfg, **kw)
+
+
+def _check_same_items(reference: AuditResult, concept: Concept, cfg: AuditConfig) -> None:
+    """A given retain audit must have measured the same items under the same config, or its per-item values
+    cannot be paired with this audit's."""
+    theirs = [i["prompt"] for i in reference.items]
+    ours = [q.prompt for q in concept.qa]
+    if theirs != ours or to_jsonable(reference.extra.get("config")) != to_jsonable(cfg.to_dict()):
+        what = "items" if theirs != ours else "config"
+        raise VestigeError(
+            f"the retain model's audit was run on other {what} than this audit",
+            f"its {what} differ from this audit's ({len(theirs)} vs {len(ours)} items), so its per-item values "
+            "cannot be paired with these",
+            "pass the retain model itself (retain_model=model) or its audit with the same concept, "
+            "trained_items, floor, control and AuditConfig",
+        )
 
 
 def evaluation_items(
@@ -339,11 +444,19 @@ def evaluation_items(
 
 def _scored_like(floor: Concept | None, concept: Concept) -> Concept | None:
     """The floor scored by the forget items' rule: a concept of sentence answers (``scoring="rouge"``, the
-    benchmarks') has its floor scored by ROUGE too, so the floor reads what that rule credits for free."""
+    benchmarks') has its floor scored by ROUGE too, so the floor reads what that rule credits for free; a
+    concept of multiple-choice items (WMDP's) has its floor asked as multiple-choice questions with as many
+    options (``probes.benchmarks.wmdp.as_choice_items``), so the floor reads chance."""
     scorings = {q.scoring for q in concept.qa}
     if floor is None or len(scorings) != 1 or all(q.scoring in scorings for q in floor.qa):
         return floor
     (scoring,) = scorings
+    if scoring == "choice":
+        from probes.benchmarks.wmdp import as_choice_items
+        from probes.data import choice_letters
+
+        n = len(choice_letters(concept.qa[0]))
+        return replace(floor, qa=as_choice_items(floor.qa, n_choices=n))
     return replace(floor, qa=tuple(replace(q, scoring=scoring) for q in floor.qa))
 
 

@@ -31,6 +31,14 @@ def register(sub) -> argparse.ArgumentParser:
         required=True,
         help="model spec of the unlearned model, or a PEFT adapter directory (merged into --base)",
     )
+    p.add_argument(
+        "--retain-model",
+        default=None,
+        metavar="M",
+        help="a model that never saw the forget data (TOFU's retain90, MUSE's retrained model; a spec or a PEFT "
+        "adapter over --base): audited against --base too, and every trace family of the unlearned model is "
+        "compared with it on the same items (reached / above / below)",
+    )
     common.add_concept_args(p)
     p.add_argument(
         "--benchmark",
@@ -43,7 +51,8 @@ def register(sub) -> argparse.ArgumentParser:
         "--split",
         default=None,
         help="with --benchmark: the forget split (default: tofu forget10, muse-knowmem forget_qa, muse-verbmem "
-        "forget); the benchmark's retain items found beside it join the control",
+        "forget, rwku forget, wmdp wmdp-bio; rwku takes TARGET/SPLIT, e.g. 'Stephen King/forget', conceptvectors "
+        "[FILE/]CONCEPT); the benchmark's retain items found beside it join the control",
     )
     p.add_argument("--out", default="vestige-out/audit")
     p.add_argument("--json", action="store_true", help="also print the audit's JSON summary on stdout")
@@ -162,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
         raise VestigeError(
             "--data and --split read a benchmark's files, and no --benchmark was given",
             f"they name the files of one of {BENCHMARKS}",
-            "add --benchmark tofu (or muse-knowmem, muse-verbmem), or drop --data / --split",
+            f"add --benchmark NAME (one of {', '.join(BENCHMARKS)}), or drop --data / --split",
         )
     retain: list = []
     if args.benchmark:
@@ -184,6 +193,7 @@ def run(args: argparse.Namespace) -> int:
     common.check_out_dir(args.out)
     base = common.load(args.base, args)
     unlearned = common.load(args.unlearned, args, base=base)  # an adapter directory goes onto --base
+    retain_model = common.load(args.retain_model, args, base=base) if args.retain_model else None
     validate_concept(base, concept)
     given = {
         "n_vectors": args.n_vectors,
@@ -213,12 +223,16 @@ def run(args: argparse.Namespace) -> int:
         trained_items=trained_items(args.unlearned),
         floor=floor,
         control_qa=control,
+        retain_model=retain_model,
         progress=not args.no_progress,
     )
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
         print(result.to_frame().to_string(index=False))
+        if result.retain:
+            print(f"against the retain model {result.retain_model}:")
+            print(result.retain_frame()[["family", "call", "unlearned - retain"]].to_string(index=False))
         print(f"verdict: {result.verdict}\nwrote {args.out}/audit.json and {args.out}/report.html")
     return 0
 
