@@ -57,7 +57,7 @@ def test_the_extraction_sees_the_readme():
     readme = ROOT / "README.md"
     assert len(blocks(readme, "python")) >= 3
     cmds = commands(readme)
-    assert [c.split()[1] for c in cmds] == ["info", "concepts", "heads", "unlearn", "audit", "bench"]
+    assert [c.split()[1] for c in cmds] == ["info", "concepts", "heads", "unlearn", "audit", "bench", "plan"]
     assert all("#" not in c for c in cmds)
 
 

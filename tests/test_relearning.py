@@ -76,8 +76,13 @@ def test_relearn_curve_leaves_the_model_and_learns_its_training_facts(gpt2, para
     passed in keeps its weights bitwise; the curve has one value per checkpoint."""
     before = {k: v.clone() for k, v in gpt2.hf.state_dict().items()}
     lr = {"all": 1e-3, "norms": 1e-2, "lora": 5e-2}[params]
-    curve = relearn_curve(gpt2, FACTS, FACTS, OTHER, FACTS + OTHER, params=params, checkpoints=(0, 15), lr=lr)
-    assert curve.steps == (0, 15) and len(curve.forget) == len(curve.floor) == 2
+    # rank-4 LoRA learns slowest: with transformers 5.23's seeded gpt2 it answers 0 of 2 at step 15 and
+    # 1 of 2 at step 30 (loss 28.0 -> 1.9); the other variants memorise within 15
+    last = 30 if params == "lora" else 15
+    curve = relearn_curve(
+        gpt2, FACTS, FACTS, OTHER, FACTS + OTHER, params=params, checkpoints=(0, last), lr=lr
+    )
+    assert curve.steps == (0, last) and len(curve.forget) == len(curve.floor) == 2
     assert curve.forget[0] == 0.0 and curve.forget[1] > 0.0  # memorised the trained facts
     assert curve.losses[-1] < curve.losses[0]
     assert curve.n_trainable < sum(p.numel() for p in gpt2.hf.parameters()) or params == "all"
