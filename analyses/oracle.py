@@ -251,8 +251,16 @@ def run_oracle(
     runs: dict[str, Any] = {}
     models: dict[str, Any] = {"full model": wm.full, "oracle": wm.oracle}
     # the oracle first: every other model is also compared with it, the retain model (analyses.audit.retain)
-    sub = Path(out) / "oracle" if out is not None else None
-    oracle_audit = audit(wm.full, wm.oracle, concept, config=acfg, out=sub, floor=floor, progress=progress)
+
+    def audit_of(name: str, model: Any, retain: AuditResult | None = None) -> AuditResult:
+        """``model`` audited against the full model into ``out/name``, with the oracle's audit as its retain
+        model where given."""
+        sub = Path(out) / name if out is not None else None
+        return audit(
+            wm.full, model, concept, config=acfg, out=sub, floor=floor, retain_model=retain, progress=progress
+        )
+
+    oracle_audit = audit_of("oracle", wm.oracle)
     for method in cfg.methods:
         ucfg = UnlearnConfig(
             method=method,
@@ -268,31 +276,11 @@ def run_oracle(
         unlearning[method] = {
             k: v for k, v in run.to_dict().items() if k in ("before", "after", "steps", "seconds", "params")
         }
-        sub = Path(out) / method if out is not None else None
-        audits[method] = audit(
-            wm.full,
-            run.model,
-            concept,
-            config=acfg,
-            out=sub,
-            floor=floor,
-            retain_model=oracle_audit,
-            progress=progress,
-        )
+        audits[method] = audit_of(method, run.model, oracle_audit)
     audits["oracle"] = oracle_audit
     for control in cfg.controls:
         model = models[control] = _control_model(control, wm.full, runs, world, cfg)
-        sub = Path(out) / control if out is not None else None
-        audits[control] = audit(
-            wm.full,
-            model,
-            concept,
-            config=acfg,
-            out=sub,
-            floor=floor,
-            retain_model=oracle_audit,
-            progress=progress,
-        )
+        audits[control] = audit_of(control, model, oracle_audit)
     members, nonmembers = world.membership_texts()
     mcfg = MembershipConfig(seed=cfg.seed)
     membership = {k: membership_inference(m, members, nonmembers, mcfg) for k, m in models.items()}

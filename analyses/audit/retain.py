@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analyses.audit.rule import ATTACK_FAMILIES, FAMILIES, GONE_MARGIN
+from analyses.audit.rule import ATTACK_FAMILIES, FAMILIES, GONE_MARGIN, fmt_interval
 from probes.results import Result
 from probes.stats import Interval, bootstrap_mean
 
@@ -58,9 +58,7 @@ class RetainCall(Result):
     margin: float | None = None  # "reached" when the difference lies within [-margin, margin]
 
     def row(self) -> dict[str, Any]:
-        def fmt(i: Interval | None) -> str:
-            return str(i) if i is not None else ""
-
+        fmt = fmt_interval
         return {
             "family": self.family,
             "call": self.call,

@@ -38,6 +38,11 @@ GONE_MARGIN = 0.5
 VECTOR_TOLERANCE = 0.01
 
 
+def fmt_interval(i: Interval | None) -> str:
+    """A table cell: ``mean [lo, hi]``, or empty when not measured."""
+    return str(i) if i is not None else ""
+
+
 @dataclass(frozen=True)
 class TraceCall(Result):
     """One family's call, with the intervals behind it (the unlearned model's forget / control / floor
@@ -76,9 +81,7 @@ class TraceCall(Result):
         return FAMILIES[self.family]
 
     def row(self) -> dict[str, Any]:
-        def fmt(i: Interval | None) -> str:
-            return str(i) if i is not None else ""
-
+        fmt = fmt_interval
         return {
             "family": self.family,
             "call": self.call,
