@@ -10,7 +10,8 @@ text without the answers, then forget-QA again).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -189,13 +190,16 @@ def relearn_attack(
     window: int = 64,
     batch_size: int = 8,
     seed: int = 0,
+    params: str = "all",
 ) -> QAScores:
     """Relearning attack (Lynch et al. 2024; Hu et al. 2024 "jogging the memory"): fine-tune a copy of
     ``model`` for ``steps`` AdamW steps on the concept's text with every sentence that contains an
     evaluated answer removed, then score forget-QA. Knowledge that was only suppressed comes back from
-    such unrelated-looking text; knowledge that is gone does not. ``model`` itself is never modified."""
-    work = relearned_copy(model, concept, steps=steps, lr=lr, window=window, batch_size=batch_size, seed=seed)
-    return score_qa(work, concept.qa)
+    such unrelated-looking text; knowledge that is gone does not. ``params``: which parameters train
+    (``all`` on a copy; the others lean, on ``model`` itself, restored exactly afterwards)."""
+    kw = dict(steps=steps, lr=lr, window=window, batch_size=batch_size, seed=seed, params=params)
+    with relearned(model, concept, **kw) as work:
+        return score_qa(work, concept.qa)
 
 
 def relearned_copy(
@@ -209,6 +213,24 @@ def relearned_copy(
     seed: int = 0,
 ) -> Model:
     """The copy of ``model`` that ``relearn_attack`` fine-tunes (to score other items on it too)."""
+    cm = relearned(model, concept, steps=steps, lr=lr, window=window, batch_size=batch_size, seed=seed)
+    with cm as work:
+        return work
+
+
+def relearned(
+    model: Model,
+    concept: Concept,
+    *,
+    steps: int = 10,
+    lr: float = 3e-5,
+    window: int = 64,
+    batch_size: int = 8,
+    seed: int = 0,
+    params: str = "all",
+):
+    """``relearn_attack``'s fine-tuning as a context manager (``finetuned``): a copy for ``params="all"``,
+    ``model`` itself trained lean and put back on leaving for every other choice."""
     from analyses.unlearn.batches import text_windows
 
     text = answer_free_text(concept)
@@ -219,7 +241,7 @@ def relearned_copy(
             "add background text about the concept without its answers to the concept file, or turn the "
             "relearning attack off (relearn_steps=0, --relearn-steps 0)",
         )
-    return _finetuned_copy(
+    return finetuned(
         model,
         lambda work: text_windows(work, [text], window),
         steps=steps,
@@ -227,6 +249,7 @@ def relearned_copy(
         batch_size=batch_size,
         seed=seed,
         desc="relearn",
+        params=params,
     )
 
 
@@ -241,11 +264,32 @@ def fact_relearned_copy(
     params: str = "all",
 ) -> Model:
     """A copy of ``model`` fine-tuned for ``steps`` AdamW steps on ``facts``, ``batch_size`` at a time
-    (prompt + answer, the loss on the answer tokens): the "retrain on T" half of Deeb & Roger's (2024) test, whose "test on V" half scores
-    *other* facts of the concept on the copy. Independent facts cannot be inferred from each other, so what
-    comes back on V was still in the weights; the same fine-tuning on facts never known (the floor) shows
-    what the attack teaches. ``params``: which parameters train (``analyses.relearning.PARAMS``: all, norms,
-    biases, layer:K, lora). ``model`` itself is never modified."""
+    (prompt + answer, the loss on the answer tokens): the "retrain on T" half of Deeb & Roger's (2024)
+    test, whose "test on V" half scores *other* facts of the concept on the copy. Independent facts cannot
+    be inferred from each other, so what comes back on V was still in the weights; the same fine-tuning on
+    facts never known (the floor) shows what the attack teaches. ``params``: which parameters train
+    (``analyses.relearning.PARAMS``: all, norms, biases, layer:K, lora). ``model`` itself is never
+    modified (``fact_relearned``: the same, lean, as a context manager)."""
+    cm = fact_relearned(
+        model, facts, steps=steps, lr=lr, batch_size=batch_size, seed=seed, params=params, in_place=False
+    )
+    with cm as work:
+        return work
+
+
+def fact_relearned(
+    model: Model,
+    facts: Sequence[QA],
+    *,
+    steps: int = 10,
+    lr: float = 3e-5,
+    batch_size: int = 4,
+    seed: int = 0,
+    params: str = "all",
+    in_place: bool | None = None,
+):
+    """``fact_relearned_copy``'s fine-tuning as a context manager (``finetuned``): a copy for
+    ``params="all"``, ``model`` itself trained lean and put back on leaving for every other choice."""
     if not facts:
         raise ConceptFileError(
             "no facts to relearn from",
@@ -255,7 +299,7 @@ def fact_relearned_copy(
         )
     from analyses.unlearn.batches import qa_examples
 
-    return _finetuned_copy(
+    return finetuned(
         model,
         lambda work: qa_examples(work, facts),
         steps=steps,
@@ -264,10 +308,12 @@ def fact_relearned_copy(
         seed=seed,
         desc="fact relearn",
         params=params,
+        in_place=in_place,
     )
 
 
-def _finetuned_copy(
+@contextmanager
+def finetuned(
     model: Model,
     examples_of,
     *,
@@ -277,29 +323,65 @@ def _finetuned_copy(
     seed: int,
     desc: str,
     params: str = "all",
-):
-    """A copy of ``model`` after ``steps`` AdamW steps on batches of ``batch_size`` drawn (seeded) from
-    ``examples_of(copy)``, the summed NLL of their targets averaged over the batch; ``params`` chooses the
-    parameters that train (``analyses.relearning.select_parameters``)."""
+    in_place: bool | None = None,
+) -> Iterator[Model]:
+    """``model`` after ``steps`` AdamW steps on batches of ``batch_size`` drawn (seeded) from
+    ``examples_of(work)``, the summed NLL of their targets averaged over the batch; ``params`` chooses the
+    parameters that train (``analyses.relearning.PARAMS``).
+
+    ``all`` fine-tunes a copy (the model, its gradients and AdamW's two moments: four times the weights).
+    Every other choice is lean: it trains ``model`` itself, in place, with gradients and optimizer state
+    only for the chosen parameters (``lora``: a rank-8 update beside the frozen weights; ``norms``,
+    ``biases``, ``layer:K``: a saved copy of just those tensors), and puts it back exactly on leaving the
+    block, also on an exception; the weights outside the choice are never written. ``in_place=False``
+    fine-tunes a copy whatever the choice (a model that must outlive the block)."""
     import torch
 
+    from analyses.lora import has_lora, remove_lora
+    from analyses.relearning import select_parameters
     from analyses.training import train
     from analyses.unlearn.batches import make_batch, sequence_nll
 
-    work = model.copy()
-    examples = examples_of(work)
-    gen = torch.Generator().manual_seed(seed)
-    if params == "all":
-        trainable = [p for p in work.hf.parameters() if p.requires_grad]
-    else:
-        from analyses.relearning import select_parameters
+    in_place = params != "all" if in_place is None else in_place
+    if in_place and params == "lora":
+        from analyses.lora import covers_every_block_linear
 
+        in_place = covers_every_block_linear(model)  # else the bridge re-wired a layer: on a copy
+    work = model if in_place else model.copy()
+    flags = [(p, p.requires_grad) for p in work.hf.parameters()] if in_place else []
+    saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+    was_training = work.hf.training
+    try:
+        if in_place and has_lora(work):
+            raise RuntimeError(f"{work.name!r} already carries a LoRA update; merge or remove it first")
         trainable = select_parameters(work, params, seed=seed)
-    work.hf.train(False)
+        if in_place and params != "lora":
+            saved = [(p, p.detach().clone()) for p in trainable]
+        examples = examples_of(work)
+        gen = torch.Generator().manual_seed(seed)
+        work.hf.train(False)
 
-    def step_loss(step: int) -> torch.Tensor:
-        pick = torch.randperm(len(examples), generator=gen)[:batch_size].tolist()
-        return sequence_nll(work, make_batch(work, [examples[i] for i in pick])).mean()
+        def step_loss(step: int) -> torch.Tensor:
+            pick = torch.randperm(len(examples), generator=gen)[:batch_size].tolist()
+            return sequence_nll(work, make_batch(work, [examples[i] for i in pick])).mean()
 
-    train(trainable, step_loss, steps, lr=lr, desc=desc)
-    return work
+        train(trainable, step_loss, steps, lr=lr, desc=desc)
+        for p in trainable:
+            p.grad = None
+        yield work
+    finally:
+        if in_place:
+            with torch.no_grad():
+                for p, original in saved:
+                    p.copy_(original)
+            remove_lora(work)
+            for p, flag in flags:
+                p.grad = None
+                p.requires_grad_(flag)
+            work.hf.train(was_training)
+
+
+def _finetuned_copy(model: Model, examples_of, **kw) -> Model:
+    """A fine-tuned copy of ``model`` that outlives the call (``finetuned`` with ``params="all"``)."""
+    with finetuned(model, examples_of, in_place=False, **kw) as work:
+        return work

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from analyses.lora import attach_lora, block_linears
 from probes.data import QA
 from probes.errors import VestigeError
 from probes.model import Model
@@ -45,31 +46,6 @@ def is_variant(params: str) -> bool:
     return params in ("all", "norms", "biases", "lora") or (
         params.startswith("layer:") and params[len("layer:") :].isdigit()
     )
-
-
-class LoRADelta(torch.nn.Module):
-    """``weight + scale * B @ A`` as a parametrisation of a weight of shape ``[rows, cols]``."""
-
-    def __init__(self, rows: int, cols: int, rank: int, alpha: float, generator: torch.Generator, like):
-        super().__init__()
-        a = torch.randn(rank, cols, generator=generator) / rank**0.5
-        self.A = torch.nn.Parameter(a.to(device=like.device, dtype=like.dtype))
-        self.B = torch.nn.Parameter(torch.zeros(rows, rank, device=like.device, dtype=like.dtype))
-        self.scale = alpha / rank
-
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight + self.scale * (self.B @ self.A)
-
-
-def _block_linears(model: Model) -> list[torch.nn.Module]:
-    from transformers.pytorch_utils import Conv1D
-
-    prefix = model._paths["layers"] + "."
-    return [
-        m
-        for name, m in model.hf.named_modules()
-        if name.startswith(prefix) and isinstance(m, (torch.nn.Linear, Conv1D))
-    ]
 
 
 def select_parameters(
@@ -102,15 +78,7 @@ def select_parameters(
             )
         chosen = [p for n, p in named if n.startswith(f"{prefix}{k}.")]
     elif params == "lora":
-        from torch.nn.utils import parametrize
-
-        gen = torch.Generator().manual_seed(seed)
-        chosen = []
-        for m in _block_linears(work):
-            w = m.weight
-            delta = LoRADelta(w.shape[0], w.shape[1], lora_rank, lora_alpha, gen, w)
-            parametrize.register_parametrization(m, "weight", delta)
-            chosen += [delta.A, delta.B]
+        chosen = attach_lora(block_linears(work), rank=lora_rank, alpha=lora_alpha, seed=seed)
     else:
         raise RelearnError(
             f"unknown relearning variant {params!r}",

@@ -5,6 +5,7 @@ run again here."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -57,7 +58,18 @@ def test_the_extraction_sees_the_readme():
     readme = ROOT / "README.md"
     assert len(blocks(readme, "python")) >= 3
     cmds = commands(readme)
-    assert [c.split()[1] for c in cmds] == ["info", "concepts", "heads", "unlearn", "audit", "bench", "plan"]
+    assert [c.split()[1] for c in cmds] == [
+        "info",
+        "concepts",
+        "heads",
+        "unlearn",
+        "audit",
+        "audit",
+        "audit",
+        "bench",
+        "plan",
+    ]
+    assert "--trainable lora" in cmds[3] and "--benchmark tofu" in cmds[5] and "--benchmark rwku" in cmds[6]
     assert all("#" not in c for c in cmds)
 
 
@@ -74,8 +86,11 @@ def test_readme_python_blocks_run(tmp_path):
 
 @pytest.mark.slow
 def test_readme_commands_run(tmp_path):
-    """The CLI tour in order, in one folder (the audit reads the checkpoint the unlearn line wrote)."""
+    """The CLI tour in order, in one folder (the audits read the adapter the unlearn line wrote). The README's
+    paths are relative to the repository root (``tests/fixtures/...``, the benchmark fixtures in their
+    published schemas): the folder links to the repository's ``tests``."""
     vestige = Path(sys.executable).parent / "vestige"
+    (tmp_path / "tests").symlink_to(ROOT / "tests", target_is_directory=True)
     for line in commands(ROOT / "README.md"):
         argv = shlex.split(line)
         r = subprocess.run(
@@ -85,6 +100,12 @@ def test_readme_commands_run(tmp_path):
         assert "Traceback" not in r.stderr, line
     for path in ("concepts/concepts.json", "heads/heads.json", "npo/unlearn.json", "audit/audit.json"):
         assert (tmp_path / "out" / path).exists(), path
+    assert (tmp_path / "out" / "npo" / "adapter_config.json").exists()  # the LoRA run saved an adapter
+    for bench, concept in (("tofu", "TOFU forget01"), ("rwku", "RWKU Marisol Venn forget")):
+        report = json.loads((tmp_path / "out" / bench / "audit.json").read_text())
+        assert report["concept"] == concept and report["verdict"] == "inconclusive"
+        # SmolLM2 never read these invented authors: the audit must say there is nothing to forget
+        assert any("nothing to forget" in r for r in report["reasons"]), report["reasons"]
     assert (tmp_path / "out" / "bench" / "bench.json").exists()
 
 

@@ -119,3 +119,36 @@ def test_norms_alone_bring_ga_mozart_back(smol, ga_mozart):
     assert norms.n_trainable == 35136 and norms.forget[0] == pytest.approx(0.5)
     assert max(norms.forget) == 1.0 and all(f == 0.0 for f in norms.floor)
     assert min(norms.control) == 1.0
+
+
+@pytest.mark.parametrize("params", ["norms", "lora", "layer:20"])
+def test_lean_relearning_in_place_equals_the_copy_and_restores_exactly(smol, params):
+    """Lean relearning trains SmolLM2 itself (gradients and AdamW state for the chosen parameters only)
+    and answers as a fine-tuned copy does; on leaving, every weight is back bitwise, also after an
+    exception inside the block."""
+    from analyses.behaviour import fact_relearned, fact_relearned_copy
+    from probes.edits import weights_checksum
+    from probes.qa import score_qa
+
+    kw = dict(steps=4, lr=3e-3, seed=0, params=params)
+    before = weights_checksum(smol)
+    flags = {n: p.requires_grad for n, p in smol.hf.named_parameters()}
+    copy_scores = score_qa(fact_relearned_copy(smol, FACTS, **kw), FACTS + OTHER)
+    assert weights_checksum(smol) == before
+    with fact_relearned(smol, FACTS, **kw) as work:
+        assert work is smol  # no copy
+        lean_scores = score_qa(work, FACTS + OTHER)
+        if params != "lora":  # lora leaves W itself alone (its update lives beside it)
+            assert weights_checksum(smol) != before
+        trainable = sum(p.numel() for p in smol.hf.parameters() if p.requires_grad)
+        assert 0 < trainable < 0.1 * sum(p.numel() for p in smol.hf.parameters())
+    assert weights_checksum(smol) == before
+    assert {n: p.requires_grad for n, p in smol.hf.named_parameters()} == flags
+    assert lean_scores.correct == copy_scores.correct
+    assert lean_scores.logprobs == pytest.approx(copy_scores.logprobs, abs=2e-3)
+    base = score_qa(smol, FACTS).logprobs  # the fine-tuning raised the facts it saw, then was undone
+    assert sum(lean_scores.logprobs[:2]) > sum(base) + 1.0
+    with pytest.raises(ZeroDivisionError):
+        with fact_relearned(smol, FACTS, **kw):
+            raise ZeroDivisionError("inside the block")
+    assert weights_checksum(smol) == before

@@ -19,6 +19,9 @@ class AuditConfig(Result):
     sample_top_p: float = 0.95
     relearn_steps: int = 10
     relearn_lr: float = 3e-5
+    # which parameters the relearning attack moves (``analyses.relearning.PARAMS``); ``all`` fine-tunes a
+    # copy, every other choice trains the model itself, lean, and restores it exactly (``behaviour.finetuned``)
+    relearn_params: str = "all"
     # Deeb & Roger's retrain-on-T, test-on-V: AdamW steps on the facts the run trained on (0: off), then the
     # held-out items (``analyses.audit.traces.fact_relearn_values``)
     fact_relearn_steps: int = 10
@@ -94,12 +97,13 @@ class AuditConfig(Result):
         self.soft_prompt()  # validates the soft prompt's settings
         from analyses.relearning import is_variant
 
-        p = self.fact_relearn_params
-        if not is_variant(p):
-            raise ValueError(
-                f"AuditConfig.fact_relearn_params is {p!r}: fact relearning moves all, norms, biases, lora "
-                "or layer:K (one block) parameters"
-            )
+        for name in ("relearn_params", "fact_relearn_params"):
+            p = getattr(self, name)
+            if not is_variant(p):
+                raise ValueError(
+                    f"AuditConfig.{name} is {p!r}: relearning moves all, norms, biases, lora or layer:K (one "
+                    "block) parameters"
+                )
         if self.lens_top_k < 1:
             raise ValueError(
                 f"AuditConfig.lens_top_k is {self.lens_top_k}: the logit-lens trace counts an answer ranked in "

@@ -79,7 +79,9 @@ def _relearn_stage(
     out: dict[str, Any] = {"base": on_base("relearn", lambda: _relearn(base, concept, cfg))}
     if cfg.relearn_steps <= 0:
         return {**out, "unlearned": float("nan")}
-    items = T.relearn_values(unlearned, sets, steps=cfg.relearn_steps, lr=cfg.relearn_lr, seed=cfg.seed)
+    items = T.relearn_values(
+        unlearned, sets, steps=cfg.relearn_steps, lr=cfg.relearn_lr, seed=cfg.seed, params=cfg.relearn_params
+    )
     forget = items["forget"]
     return {**out, "unlearned": float(np.mean(forget)) if forget else float("nan"), "unlearned_items": items}
 
@@ -174,7 +176,9 @@ def _relearn(model: Model, concept: Concept, cfg: AuditConfig) -> float:
     if cfg.relearn_steps <= 0 or not answer_free_text(concept):
         return float("nan")
     torch.manual_seed(cfg.seed)
-    return relearn_attack(model, concept, steps=cfg.relearn_steps, lr=cfg.relearn_lr, seed=cfg.seed).accuracy
+    return relearn_attack(
+        model, concept, steps=cfg.relearn_steps, lr=cfg.relearn_lr, seed=cfg.seed, params=cfg.relearn_params
+    ).accuracy
 
 
 def _attack_accuracies(

@@ -10,13 +10,14 @@ it reads on knowledge that was never there.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from analyses.behaviour import answer_free_text, attack_scores, fact_relearned_copy, relearned_copy
+from analyses.behaviour import answer_free_text, attack_scores, fact_relearned, relearned
 from probes import hooks
 from probes.data import QA, Concept
 from probes.heads import mask_hooks
@@ -164,22 +165,24 @@ def attack_values(
     return {**out, "by_attack": by_attack, "seconds": {a: round(t, 3) for a, t in seconds.items()}}
 
 
-def relearn_values(model: Model, sets: ItemSets, *, steps: int, lr: float, seed: int) -> dict[str, Any]:
-    """A copy relearned on the concept's answer-free text answers the forget and the control items; a copy
-    relearned the same way on the floor's text answers the floor items. Empty when a set has no text."""
+def relearn_values(
+    model: Model, sets: ItemSets, *, steps: int, lr: float, seed: int, params: str = "all"
+) -> dict[str, Any]:
+    """The model relearned on the concept's answer-free text answers the forget and the control items; the
+    model relearned the same way on the floor's text answers the floor items. Empty when a set has no
+    text. ``params``: which parameters train (``analyses.relearning.PARAMS``; ``all`` on a copy, the others
+    lean, in place, restored exactly)."""
     out: dict[str, Any] = {s: [] for s in SETS}
     if answer_free_text(sets.forget):
         torch.manual_seed(seed)
-        work = relearned_copy(model, sets.forget, steps=steps, lr=lr, seed=seed)
-        out["forget"] = _correct(score_qa(work, sets.forget.qa))
-        if sets.control.qa:
-            out["control"] = _correct(score_qa(work, sets.control.qa))
-        del work
+        with relearned(model, sets.forget, steps=steps, lr=lr, seed=seed, params=params) as work:
+            out["forget"] = _correct(score_qa(work, sets.forget.qa))
+            if sets.control.qa:
+                out["control"] = _correct(score_qa(work, sets.control.qa))
     if answer_free_text(sets.floor):
         torch.manual_seed(seed)
-        work = relearned_copy(model, sets.floor, steps=steps, lr=lr, seed=seed)
-        out["floor"] = _correct(score_qa(work, sets.floor.qa))
-        del work
+        with relearned(model, sets.floor, steps=steps, lr=lr, seed=seed, params=params) as work:
+            out["floor"] = _correct(score_qa(work, sets.floor.qa))
     return out
 
 
@@ -198,10 +201,11 @@ def fact_relearn_values(
     scorer is a copy of ``model`` fine-tuned for ``steps`` AdamW steps on that fold's facts (``params``:
     which parameters train, ``analyses.relearning.PARAMS``)."""
 
+    @contextmanager
     def fit(facts: Sequence[QA]):
         torch.manual_seed(seed)
-        work = fact_relearned_copy(model, facts, steps=steps, lr=lr, seed=seed, params=params)
-        return lambda items: score_qa(work, items, batch_size=batch_size)
+        with fact_relearned(model, facts, steps=steps, lr=lr, seed=seed, params=params) as work:
+            yield lambda items: score_qa(work, items, batch_size=batch_size)
 
     return fit_and_test(sets, trained, fit, seed=seed)
 
@@ -222,10 +226,11 @@ def soft_prompt_values(
 
     curves: list[list[float]] = []
 
+    @contextmanager
     def fit(facts: Sequence[QA]):
         prompt = fit_soft_prompt(model, facts, config)
         curves.append(list(prompt.losses))
-        return lambda items: soft_prompt_scores(model, prompt, items, batch_size=batch_size)
+        yield lambda items: soft_prompt_scores(model, prompt, items, batch_size=batch_size)
 
     out = fit_and_test(sets, trained, fit, seed=config.seed)
     out["losses"] = curves[0] if curves else []
@@ -233,8 +238,8 @@ def soft_prompt_values(
 
 
 def fit_and_test(sets: ItemSets, trained: Sequence[QA], fit, *, seed: int) -> dict[str, Any]:
-    """Retrain on T, test on V (Deeb & Roger 2024) for an attack ``fit(facts) -> scorer`` (a scorer maps
-    items to ``QAScores``). Forget: the scorer fitted on ``trained`` (the facts the unlearning run trained
+    """Retrain on T, test on V (Deeb & Roger 2024) for an attack ``fit(facts)``, a context manager that
+    yields a scorer (a scorer maps items to ``QAScores``; the attack is undone on leaving it). Forget: the scorer fitted on ``trained`` (the facts the unlearning run trained
     on) answers every forget item; without them, two seeded halves of the forget items, each answered by
     the scorer fitted on the other half. Control: the (first) forget scorer answers them (what the attack
     does to facts it was not fitted on). Floor: a scorer fitted on a seeded sample of as many floor facts
@@ -256,23 +261,21 @@ def fit_and_test(sets: ItemSets, trained: Sequence[QA], fit, *, seed: int) -> di
     correct = np.zeros(n)
     completions = [""] * n
     for k, (facts, test) in enumerate(folds):
-        score = fit(facts)
-        s = score([forget[i] for i in test])
-        correct[test] = s.correct
-        for i, c in zip(test, s.completions, strict=True):
-            completions[int(i)] = c
-        if k == 0 and sets.control.qa:
-            out["control"] = _correct(score(sets.control.qa))
-        del score
+        with fit(facts) as score:
+            s = score([forget[i] for i in test])
+            correct[test] = s.correct
+            for i, c in zip(test, s.completions, strict=True):
+                completions[int(i)] = c
+            if k == 0 and sets.control.qa:
+                out["control"] = _correct(score(sets.control.qa))
     out.update(forget=correct.tolist(), forget_completions=completions, trained_on=len(folds[0][0]))
     floor = list(sets.floor.qa)
     k = min(len(folds[0][0]), len(floor) // 2)
     if k >= 1:
         on = set(rng.choice(len(floor), k, replace=False).tolist())
-        score = fit([floor[i] for i in sorted(on)])
-        out["floor"] = _correct(score([q for i, q in enumerate(floor) if i not in on]))
+        with fit([floor[i] for i in sorted(on)]) as score:
+            out["floor"] = _correct(score([q for i, q in enumerate(floor) if i not in on]))
         out["floor_trained_on"] = k
-        del score
     return out
 
 

@@ -73,6 +73,13 @@ def register(sub) -> argparse.ArgumentParser:
         "ones (0: off; default 10)",
     )
     p.add_argument(
+        "--relearn-params",
+        type=_relearn_params,
+        default=None,
+        help="which parameters the relearning attack moves: all (default, on a copy), or lean, in place and "
+        "restored exactly: norms, biases, layer:K or lora (a rank-8 update of every block weight)",
+    )
+    p.add_argument(
         "--fact-relearn-params",
         type=_relearn_params,
         default=None,
@@ -199,6 +206,7 @@ def run(args: argparse.Namespace) -> int:
         "n_vectors": args.n_vectors,
         "relearn_steps": args.relearn_steps,
         "fact_relearn_steps": args.fact_relearn_steps,
+        "relearn_params": args.relearn_params,
         "fact_relearn_params": args.fact_relearn_params,
         "lens_top_k": args.lens_top_k,
         "quantize_bits": args.quantize_bits,

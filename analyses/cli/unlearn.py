@@ -223,5 +223,6 @@ def run(args: argparse.Namespace) -> int:
             f"  held-out accuracy   {hb:.3f} -> {ha:.3f} ({len(result.heldout_items)} items nothing trained on)"
         )
     if args.out:
-        print(f"wrote {args.out} (checkpoint + unlearn.json)")
+        saved = "PEFT adapter" if result.adapter is not None else "checkpoint"
+        print(f"wrote {args.out} ({saved} + unlearn.json)")
     return 0

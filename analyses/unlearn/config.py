@@ -41,7 +41,16 @@ class UnlearnConfig(Result):
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient-norm clipping"})
     trainable: str | None = field(
-        default=None, metadata={"choices": ("all", "mlp"), "help": "which parameters train (default: mlp)"}
+        default=None,
+        metadata={
+            "choices": ("all", "mlp", "lora"),
+            "help": "which parameters train (default: mlp); lora: a rank --lora-rank update of every block "
+            "linear weight (within --layers), saved as a PEFT adapter",
+        },
+    )
+    lora_rank: int = field(default=8, metadata={"help": "with --trainable lora: the update's rank r"})
+    lora_alpha: float = field(
+        default=16.0, metadata={"help": "with --trainable lora: the update is scaled by alpha / r"}
     )
     layers: tuple[int, int] | None = field(
         default=None, metadata={"help": "[START, STOP) blocks whose parameters train (default: all)"}

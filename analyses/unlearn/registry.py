@@ -97,6 +97,7 @@ class Method:
         return doc.split("\n\n")[0].replace("\n", " ")
 
 
+LORA_LR = 1e-4  # default peak learning rate of a LoRA run (trainable="lora"): 5x the full methods' 2e-5
 _REGISTRY: dict[str, Method] = {}
 _loaded = False
 
@@ -158,6 +159,8 @@ def resolve(config: UnlearnConfig) -> UnlearnConfig:
     """``config`` with its method's defaults filled in and its options of the method's own type."""
     method = get_method(config.method)
     fill = {k: v for k, v in method.defaults.items() if getattr(config, k) is None}
+    if config.trainable == "lora" and config.lr is None:
+        fill["lr"] = LORA_LR  # B starts at zero: a low-rank update moves slower than the full weights
     options = config.options if config.options is not None else method.config()
     if not isinstance(options, method.config):
         raise UnlearnError(

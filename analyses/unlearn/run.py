@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from analyses.lora import Adapter, adapter_of, attach_lora, block_linears, has_lora, merge_lora, native_name
 from analyses.training import train
 from analyses.unlearn.batches import Example, qa_examples, text_windows
 from analyses.unlearn.config import UnlearnConfig, UnlearnError
@@ -34,7 +35,11 @@ from probes.results import Result, write_json
 def trainable_parameters(model: Model, trainable: str, layers: tuple[int, int] | None) -> list[str]:
     """Names of the parameters that train: ``all`` or ``mlp`` (MLP blocks only), within ``layers``."""
     if trainable not in ("all", "mlp"):
-        raise UnlearnError(f"unknown trainable choice {trainable!r}", None, "use 'all' or 'mlp'")
+        raise UnlearnError(
+            f"unknown trainable choice {trainable!r}",
+            None,
+            "use 'all' or 'mlp' ('lora' is a way of training them)",
+        )
     prefix = model._paths["layers"] + "."
     names = []
     for raw, _ in model.hf.named_parameters():
@@ -106,6 +111,7 @@ class UnlearnResult(Result):
     heldout_items: tuple[str, ...] = ()  # prompts nothing saw (``UnlearnConfig.heldout``)
     heldout_before: QAStats | None = None
     heldout_after: QAStats | None = None
+    adapter: Adapter | None = field(default=None, repr=False, compare=False)  # ``trainable="lora"``
 
     def passes(self, forget_fraction: float = 0.25, unrelated_fraction: float = 0.8) -> bool:
         """The issue's criterion: forget accuracy at most 25% of its start, unrelated at least 80%."""
@@ -115,9 +121,15 @@ class UnlearnResult(Result):
         )
 
     def save(self, out: str | Path) -> Path:
-        """HF checkpoint (safetensors + tokenizer) in ``out`` plus ``out/unlearn.json``."""
+        """HF checkpoint (safetensors + tokenizer) in ``out`` plus ``out/unlearn.json``; a LoRA run
+        (``trainable="lora"``) saves its PEFT adapter instead of the full weights (``load_model(out,
+        base=...)``, ``vestige audit --unlearned out --base BASE`` merge it into the base)."""
         out = Path(out)
-        self.model.save(out)
+        if self.adapter is not None:
+            self.adapter.save(out)
+            self.model.tokenizer.save_pretrained(out)
+        else:
+            self.model.save(out)
         write_json(out / "unlearn.json", self.to_dict())
         return out
 
@@ -186,9 +198,27 @@ def unlearn(
                 f"concept {concept.concept!r} has no unrelated_qa and no retain text was given",
                 "add unrelated_qa to the concept file or pass other concepts' text",
             )
-        names = trainable_parameters(work, cfg.trainable, cfg.layers)
+        lora = cfg.trainable == "lora"
+        names = trainable_parameters(work, "all" if lora else cfg.trainable, cfg.layers)
         plan: TrainPlan = method.run(ctx, cfg.options)
-        steps, stopped, losses = _train(ctx, plan.parameters or names, plan, before, progress)
+        names = plan.parameters or names
+        if lora:  # a low-rank update of the chosen block weights; only its A and B train
+            modules = block_linears(work, {native_name(n) for n in names})
+            if not modules:
+                raise UnlearnError(
+                    "no linear weight to put a LoRA update on",
+                    f"{cfg.method} trains {len(names)} parameters of {cfg.layers or 'all'} blocks, none a "
+                    "block's linear weight",
+                    "widen --layers, or train without --trainable lora",
+                )
+            lora_params = attach_lora(modules, rank=cfg.lora_rank, alpha=cfg.lora_alpha, seed=cfg.seed)
+            ids = {id(p) for p in lora_params}
+            names = [n for n, p in work.hf.named_parameters() if id(p) in ids]
+        steps, stopped, losses = _train(ctx, names, plan, before, progress)
+    adapter = None
+    if has_lora(work):
+        adapter = adapter_of(work, model.name)
+        merge_lora(work)  # the returned model is an ordinary one, W + s B A in its weights
     after = evaluate(work, concept)
     for p in work.hf.parameters():
         p.requires_grad_(True)
@@ -208,6 +238,7 @@ def unlearn(
         heldout_items=tuple(q.prompt for q in heldout.qa) if heldout else (),
         heldout_before=evaluate(model, heldout) if heldout else None,
         heldout_after=evaluate(work, heldout) if heldout else None,
+        adapter=adapter,
     )
 
 

@@ -15,7 +15,7 @@ from probes.benchmarks.files import local_root, read_records, to_records
 from probes.benchmarks.muse import load_muse_knowmem, load_muse_privleak, load_muse_verbmem
 from probes.benchmarks.registry import BENCHMARKS, DEFAULT_SPLITS, load_benchmark
 from probes.benchmarks.rwku import RWKU_SPLITS, load_rwku, rwku_targets
-from probes.benchmarks.tofu import TOFU_SPLITS, load_tofu
+from probes.benchmarks.tofu import TOFU_SPLITS, load_tofu, tofu_metrics
 from probes.benchmarks.wmdp import WMDP_CORPORA, WMDP_SPLITS, load_wmdp, load_wmdp_corpus
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "load_wmdp",
     "load_wmdp_corpus",
     "local_root",
+    "tofu_metrics",
     "read_records",
     "rwku_targets",
     "to_records",
