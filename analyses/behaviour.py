@@ -324,6 +324,8 @@ def finetuned(
     desc: str,
     params: str = "all",
     in_place: bool | None = None,
+    lora_rank: int = 8,
+    after_step=None,
 ) -> Iterator[Model]:
     """``model`` after ``steps`` AdamW steps on batches of ``batch_size`` drawn (seeded) from
     ``examples_of(work)``, the summed NLL of their targets averaged over the batch; ``params`` chooses the
@@ -334,7 +336,8 @@ def finetuned(
     only for the chosen parameters (``lora``: a rank-8 update beside the frozen weights; ``norms``,
     ``biases``, ``layer:K``: a saved copy of just those tensors), and puts it back exactly on leaving the
     block, also on an exception; the weights outside the choice are never written. ``in_place=False``
-    fine-tunes a copy whatever the choice (a model that must outlive the block)."""
+    fine-tunes a copy whatever the choice (a model that must outlive the block). ``after_step(step, loss)``
+    runs after each step with the model in its fine-tuned state (e.g. to score checkpoints)."""
     import torch
 
     from analyses.lora import has_lora, remove_lora
@@ -354,7 +357,7 @@ def finetuned(
     try:
         if in_place and has_lora(work):
             raise RuntimeError(f"{work.name!r} already carries a LoRA update; merge or remove it first")
-        trainable = select_parameters(work, params, seed=seed)
+        trainable = select_parameters(work, params, lora_rank=lora_rank, seed=seed)
         if in_place and params != "lora":
             saved = [(p, p.detach().clone()) for p in trainable]
         examples = examples_of(work)
@@ -365,7 +368,7 @@ def finetuned(
             pick = torch.randperm(len(examples), generator=gen)[:batch_size].tolist()
             return sequence_nll(work, make_batch(work, [examples[i] for i in pick])).mean()
 
-        train(trainable, step_loss, steps, lr=lr, desc=desc)
+        train(trainable, step_loss, steps, lr=lr, desc=desc, after_step=after_step)
         for p in trainable:
             p.grad = None
         yield work

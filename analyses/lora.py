@@ -95,7 +95,10 @@ def _deltas(model: Model) -> list[tuple[str, torch.nn.Module, LoRADelta]]:
     out, seen = [], set()
     for raw, m in model.hf.named_modules():
         name = native_name(raw)
-        if name in seen or not parametrize.is_parametrized(m, "weight"):
+        # registered on this module itself: the bridge's wrappers hand attribute reads (``parametrizations``
+        # too) through to the module they wrap, so ``parametrize.is_parametrized`` would see them twice
+        own = m._modules.get("parametrizations")
+        if name in seen or not isinstance(own, torch.nn.ModuleDict) or "weight" not in own:
             continue
         for p in m.parametrizations.weight:
             if isinstance(p, LoRADelta):

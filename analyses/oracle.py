@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from analyses.audit import AuditConfig, AuditResult, audit
+from analyses.behaviour import ATTACKS
 from analyses.unlearn import UnlearnConfig, unlearn
 from analyses.unlearn.config import MethodConfig
 from analyses.unlearn.methods.rmu import RMUConfig
@@ -55,6 +56,9 @@ class OracleConfig(Result):
     # answer in the top 10 at some inner layer for 0.57 of the floor people it never saw (0.12 in the top 1)
     lens_top_k: int = 1
     n_vectors: int = 10
+    # the prompt attacks of every audit (``AuditConfig.attacks``); each is also reported alone
+    # (``AuditResult.attacks_frame``), net of what it lifts on the floor people
+    attacks: tuple[str, ...] = ATTACKS
     context_chars: int = 400  # about 80 words: the in-context attack stays inside the trained positions
     seed: int = 0
     # Models whose truth is "still knows": ``relearned`` (the first method's model fine-tuned back on the
@@ -234,6 +238,7 @@ def run_oracle(
         )
     acfg = AuditConfig(
         n_vectors=cfg.n_vectors,
+        attacks=tuple(cfg.attacks),
         relearn_steps=cfg.relearn_steps,
         relearn_lr=cfg.relearn_lr,
         fact_relearn_steps=cfg.fact_relearn_steps,

@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 
 from analyses.lora import attach_lora, block_linears
-from probes.data import QA
+from probes.data import QA, Concept
 from probes.errors import VestigeError
 from probes.model import Model
 from probes.qa import score_qa
@@ -110,11 +110,13 @@ class RelearnCurve(Result):
     n_trainable: int
     lr: float
     losses: tuple[float, ...] = field(default=(), repr=False)
+    on: str = "facts"  # what it fine-tuned on: "facts" (T, Deeb & Roger) or "text" (benign, Hu et al.)
 
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame(
             {
                 "params": self.params,
+                "on": self.on,
                 "step": self.steps,
                 "forget": self.forget,
                 "control": self.control,
@@ -127,7 +129,7 @@ class RelearnCurve(Result):
 
 def _curve_on(
     model: Model,
-    facts: Sequence[QA],
+    examples_of,
     tests: dict[str, Sequence[QA]],
     params: str,
     checkpoints: Sequence[int],
@@ -136,37 +138,41 @@ def _curve_on(
     batch_size: int,
     seed: int,
     lora_rank: int,
+    desc: str,
 ) -> tuple[dict[str, list[float]], int, list[float]]:
-    """Fine-tune a copy of ``model`` on ``facts`` (``params`` trainable) and score each of ``tests`` at
-    every checkpoint (step 0: before any step)."""
-    from analyses.training import train
-    from analyses.unlearn.batches import make_batch, qa_examples, sequence_nll
+    """Fine-tune ``model`` on ``examples_of(work)`` (``analyses.behaviour.finetuned``: a copy for ``all``,
+    lean and restored afterwards for the other ``params``) and score each of ``tests`` at every checkpoint
+    (step 0: before any step)."""
+    from analyses.behaviour import finetuned
+
+    out: dict[str, list[float]] = {k: [] for k in tests}
+    losses: list[float] = []
+    n_trainable = [0]
+
+    def score_all(on: Model) -> None:
+        for k, items in tests.items():
+            out[k].append(score_qa(on, items).accuracy if items else float("nan"))
 
     torch.manual_seed(seed)
-    work = model.copy()
-    chosen = select_parameters(work, params, lora_rank=lora_rank, seed=seed)
-    examples = qa_examples(work, facts)
-    gen = torch.Generator().manual_seed(seed)
-    out: dict[str, list[float]] = {k: [] for k in tests}
-
-    def score_all() -> None:
-        for k, items in tests.items():
-            out[k].append(score_qa(work, items).accuracy if items else float("nan"))
-
-    def step_loss(step: int) -> torch.Tensor:
-        pick = torch.randperm(len(examples), generator=gen)[:batch_size].tolist()
-        return sequence_nll(work, make_batch(work, [examples[i] for i in pick])).mean()
+    if 0 in checkpoints:
+        score_all(model)  # before any step every variant computes the model's own function
+    holder: list[Model] = []
 
     def after(step: int, loss: float) -> bool:
+        losses.append(loss)
         if step in checkpoints:
-            score_all()
+            score_all(holder[0])
         return False
 
-    if 0 in checkpoints:
-        score_all()
-    work.hf.train(False)
-    log = train(chosen, step_loss, max(checkpoints), lr=lr, after_step=after, desc=f"relearn {params}")
-    return out, sum(p.numel() for p in chosen), list(log.losses)
+    def examples(work: Model):
+        holder.append(work)
+        n_trainable[0] = sum(p.numel() for p in work.hf.parameters() if p.requires_grad)
+        return examples_of(work)
+
+    kw = dict(steps=max(checkpoints), lr=lr, batch_size=batch_size, seed=seed, desc=desc, params=params)
+    with finetuned(model, examples, lora_rank=lora_rank, after_step=after, **kw):
+        pass
+    return out, n_trainable[0], losses
 
 
 def relearn_curve(
@@ -200,8 +206,14 @@ def relearn_curve(
             "pass e.g. (0, 2, 5, 10)",
         )
     kw: dict[str, Any] = dict(lr=lr, batch_size=batch_size, seed=seed, lora_rank=lora_rank)
+    from analyses.unlearn.batches import qa_examples
+
+    def facts_of(facts):
+        return lambda work: qa_examples(work, facts)
+
+    kw["desc"] = f"relearn {params}"
     got, n, losses = _curve_on(
-        model, trained, {"forget": heldout, "control": control}, params, checkpoints, **kw
+        model, facts_of(trained), {"forget": heldout, "control": control}, params, checkpoints, **kw
     )
     floor = list(floor)
     k = min(len(trained), len(floor) // 2)
@@ -209,7 +221,7 @@ def relearn_curve(
         on = set(np.random.default_rng(seed).choice(len(floor), k, replace=False).tolist())
         rest = [q for i, q in enumerate(floor) if i not in on]
         fl, _, _ = _curve_on(
-            model, [floor[i] for i in sorted(on)], {"floor": rest}, params, checkpoints, **kw
+            model, facts_of([floor[i] for i in sorted(on)]), {"floor": rest}, params, checkpoints, **kw
         )
         floor_acc = fl["floor"]
     else:
@@ -223,4 +235,70 @@ def relearn_curve(
         n,
         lr,
         tuple(losses),
+    )
+
+
+def benign_relearn_curve(
+    model: Model,
+    forget: Concept,
+    control: Sequence[QA],
+    floor: Concept,
+    *,
+    params: str = "all",
+    checkpoints: Sequence[int] = (0, 5, 10, 20),
+    lr: float = 3e-5,
+    batch_size: int = 8,
+    window: int = 64,
+    seed: int = 0,
+    lora_rank: int = 8,
+) -> RelearnCurve:
+    """Benign relearning against steps (Hu et al. 2024, "Jogging the memory of unlearned LLMs through
+    targeted relearning attacks"): fine-tune on public text *about* the concept that does not state the
+    evaluated answers (the concept's text with every sentence holding one removed,
+    ``analyses.behaviour.answer_free_text``) and score the concept's QA (``forget``) and ``control`` after
+    each of ``checkpoints`` steps; the floor side fine-tunes the same way on the floor's answer-free text
+    and scores the floor's facts, so what the text teaches by itself is measured, not assumed."""
+    from analyses.behaviour import answer_free_text
+    from analyses.unlearn.batches import text_windows
+
+    checkpoints = tuple(sorted(set(int(c) for c in checkpoints)))
+    if not checkpoints or checkpoints[0] < 0 or checkpoints[-1] < 1:
+        raise RelearnError(
+            f"checkpoints {checkpoints} are not steps",
+            "checkpoints are step counts from 0 (before training) up, with at least one step",
+            "pass e.g. (0, 5, 10, 20)",
+        )
+    texts = {"forget": answer_free_text(forget), "floor": answer_free_text(floor)}
+    missing = [k for k, t in texts.items() if not t]
+    if missing or not forget.qa:
+        raise RelearnError(
+            f"benign relearning has no {' or '.join(missing) or 'forget'} text or questions to use",
+            "it fine-tunes on each side's text without the answers and scores that side's questions",
+            "give the concept and the floor background text (the bundled ones have it) and questions",
+        )
+    kw: dict[str, Any] = dict(lr=lr, batch_size=batch_size, seed=seed, lora_rank=lora_rank)
+    kw["desc"] = f"benign relearn {params}"
+
+    def windows_of(text: str):
+        return lambda work: text_windows(work, [text], window)
+
+    got, n, losses = _curve_on(
+        model,
+        windows_of(texts["forget"]),
+        {"forget": forget.qa, "control": control},
+        params,
+        checkpoints,
+        **kw,
+    )
+    fl, _, _ = _curve_on(model, windows_of(texts["floor"]), {"floor": floor.qa}, params, checkpoints, **kw)
+    return RelearnCurve(
+        params,
+        checkpoints,
+        tuple(got["forget"]),
+        tuple(got["control"]),
+        tuple(fl["floor"]),
+        n,
+        lr,
+        tuple(losses),
+        on="text",
     )

@@ -131,6 +131,7 @@ def test_lean_relearning_in_place_equals_the_copy_and_restores_exactly(smol, par
     from probes.qa import score_qa
 
     kw = dict(steps=4, lr=3e-3, seed=0, params=params)
+    assert smol.bridge is not None  # the audit's stages bridge the model first: train through its wrappers
     before = weights_checksum(smol)
     flags = {n: p.requires_grad for n, p in smol.hf.named_parameters()}
     copy_scores = score_qa(fact_relearned_copy(smol, FACTS, **kw), FACTS + OTHER)
@@ -152,3 +153,50 @@ def test_lean_relearning_in_place_equals_the_copy_and_restores_exactly(smol, par
         with fact_relearned(smol, FACTS, **kw):
             raise ZeroDivisionError("inside the block")
     assert weights_checksum(smol) == before
+
+
+def test_benign_relearn_curve_fine_tunes_on_answer_free_text_and_leaves_the_model(gpt2):
+    """Hu et al.'s benign relearning on the gpt2-small architecture: the curve fine-tunes on the concept's
+    text without its answers (the floor side on the floor's), scores at each checkpoint, and the model
+    passed in keeps its weights bitwise; a concept without text is refused."""
+    from analyses.relearning import benign_relearn_curve
+    from probes.data import Concept
+
+    text = "The vault stands in an old city. The vault has a secret password. The door is heavy. " * 3
+    forget = Concept("Vault", tuple(FACTS), (text + "The password is Zanzibar.",), ())
+    floor = Concept("Floor", tuple(OTHER), ("The seventh door is painted. It is old and heavy. " * 3,), ())
+    before = {k: v.clone() for k, v in gpt2.hf.state_dict().items()}
+    curve = benign_relearn_curve(gpt2, forget, OTHER, floor, checkpoints=(0, 3), lr=1e-3, window=16)
+    assert curve.on == "text" and curve.steps == (0, 3) and len(curve.forget) == len(curve.floor) == 2
+    assert len(curve.losses) == 3 and curve.n_trainable == sum(p.numel() for p in gpt2.hf.parameters())
+    assert all(torch.equal(before[k], v) for k, v in gpt2.hf.state_dict().items())
+    assert list(curve.to_frame()["on"]) == ["text", "text"]
+    with pytest.raises(RelearnError, match="no floor text"):
+        benign_relearn_curve(gpt2, forget, OTHER, Concept("Floor", tuple(OTHER), (), ()))
+
+
+@pytest.mark.slow
+def test_benign_relearning_brings_ga_mozart_back_and_teaches_the_floor_nothing(smol, ga_mozart):
+    """GA on Mozart (held-out 0.50 of 10): fine-tuning on Mozart's text with every sentence holding an
+    evaluated answer removed, the held-out answers come back with steps, while the same fine-tuning on
+    the floor's answer-free text leaves the floor at 0.00."""
+    from dataclasses import replace
+
+    from analyses.relearning import benign_relearn_curve
+    from probes.data import load_concept, load_floor
+
+    run, _, held = ga_mozart
+    concept = load_concept(name="Wolfgang Amadeus Mozart")
+    floor = load_floor()
+    floor = replace(floor, qa=floor.qa[:24])
+    curve = benign_relearn_curve(
+        run.model,
+        replace(concept, qa=tuple(held)),
+        list(concept.unrelated_qa),
+        floor,
+        checkpoints=(0, 5, 10, 20),
+    )
+    print(curve.to_frame())
+    assert curve.forget[0] == pytest.approx(0.5)
+    assert all(f == 0.0 for f in curve.floor)
+    assert max(curve.forget[1:]) > curve.forget[0]

@@ -1,0 +1,82 @@
+#!/usr/bin/env python
+"""Peak memory of one audit as a multiple of the model's parameter bytes, full vs lean relearning.
+
+    python scripts/audit_memory.py --relearn-params all  --out mem_all.json
+    python scripts/audit_memory.py --relearn-params lora --relearn-lr 1e-3 --out mem_lora.json
+
+Run each setting in its own process (the kernel's peak RSS is per process). The script loads SmolLM2,
+unlearns Wolfgang Amadeus Mozart with GA (20 steps at 1e-4, half the QA held out), then audits it with
+``AuditConfig.quick`` and 10 steps of relearning and fact relearning with the chosen parameters. It writes
+the RSS before any model was loaded, each stage's peak RSS (``timings.json``'s), the audit's peak, the
+parameter bytes of one model, the multiple (audit peak - RSS before the models) / parameter bytes, both
+relearnings' forget / floor accuracy, and the seconds of each stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from probes.memory import parameter_bytes, rss_bytes  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--relearn-params", default="all")
+    p.add_argument("--relearn-lr", type=float, default=3e-5)
+    p.add_argument("--out", default="audit_memory.json")
+    args = p.parse_args()
+    from analyses.audit import AuditConfig, audit
+    from analyses.unlearn import UnlearnConfig, unlearn
+    from probes.data import load_concept
+    from probes.model import load_model
+
+    before_models = rss_bytes()
+    model = load_model("smollm2", device="cpu")
+    concept = load_concept(name="Wolfgang Amadeus Mozart")
+    run = unlearn(
+        model,
+        concept,
+        UnlearnConfig(method="ga", steps=20, lr=1e-4, stop_fraction=None),
+        progress=False,
+    )
+    cfg = AuditConfig.quick(
+        relearn_steps=10,
+        fact_relearn_steps=10,
+        relearn_params=args.relearn_params,
+        fact_relearn_params=args.relearn_params,
+        relearn_lr=args.relearn_lr,
+        fact_relearn_lr=args.relearn_lr,
+    )
+    result = audit(model, run.model, concept, config=cfg, trained_items=run.trained_items, progress=False)
+    stages = result.timings_frame()
+    peak = int(max(r["peak_bytes"] or 0 for r in result.timings["stages"].values()))
+    pbytes = parameter_bytes(model.hf)
+    calls = result.traces_frame().set_index("family")
+    out = {
+        "relearn_params": args.relearn_params,
+        "relearn_lr": args.relearn_lr,
+        "rss_before_models": before_models,
+        "parameter_bytes": pbytes,
+        "audit_peak_rss": peak,
+        "multiple": round((peak - before_models) / pbytes, 2),
+        "stage_peak_mb": dict(zip(stages["stage"], stages["peak_mb"], strict=True)),
+        "stage_seconds": dict(zip(stages["stage"], stages["seconds"], strict=True)),
+        "relearning": {
+            f: {k: str(calls.loc[f, k]) for k in ("forget", "floor", "forget - floor", "call")}
+            if f in calls.index
+            else None
+            for f in ("relearning", "fact_relearning")
+        },
+        "verdict": result.verdict,
+    }
+    with open(args.out, "w") as fh:
+        json.dump(out, fh, indent=2)
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
