@@ -10,13 +10,13 @@ text without the answers, then forget-QA again).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from analyses.finetune import finetuned
 from analyses.query_forms import FORMS
 from probes.data import QA, Concept, split_sentences
 from probes.errors import ConceptFileError
@@ -310,78 +310,6 @@ def fact_relearned(
         params=params,
         in_place=in_place,
     )
-
-
-@contextmanager
-def finetuned(
-    model: Model,
-    examples_of,
-    *,
-    steps: int,
-    lr: float,
-    batch_size: int,
-    seed: int,
-    desc: str,
-    params: str = "all",
-    in_place: bool | None = None,
-    lora_rank: int = 8,
-    after_step=None,
-) -> Iterator[Model]:
-    """``model`` after ``steps`` AdamW steps on batches of ``batch_size`` drawn (seeded) from
-    ``examples_of(work)``, the summed NLL of their targets averaged over the batch; ``params`` chooses the
-    parameters that train (``analyses.relearning.PARAMS``).
-
-    ``all`` fine-tunes a copy (the model, its gradients and AdamW's two moments: four times the weights).
-    Every other choice is lean: it trains ``model`` itself, in place, with gradients and optimizer state
-    only for the chosen parameters (``lora``: a rank-8 update beside the frozen weights; ``norms``,
-    ``biases``, ``layer:K``: a saved copy of just those tensors), and puts it back exactly on leaving the
-    block, also on an exception; the weights outside the choice are never written. ``in_place=False``
-    fine-tunes a copy whatever the choice (a model that must outlive the block). ``after_step(step, loss)``
-    runs after each step with the model in its fine-tuned state (e.g. to score checkpoints)."""
-    import torch
-
-    from analyses.lora import has_lora, remove_lora
-    from analyses.relearning import select_parameters
-    from analyses.training import train
-    from analyses.unlearn.batches import make_batch, sequence_nll
-
-    in_place = params != "all" if in_place is None else in_place
-    if in_place and params == "lora":
-        from analyses.lora import covers_every_block_linear
-
-        in_place = covers_every_block_linear(model)  # else the bridge re-wired a layer: on a copy
-    work = model if in_place else model.copy()
-    flags = [(p, p.requires_grad) for p in work.hf.parameters()] if in_place else []
-    saved: list[tuple[torch.Tensor, torch.Tensor]] = []
-    was_training = work.hf.training
-    try:
-        if in_place and has_lora(work):
-            raise RuntimeError(f"{work.name!r} already carries a LoRA update; merge or remove it first")
-        trainable = select_parameters(work, params, lora_rank=lora_rank, seed=seed)
-        if in_place and params != "lora":
-            saved = [(p, p.detach().clone()) for p in trainable]
-        examples = examples_of(work)
-        gen = torch.Generator().manual_seed(seed)
-        work.hf.train(False)
-
-        def step_loss(step: int) -> torch.Tensor:
-            pick = torch.randperm(len(examples), generator=gen)[:batch_size].tolist()
-            return sequence_nll(work, make_batch(work, [examples[i] for i in pick])).mean()
-
-        train(trainable, step_loss, steps, lr=lr, desc=desc, after_step=after_step)
-        for p in trainable:
-            p.grad = None
-        yield work
-    finally:
-        if in_place:
-            with torch.no_grad():
-                for p, original in saved:
-                    p.copy_(original)
-            remove_lora(work)
-            for p, flag in flags:
-                p.grad = None
-                p.requires_grad_(flag)
-            work.hf.train(was_training)
 
 
 def _finetuned_copy(model: Model, examples_of, **kw) -> Model:

@@ -1,20 +1,12 @@
-"""Relearning variants: which parameters the relearning attack may move, and recovery against steps.
+"""Relearning against steps: how fast, and through how few parameters, fine-tuning brings knowledge back.
 
 Deeb & Roger (2024) relearn with full fine-tuning; an attacker with less access, or a defender asking how
-shallow the suppression is, fine-tunes far fewer parameters. ``PARAMS`` names the choices:
-
-- ``all``: every parameter (the audit's default ``fact_relearning``).
-- ``norms``: only the normalisation weights (and biases) - a few thousand numbers that rescale features.
-- ``biases``: only the bias vectors (models without biases, e.g. Llama-style ones, are refused).
-- ``layer:K``: only block ``K``.
-- ``lora``: a rank-``lora_rank`` update ``B A`` (``B`` zero at the start, ``A`` seeded, scaled by
-  ``lora_alpha / lora_rank``; Hu et al. 2021) added to every linear weight of the blocks through a
-  ``torch.nn.utils.parametrize`` parametrisation, the base weights frozen.
-
-``relearn_curve`` fine-tunes on T and scores the held-out V, the control and (from a copy fine-tuned on
-as many floor facts) the rest of the floor after each of ``checkpoints`` steps: recovery against steps,
-net of what the same fine-tuning teaches facts never known. Every copy is a copy: the model passed in is
-never modified.
+shallow the suppression is, fine-tunes far fewer parameters (the choices, ``PARAMS``, and the lean
+training are in ``analyses.finetune``). ``relearn_curve`` fine-tunes on facts T and scores the held-out V,
+the control and (fine-tuned on as many floor facts) the rest of the floor after each of ``checkpoints``
+steps; ``benign_relearn_curve`` (Hu et al. 2024) does the same on the concept's text without its answers.
+Recovery against steps, net of what the same fine-tuning teaches facts never known. The model passed in
+is never changed: ``all`` trains a copy, the other choices train it in place and restore it exactly.
 """
 
 from __future__ import annotations
@@ -27,73 +19,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from analyses.lora import attach_lora, block_linears
+from analyses.finetune import PARAMS, RelearnError, finetuned, is_variant, select_parameters  # noqa: F401
 from probes.data import QA, Concept
-from probes.errors import VestigeError
 from probes.model import Model
 from probes.qa import score_qa
 from probes.results import Result
-
-PARAMS = ("all", "norms", "biases", "layer:K", "lora")
-
-
-class RelearnError(VestigeError):
-    """A relearning variant cannot be set up on this model."""
-
-
-def is_variant(params: str) -> bool:
-    """Whether ``params`` names one of ``PARAMS`` (``layer:K`` with a non-negative integer K)."""
-    return params in ("all", "norms", "biases", "lora") or (
-        params.startswith("layer:") and params[len("layer:") :].isdigit()
-    )
-
-
-def select_parameters(
-    work: Model, params: str, *, lora_rank: int = 8, lora_alpha: float = 16.0, seed: int = 0
-) -> list[torch.nn.Parameter]:
-    """Set ``work`` up for the variant ``params`` (one of ``PARAMS``; ``layer:K`` with a block index) and
-    return the parameters that train; every other parameter of ``work`` is frozen. ``lora`` adds its
-    parametrisations to ``work`` (a copy: its weights stay the base ones, the update lives in ``B A``)."""
-    named = list(work.hf.named_parameters())
-    for _, p in named:
-        p.requires_grad_(False)
-    prefix = work._paths["layers"] + "."
-    if params == "all":
-        chosen = [p for _, p in named]
-    elif params == "norms":
-        norms = [m for m in work.hf.modules() if "norm" in type(m).__name__.lower()]
-        chosen = [p for m in norms for p in m.parameters(recurse=False)]
-    elif params == "biases":
-        chosen = [p for n, p in named if n.endswith(".bias")]
-    elif params.startswith("layer:"):
-        try:
-            k = int(params.split(":", 1)[1])
-        except ValueError:
-            k = -1
-        if not 0 <= k < work.cfg.n_layers:
-            raise RelearnError(
-                f"relearning variant {params!r} names no block",
-                f"the model has blocks 0 to {work.cfg.n_layers - 1}",
-                f"use layer:K with K in [0, {work.cfg.n_layers})",
-            )
-        chosen = [p for n, p in named if n.startswith(f"{prefix}{k}.")]
-    elif params == "lora":
-        chosen = attach_lora(block_linears(work), rank=lora_rank, alpha=lora_alpha, seed=seed)
-    else:
-        raise RelearnError(
-            f"unknown relearning variant {params!r}",
-            f"the variants are {PARAMS}",
-            "pick one of them (layer:K with a block index)",
-        )
-    if not chosen:
-        raise RelearnError(
-            f"relearning variant {params!r} selects no parameter of {work.name!r}",
-            "the model has no such parameters (e.g. a Llama-style model has no biases)",
-            f"pick another of {PARAMS}",
-        )
-    for p in chosen:
-        p.requires_grad_(True)
-    return chosen
 
 
 @dataclass(frozen=True)
@@ -143,8 +73,6 @@ def _curve_on(
     """Fine-tune ``model`` on ``examples_of(work)`` (``analyses.behaviour.finetuned``: a copy for ``all``,
     lean and restored afterwards for the other ``params``) and score each of ``tests`` at every checkpoint
     (step 0: before any step)."""
-    from analyses.behaviour import finetuned
-
     out: dict[str, list[float]] = {k: [] for k in tests}
     losses: list[float] = []
     n_trainable = [0]

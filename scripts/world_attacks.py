@@ -39,6 +39,11 @@ def main() -> None:
         f.insert(1, "verdict", a.verdict)
         frames.append(f)
     table = pd.concat(frames, ignore_index=True)
+    for name, a in result.audits.items():  # the audit's membership stage and PrivLeak against the oracle
+        m = a.extra.get("membership") or {}
+        auc = {s: round(v["auc"], 3) for s, v in m.get("unlearned", {}).items()}
+        leak = {s: round(v, 3) for s, v in a.extra.get("privleak", {}).items()}
+        print(f"{name}: membership AUC {auc}; PrivLeak vs the oracle {leak}")
     table.to_csv(args.out, index=False)
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_rows", 200):
         print(table)

@@ -36,3 +36,20 @@ def test_hook_overhead_bench_runs_on_smollm2(tmp_path, smol):
     assert res[0].baseline_s > 0 and res[0].candidate_s > 0
     # Not a timed assertion: a sanity bound so that a pathological slowdown (e.g. caching every hook) shows.
     assert res[0].ratio < 3.0
+
+
+@pytest.mark.slow
+def test_lean_relearning_bench_runs_and_reports_memory(tmp_path, smol):
+    """The lean-vs-full fact relearning entry on SmolLM2 (quick: 3 steps): both sides run, the model comes
+    back bitwise, and the detail carries both peak-memory multiples, the lean one the smaller."""
+    import re
+
+    from probes.edits import weights_checksum
+
+    before = weights_checksum(smol)
+    ctx = BenchContext("smollm2-135m", "cpu", quick=True)
+    ctx.__dict__["model"] = smol
+    res = run_benchmarks(tmp_path, ["lean_vs_full_fact_relearning"], ctx=ctx, repeats=1, progress=False)
+    assert weights_checksum(smol) == before
+    full, lean = (float(x) for x in re.findall(r"(\d+\.\d+)x", res[0].detail))
+    assert lean < full and res[0].baseline_s > 0 and res[0].candidate_s > 0

@@ -111,3 +111,17 @@ def test_the_world_full_model_knows_its_training_biographies_and_the_oracle_does
         assert priv_leak(full.auc[s].mean, oracle.auc[s].mean) > 0.5
     assert list(full.to_frame()["score"]) == list(MIA_SCORES)
     assert full.scores is not None and full.scores["member"].sum() == 120
+
+
+def test_text_units_are_runs_of_whole_sentences():
+    from analyses.audit.stages import text_units
+
+    text = "One two three. Four five six seven. Eight nine ten eleven twelve. Thirteen."
+    assert text_units([text], min_words=5) == [
+        "One two three. Four five six seven.",
+        "Eight nine ten eleven twelve. Thirteen.",  # the short tail joins the run before it
+    ]
+    assert text_units(["Short one."], min_words=5) == ["Short one."]
+    assert text_units([text, "Another text here, long enough to stand alone."], min_words=5)[-1].startswith(
+        "Another"
+    )

@@ -22,6 +22,8 @@ class AuditConfig(Result):
     # which parameters the relearning attack moves (``analyses.relearning.PARAMS``); ``all`` fine-tunes a
     # copy, every other choice trains the model itself, lean, and restores it exactly (``behaviour.finetuned``)
     relearn_params: str = "all"
+    # membership inference on the concept's text against the floor's (reported; ``stages._membership_stage``)
+    membership: bool = True
     # Deeb & Roger's retrain-on-T, test-on-V: AdamW steps on the facts the run trained on (0: off), then the
     # held-out items (``analyses.audit.traces.fact_relearn_values``)
     fact_relearn_steps: int = 10

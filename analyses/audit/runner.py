@@ -28,6 +28,7 @@ from probes.data import QA, Concept
 from probes.edits import check_compatible, weights_checksum
 from probes.errors import VestigeError
 from probes.finite import check_finite
+from probes.membership import priv_leak
 from probes.memory import PeakMemory, parameter_bytes, peak_memory
 from probes.model import Model, check_resident
 from probes.qa import score_qa
@@ -110,6 +111,7 @@ def audit(
         "fact_relearn",
         "soft_prompt",
         "quantization",
+        "membership",
         "concept_vectors",
         "logit_lens",
         "heads",
@@ -164,6 +166,9 @@ def audit(
         quantization = run(
             "quantization",
             lambda: stages._quantization_stage(base, unlearned, the_item_sets(), cfg, on_base, behaviour),
+        )
+        membership = run(
+            "membership", lambda: stages._membership_stage(base, unlearned, concept, floor, cfg, on_base)
         )
         vectors = run(
             "concept_vectors", lambda: stages._concept_vectors(base, unlearned, concept, cfg, on_base)
@@ -274,6 +279,7 @@ def audit(
         "heads": heads,
         "ches": ches,
         "quantization": quantization.get("base", {}),
+        "membership": membership,
         "config": cfg.to_dict(),
         "trace_values": public_traces,
     }
@@ -311,6 +317,11 @@ def audit(
                 seed=cfg.seed,
             )
         )
+    if reference is not None and membership and reference.extra.get("membership"):
+        ours, theirs = membership["unlearned"], reference.extra["membership"]["unlearned"]
+        extra["privleak"] = {  # MUSE's PrivLeak against the retain model, per score
+            s: priv_leak(ours[s]["auc"], theirs[s]["auc"]) for s in ours if theirs.get(s, {}).get("auc")
+        }
     result = AuditResult(
         concept.concept,
         v,

@@ -3,6 +3,7 @@ through ``on_base``, memoised), and the interventions that ablate or patch the t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -579,3 +580,53 @@ def _traces(
         }
         out["concept_vectors"] = {"unlearned": T.vector_values(base, unlearned, refs, seed=cfg.seed)}
     return out
+
+
+def text_units(texts: Sequence[str], min_words: int = 20) -> list[str]:
+    """``texts`` as runs of whole sentences of at least ``min_words`` words (a last shorter run joins the
+    one before): the units membership inference scores."""
+    from probes.data import split_sentences
+
+    units: list[str] = []
+    for text in texts:
+        run: list[str] = []
+        for sentence in split_sentences(text):
+            run.append(sentence)
+            if sum(len(x.split()) for x in run) >= min_words:
+                units.append(" ".join(run))
+                run = []
+        if run:
+            if units and sum(len(x.split()) for x in run) < min_words:
+                units[-1] = units[-1] + " " + " ".join(run)
+            else:
+                units.append(" ".join(run))
+    return units
+
+
+def _membership_stage(
+    base: Model, unlearned: Model, concept: Concept, floor: Concept | None, cfg: AuditConfig, on_base
+) -> dict[str, Any]:
+    """Membership inference (``probes.membership``: LOSS, zlib, Min-K%, Min-K%++) on the concept's text,
+    the text an unlearning run trains on (members), against the floor's text (non-members: invented
+    facts, the same encyclopedic kind, that no model saw), for the base and the unlearned model: each
+    score's AUC with its 95% interval. Reported, does not vote: the two sets differ in what they are about
+    as well as in membership, so only the change from the base (and, with a retain model, MUSE's PrivLeak)
+    is read. Empty when it is off or either side has fewer than 2 units of text."""
+    from probes.membership import MembershipConfig, membership_inference
+
+    members = text_units(concept.text)
+    nonmembers = text_units(floor.text) if floor is not None else []
+    if not cfg.membership or len(members) < 2 or len(nonmembers) < 2:
+        return {}
+    mcfg = MembershipConfig(bootstrap=cfg.bootstrap, seed=cfg.seed)
+
+    def of(model: Model) -> dict[str, Any]:
+        r = membership_inference(model, members, nonmembers, mcfg)
+        return {s: {"auc": i.mean, "lo": i.lo, "hi": i.hi} for s, i in r.auc.items()}
+
+    return {
+        "n_members": len(members),
+        "n_nonmembers": len(nonmembers),
+        "base": on_base("membership", lambda: of(base)),
+        "unlearned": of(unlearned),
+    }

@@ -1,0 +1,156 @@
+"""Fine-tuning a model for an attack, lean where it can be: which parameters train (``PARAMS``) and the
+one context manager that trains them (``finetuned``).
+
+The training attacks (relearning on answer-free text, Deeb & Roger's fact relearning, the relearning
+curves) move some of a model's parameters for a few AdamW steps and then score it. ``all`` fine-tunes a
+copy; every other choice is lean: the audited model itself trains, with gradients and optimizer state only
+for the chosen parameters, and is put back exactly afterwards:
+
+- ``all``: every parameter (the audit's default).
+- ``norms``: only the normalisation weights (and biases) - a few thousand numbers that rescale features.
+- ``biases``: only the bias vectors (models without biases, e.g. Llama-style ones, are refused).
+- ``layer:K``: only block ``K``.
+- ``lora``: a rank-``lora_rank`` update ``B A`` (``B`` zero at the start, ``A`` seeded, scaled by
+  ``lora_alpha / lora_rank``; Hu et al. 2021) added to every linear weight of the blocks through a
+  ``torch.nn.utils.parametrize`` parametrisation (``analyses.lora``), the base weights frozen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+from analyses.lora import attach_lora, block_linears, covers_every_block_linear, has_lora, remove_lora
+from analyses.training import train
+from probes.errors import VestigeError
+from probes.model import Model
+
+PARAMS = ("all", "norms", "biases", "layer:K", "lora")
+
+
+class RelearnError(VestigeError):
+    """A relearning variant cannot be set up on this model."""
+
+
+def is_variant(params: str) -> bool:
+    """Whether ``params`` names one of ``PARAMS`` (``layer:K`` with a non-negative integer K)."""
+    return params in ("all", "norms", "biases", "lora") or (
+        params.startswith("layer:") and params[len("layer:") :].isdigit()
+    )
+
+
+def select_parameters(
+    work: Model, params: str, *, lora_rank: int = 8, lora_alpha: float = 16.0, seed: int = 0
+) -> list[torch.nn.Parameter]:
+    """Set ``work`` up for the variant ``params`` (one of ``PARAMS``; ``layer:K`` with a block index) and
+    return the parameters that train; every other parameter of ``work`` is frozen. ``lora`` adds its
+    parametrisations to ``work`` (a copy: its weights stay the base ones, the update lives in ``B A``)."""
+    named = list(work.hf.named_parameters())
+    for _, p in named:
+        p.requires_grad_(False)
+    prefix = work._paths["layers"] + "."
+    if params == "all":
+        chosen = [p for _, p in named]
+    elif params == "norms":
+        norms = [m for m in work.hf.modules() if "norm" in type(m).__name__.lower()]
+        chosen = [p for m in norms for p in m.parameters(recurse=False)]
+    elif params == "biases":
+        chosen = [p for n, p in named if n.endswith(".bias")]
+    elif params.startswith("layer:"):
+        try:
+            k = int(params.split(":", 1)[1])
+        except ValueError:
+            k = -1
+        if not 0 <= k < work.cfg.n_layers:
+            raise RelearnError(
+                f"relearning variant {params!r} names no block",
+                f"the model has blocks 0 to {work.cfg.n_layers - 1}",
+                f"use layer:K with K in [0, {work.cfg.n_layers})",
+            )
+        chosen = [p for n, p in named if n.startswith(f"{prefix}{k}.")]
+    elif params == "lora":
+        chosen = attach_lora(block_linears(work), rank=lora_rank, alpha=lora_alpha, seed=seed)
+    else:
+        raise RelearnError(
+            f"unknown relearning variant {params!r}",
+            f"the variants are {PARAMS}",
+            "pick one of them (layer:K with a block index)",
+        )
+    if not chosen:
+        raise RelearnError(
+            f"relearning variant {params!r} selects no parameter of {work.name!r}",
+            "the model has no such parameters (e.g. a Llama-style model has no biases)",
+            f"pick another of {PARAMS}",
+        )
+    for p in chosen:
+        p.requires_grad_(True)
+    return chosen
+
+
+@contextmanager
+def finetuned(
+    model: Model,
+    examples_of,
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    desc: str,
+    params: str = "all",
+    in_place: bool | None = None,
+    lora_rank: int = 8,
+    after_step=None,
+) -> Iterator[Model]:
+    """``model`` after ``steps`` AdamW steps on batches of ``batch_size`` drawn (seeded) from
+    ``examples_of(work)``, the summed NLL of their targets averaged over the batch; ``params`` chooses the
+    parameters that train (``analyses.relearning.PARAMS``).
+
+    ``all`` fine-tunes a copy (the model, its gradients and AdamW's two moments: four times the weights).
+    Every other choice is lean: it trains ``model`` itself, in place, with gradients and optimizer state
+    only for the chosen parameters (``lora``: a rank-8 update beside the frozen weights; ``norms``,
+    ``biases``, ``layer:K``: a saved copy of just those tensors), and puts it back exactly on leaving the
+    block, also on an exception; the weights outside the choice are never written. ``in_place=False``
+    fine-tunes a copy whatever the choice (a model that must outlive the block). ``after_step(step, loss)``
+    runs after each step with the model in its fine-tuned state (e.g. to score checkpoints)."""
+    import torch
+
+    from analyses.unlearn.batches import make_batch, sequence_nll
+
+    in_place = params != "all" if in_place is None else in_place
+    if in_place and params == "lora":
+        in_place = covers_every_block_linear(model)  # else the bridge re-wired a layer: on a copy
+    work = model if in_place else model.copy()
+    flags = [(p, p.requires_grad) for p in work.hf.parameters()] if in_place else []
+    saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+    was_training = work.hf.training
+    try:
+        if in_place and has_lora(work):
+            raise RuntimeError(f"{work.name!r} already carries a LoRA update; merge or remove it first")
+        trainable = select_parameters(work, params, lora_rank=lora_rank, seed=seed)
+        if in_place and params != "lora":
+            saved = [(p, p.detach().clone()) for p in trainable]
+        examples = examples_of(work)
+        gen = torch.Generator().manual_seed(seed)
+        work.hf.train(False)
+
+        def step_loss(step: int) -> torch.Tensor:
+            pick = torch.randperm(len(examples), generator=gen)[:batch_size].tolist()
+            return sequence_nll(work, make_batch(work, [examples[i] for i in pick])).mean()
+
+        train(trainable, step_loss, steps, lr=lr, desc=desc, after_step=after_step)
+        for p in trainable:
+            p.grad = None
+        yield work
+    finally:
+        if in_place:
+            with torch.no_grad():
+                for p, original in saved:
+                    p.copy_(original)
+            remove_lora(work)
+            for p, flag in flags:
+                p.grad = None
+                p.requires_grad_(flag)
+            work.hf.train(was_training)
