@@ -12,7 +12,7 @@ for the chosen parameters, and is put back exactly afterwards:
 - ``layer:K``: only block ``K``.
 - ``lora``: a rank-``lora_rank`` update ``B A`` (``B`` zero at the start, ``A`` seeded, scaled by
   ``lora_alpha / lora_rank``; Hu et al. 2021) added to every linear weight of the blocks through a
-  ``torch.nn.utils.parametrize`` parametrisation (``analyses.lora``), the base weights frozen.
+  forward hook through its two factors (``analyses.lora``), the base weights frozen.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def select_parameters(
 ) -> list[torch.nn.Parameter]:
     """Set ``work`` up for the variant ``params`` (one of ``PARAMS``; ``layer:K`` with a block index) and
     return the parameters that train; every other parameter of ``work`` is frozen. ``lora`` adds its
-    parametrisations to ``work`` (a copy: its weights stay the base ones, the update lives in ``B A``)."""
+    update to ``work`` (forward hooks through the two factors; its weights stay the base ones)."""
     named = list(work.hf.named_parameters())
     for _, p in named:
         p.requires_grad_(False)
@@ -71,7 +71,7 @@ def select_parameters(
             )
         chosen = [p for n, p in named if n.startswith(f"{prefix}{k}.")]
     elif params == "lora":
-        chosen = attach_lora(block_linears(work), rank=lora_rank, alpha=lora_alpha, seed=seed)
+        chosen = attach_lora(work, block_linears(work), rank=lora_rank, alpha=lora_alpha, seed=seed)
     else:
         raise RelearnError(
             f"unknown relearning variant {params!r}",

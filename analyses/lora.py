@@ -1,9 +1,10 @@
 """Low-rank updates of a model's block weights, trained in place and saved as a PEFT LoRA adapter.
 
 ``attach_lora`` adds ``W + (alpha / r) B A`` (Hu et al. 2021: ``B`` zero at the start, ``A`` seeded) to the
-chosen linear weights of a model through ``torch.nn.utils.parametrize``: the base weights stay frozen and
-untouched, only ``A`` and ``B`` train, so an optimizer holds state for ``r (rows + cols)`` numbers per
-weight instead of ``rows * cols``. The relearning attack (``analyses.relearning``, variant ``lora``) and
+chosen linear weights of a model as PEFT computes it: a forward hook adds ``(alpha / r) x (B A)^T`` to each
+layer's output through the two thin factors, so no full-size ``W + B A`` or weight gradient is ever
+formed. The base weights stay frozen and untouched; only ``A`` and ``B`` train, so an optimizer holds
+state for ``r (rows + cols)`` numbers per weight instead of ``rows * cols``. The relearning attack (``analyses.relearning``, variant ``lora``) and
 LoRA unlearning (``UnlearnConfig(trainable="lora")``) both train through it.
 
 ``adapter_of`` exports the trained update in PEFT's own layout (``adapter_config.json`` and the tensors of
@@ -23,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.nn.utils import parametrize
 
 from probes.model import Model
 
@@ -32,18 +32,27 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 class LoRADelta(torch.nn.Module):
-    """``weight + scale * B @ A`` as a parametrisation of a weight of shape ``[rows, cols]``."""
+    """``scale * B @ A``, the update of a weight of shape ``[rows, cols]`` (``B`` ``[rows, r]``, ``A``
+    ``[r, cols]``); ``output(x)`` is what it adds to the layer's output (``Linear``: ``x (B A)^T``;
+    ``Conv1D``, whose weight is ``[in, out]``: ``x B A``)."""
 
-    def __init__(self, rows: int, cols: int, rank: int, alpha: float, generator: torch.Generator, like):
+    def __init__(
+        self, rows: int, cols: int, rank: int, alpha: float, generator: torch.Generator, like, conv: bool
+    ):
         super().__init__()
         a = torch.randn(rank, cols, generator=generator) / rank**0.5
         self.A = torch.nn.Parameter(a.to(device=like.device, dtype=like.dtype))
         self.B = torch.nn.Parameter(torch.zeros(rows, rank, device=like.device, dtype=like.dtype))
         self.scale = alpha / rank
-        self.rank, self.alpha = rank, alpha
+        self.rank, self.alpha, self.conv = rank, alpha, conv
 
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight + self.scale * (self.B @ self.A)
+    def delta(self) -> torch.Tensor:
+        return self.scale * (self.B @ self.A)
+
+    def output(self, x: torch.Tensor) -> torch.Tensor:
+        if self.conv:
+            return self.scale * ((x @ self.B) @ self.A)
+        return self.scale * ((x @ self.A.T) @ self.B.T)
 
 
 def native_name(name: str) -> str:
@@ -74,37 +83,50 @@ def block_linears(model: Model, weights: set[str] | None = None) -> list[tuple[s
     return out
 
 
+_STATE = "_vestige_lora"  # Model attribute: native module name -> (module, LoRADelta, hook handle)
+_CHILD = "vestige_lora"  # the LoRADelta's name as a child of the layer it updates
+
+
 def attach_lora(
-    modules: list[tuple[str, torch.nn.Module]], *, rank: int = 8, alpha: float = 16.0, seed: int = 0
+    model: Model,
+    modules: list[tuple[str, torch.nn.Module]],
+    *,
+    rank: int = 8,
+    alpha: float = 16.0,
+    seed: int = 0,
 ) -> list[torch.nn.Parameter]:
-    """Parametrise each module's ``weight`` as ``W + (alpha / rank) B A`` and return the new ``A`` and
-    ``B`` (the only parameters that should train; ``W`` itself is not touched)."""
+    """Add ``(alpha / rank) B A`` to each of ``modules``' weight (of ``model``) through a forward hook and
+    return the new ``A`` and ``B`` (the only parameters that should train; ``W`` itself is not touched)."""
+    from transformers.pytorch_utils import Conv1D
+
     if rank < 1:
         raise ValueError(f"LoRA rank must be at least 1, got {rank}")
+    state = _state(model)
     gen = torch.Generator().manual_seed(seed)
     chosen = []
-    for _, m in modules:
+    for name, m in modules:
+        if name in state:
+            raise ValueError(f"{name} already carries a LoRA update")
         w = m.weight
-        delta = LoRADelta(w.shape[0], w.shape[1], rank, alpha, gen, w)
-        parametrize.register_parametrization(m, "weight", delta)
+        delta = LoRADelta(w.shape[0], w.shape[1], rank, alpha, gen, w, isinstance(m, Conv1D))
+
+        def hook(module, args, out, delta=delta):
+            return out + delta.output(args[0])
+
+        m.add_module(_CHILD, delta)  # A and B are the module's parameters while the update is on
+        state[name] = (m, delta, m.register_forward_hook(hook))
         chosen += [delta.A, delta.B]
     return chosen
 
 
+def _state(model: Model) -> dict:
+    if not hasattr(model, _STATE):
+        setattr(model, _STATE, {})
+    return getattr(model, _STATE)
+
+
 def _deltas(model: Model) -> list[tuple[str, torch.nn.Module, LoRADelta]]:
-    out, seen = [], set()
-    for raw, m in model.hf.named_modules():
-        name = native_name(raw)
-        # registered on this module itself: the bridge's wrappers hand attribute reads (``parametrizations``
-        # too) through to the module they wrap, so ``parametrize.is_parametrized`` would see them twice
-        own = m._modules.get("parametrizations")
-        if name in seen or not isinstance(own, torch.nn.ModuleDict) or "weight" not in own:
-            continue
-        for p in m.parametrizations.weight:
-            if isinstance(p, LoRADelta):
-                seen.add(name)
-                out.append((name, m, p))
-    return out
+    return [(name, m, d) for name, (m, d, _) in _state(model).items()]
 
 
 def covers_every_block_linear(model: Model) -> bool:
@@ -126,7 +148,7 @@ def covers_every_block_linear(model: Model) -> bool:
 
 
 def has_lora(model: Model) -> bool:
-    """Whether ``model`` carries ``attach_lora`` parametrisations."""
+    """Whether ``model`` carries ``attach_lora`` updates."""
     return bool(_deltas(model))
 
 
@@ -196,12 +218,16 @@ def adapter_of(model: Model, base_name: str) -> Adapter:
 
 
 def merge_lora(model: Model) -> None:
-    """Fold every LoRA update into its weight (``W <- W + s B A``) and remove the parametrisations."""
-    for _, m, _ in _deltas(model):
-        parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
+    """Fold every LoRA update into its weight (``W <- W + s B A``, in place) and drop the hooks."""
+    with torch.no_grad():
+        for name, (m, d, handle) in list(_state(model).items()):
+            handle.remove()
+            m.weight.add_(d.delta().to(m.weight.dtype))
+            del m._modules[_CHILD], _state(model)[name]
 
 
 def remove_lora(model: Model) -> None:
     """Drop every LoRA update, leaving the original weights (which training never wrote) in place."""
-    for _, m, _ in _deltas(model):
-        parametrize.remove_parametrizations(m, "weight", leave_parametrized=False)
+    for name, (m, _, handle) in list(_state(model).items()):
+        handle.remove()
+        del m._modules[_CHILD], _state(model)[name]

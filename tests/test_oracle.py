@@ -130,6 +130,15 @@ def test_audit_tells_the_retrain_oracle_from_suppression(tmp_path):
     assert mia.at[leak, "oracle"] == 0.0 and mia.at[leak, "no_op"] > 0.5
     assert mia.at["membership: LOSS AUC (forget vs floor biographies)", "full model"] >= 0.95
     assert set(r.membership) == {"full model", *r.audits}
+    # the audit's own membership stage (the forget text unlearning trained on vs the floor people's text) and
+    # PrivLeak against the oracle's audit (measured, seed 0, LOSS: no-op copy +0.27, GA -0.57: GA pushed the
+    # very texts it trained on below what a model that never saw them gives them)
+    leak = {m: r.audits[m].extra["privleak"]["loss"] for m in ("ga", "npo", "relearned", "no_op")}
+    assert leak["no_op"] > 0.1 and leak["ga"] < -0.1, leak
+    assert (
+        r.audits["oracle"].extra["membership"]["n_members"] == 40
+        and "privleak" not in r.audits["oracle"].extra
+    )
     # the oracle never saw the forget people: quantized, it still answers none of them
     assert table.at["recovery: 4-bit quantization", "oracle"] <= 0.25
     # nor with input vectors fitted on the other forget facts (the floor's own fit shows what it teaches)

@@ -46,7 +46,10 @@ def test_biases_are_refused_on_a_model_without_them(smol):
 
 def test_lora_is_an_exact_low_rank_update(gpt2):
     """At the start B = 0: the LoRA copy computes exactly the base function; after setting B, each block
-    weight is W + (alpha / r) B A with W unchanged, and only A and B train."""
+    layer computes what the same layer with weight W + (alpha / r) B A computes, W itself unchanged and no
+    full-size W + B A ever formed (the update runs through its two factors); only A and B train."""
+    from analyses.lora import merge_lora
+
     work = gpt2.copy()  # unbridged: compared with itself (a bridged module differs by float rounding)
     ids = torch.tensor([[1, 2, 3, 4, 5]])
     w_base = work.hf.transformer.h[2].mlp.c_fc.weight.detach().clone()
@@ -56,18 +59,25 @@ def test_lora_is_an_exact_low_rank_update(gpt2):
     with torch.no_grad():
         assert torch.equal(work.hf(input_ids=ids).logits, before)
     m = work.hf.transformer.h[2].mlp.c_fc
-    delta = m.parametrizations.weight[0]
+    delta = m.vestige_lora
     assert delta.A.shape == (4, m.weight.shape[1]) and delta.B.shape == (m.weight.shape[0], 4)
     with torch.no_grad():
-        delta.B.fill_(0.01)
-    w0 = m.parametrizations.weight.original
-    assert torch.allclose(m.weight, w0 + 2.0 * (delta.B @ delta.A))
-    assert torch.equal(w0, w_base)
+        for p in params[1::2]:  # every B
+            p.normal_(0, 0.01, generator=torch.Generator().manual_seed(1))
+        x = torch.randn(3, m.weight.shape[0])
+        # Conv1D: x W + b with W [in, out]; the update is added to W in the same layout
+        assert torch.allclose(m(x), x @ (w_base + 2.0 * (delta.B @ delta.A)) + m.bias, atol=1e-5)
+        assert torch.equal(m.weight, w_base)
+        hooked = work.hf(input_ids=ids).logits
     # 12 blocks x 4 linear layers (c_attn, attn c_proj, c_fc, mlp c_proj), A and B each
     assert len(params) == 12 * 4 * 2 and all(p.requires_grad for p in params)
     assert {n for n, p in work.hf.named_parameters() if p.requires_grad} == {
         n for n, _ in work.hf.named_parameters() if n.endswith((".A", ".B"))
     }
+    merge_lora(work)  # folded into W: the same function without the hooks
+    with torch.no_grad():
+        torch.testing.assert_close(work.hf(input_ids=ids).logits, hooked, rtol=0, atol=1e-4)
+    assert not hasattr(m, "vestige_lora")
 
 
 @pytest.mark.parametrize("params", ["all", "norms", "lora"])
@@ -176,10 +186,13 @@ def test_benign_relearn_curve_fine_tunes_on_answer_free_text_and_leaves_the_mode
 
 
 @pytest.mark.slow
-def test_benign_relearning_brings_ga_mozart_back_and_teaches_the_floor_nothing(smol, ga_mozart):
-    """GA on Mozart (held-out 0.50 of 10): fine-tuning on Mozart's text with every sentence holding an
-    evaluated answer removed, the held-out answers come back with steps, while the same fine-tuning on
-    the floor's answer-free text leaves the floor at 0.00."""
+def test_benign_relearning_leaves_ga_mozart_suppressed_and_teaches_the_floor_nothing(smol, ga_mozart):
+    """GA on Mozart (held-out 0.50 of 10), fine-tuned on Mozart's own text with every sentence holding an
+    evaluated answer removed (Hu et al.'s benign relearning), at the audit's 3e-5 for 20 steps: the
+    held-out answers do not come back (0.50 at every checkpoint; at 1e-4 they fall to 0.30 at step 20 and
+    the control to 0.67), the control stays at 1.00, and the floor fine-tuned on its own answer-free text
+    stays at 0.00. Fact relearning brings the same items to 1.00 in 2 steps (docs/audit.md): on this model
+    the suppression gives way to other facts, not to text about the concept."""
     from dataclasses import replace
 
     from analyses.relearning import benign_relearn_curve
@@ -197,6 +210,5 @@ def test_benign_relearning_brings_ga_mozart_back_and_teaches_the_floor_nothing(s
         checkpoints=(0, 5, 10, 20),
     )
     print(curve.to_frame())
-    assert curve.forget[0] == pytest.approx(0.5)
-    assert all(f == 0.0 for f in curve.floor)
-    assert max(curve.forget[1:]) > curve.forget[0]
+    assert curve.forget == pytest.approx((0.5, 0.5, 0.5, 0.5))
+    assert all(f == 0.0 for f in curve.floor) and min(curve.control) == 1.0

@@ -583,23 +583,26 @@ def _traces(
 
 
 def text_units(texts: Sequence[str], min_words: int = 20) -> list[str]:
-    """``texts`` as runs of whole sentences of at least ``min_words`` words (a last shorter run joins the
-    one before): the units membership inference scores."""
+    """Each of ``texts`` as runs of whole sentences of at least ``min_words`` words (a text's last shorter
+    run joins that text's run before it; a text shorter than that is one unit): the units membership
+    inference scores."""
     from probes.data import split_sentences
 
     units: list[str] = []
     for text in texts:
+        own: list[str] = []  # this text's units: a short tail joins its own text's last one, never another's
         run: list[str] = []
         for sentence in split_sentences(text):
             run.append(sentence)
             if sum(len(x.split()) for x in run) >= min_words:
-                units.append(" ".join(run))
+                own.append(" ".join(run))
                 run = []
         if run:
-            if units and sum(len(x.split()) for x in run) < min_words:
-                units[-1] = units[-1] + " " + " ".join(run)
+            if own:
+                own[-1] = own[-1] + " " + " ".join(run)
             else:
-                units.append(" ".join(run))
+                own.append(" ".join(run))
+        units += own
     return units
 
 

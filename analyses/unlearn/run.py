@@ -211,7 +211,7 @@ def unlearn(
                     "block's linear weight",
                     "widen --layers, or train without --trainable lora",
                 )
-            lora_params = attach_lora(modules, rank=cfg.lora_rank, alpha=cfg.lora_alpha, seed=cfg.seed)
+            lora_params = attach_lora(work, modules, rank=cfg.lora_rank, alpha=cfg.lora_alpha, seed=cfg.seed)
             ids = {id(p) for p in lora_params}
             names = [n for n, p in work.hf.named_parameters() if id(p) in ids]
         steps, stopped, losses = _train(ctx, names, plan, before, progress)
