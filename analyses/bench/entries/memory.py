@@ -7,7 +7,7 @@ before it (host RSS on CPU, CUDA memory allocated on GPU) as a multiple of the m
 from __future__ import annotations
 
 from analyses.bench.harness import BenchContext, Case, benchmark
-from analyses.finetune import finetuned
+from analyses.finetune import finetuned, select_parameters
 from analyses.unlearn.batches import qa_examples
 from probes.data import load_concept
 from probes.memory import parameter_bytes, peak_memory
@@ -31,6 +31,10 @@ def lean_relearning(ctx: BenchContext) -> Case:
 
     full, lean = relearn("all", 3e-5), relearn("lora", 1e-4)
     pbytes = parameter_bytes(model.hf)
+    work = model.copy()
+    n_all = sum(p.numel() for p in work.hf.parameters())
+    n_lora = sum(p.numel() for p in select_parameters(work, "lora"))
+    del work
     extra = {}
     # lean first: heap the full run frees can stay in the process and would hide the lean run's growth
     for name, fn in (("lean", lean), ("full", full)):
@@ -40,7 +44,8 @@ def lean_relearning(ctx: BenchContext) -> Case:
     return Case(
         full,
         lean,
-        f"{steps} AdamW steps on {len(facts)} facts; peak memory above the resident model: full (a copy, "
-        f"its gradients and AdamW state) {extra['full']:.2f}x the parameter bytes, lean (rank-8 LoRA in "
-        f"place) {extra['lean']:.2f}x",
+        f"{steps} AdamW steps on {len(facts)} facts; trained numbers: full {n_all}, lean {n_lora}; peak "
+        f"memory above the resident model: full (a copy, its gradients and AdamW state) {extra['full']:.2f}x "
+        f"the parameter bytes, lean (rank-8 LoRA in place) {extra['lean']:.2f}x (host RSS on CPU: in a "
+        "long-lived process freed heap can hide growth; read it from a fresh `vestige bench` run)",
     )
