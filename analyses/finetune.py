@@ -23,11 +23,14 @@ from contextlib import contextmanager
 import torch
 
 from analyses.lora import attach_lora, block_linears, covers_every_block_linear, has_lora, remove_lora
-from analyses.training import train
+from analyses.training import micro_batches, train
 from probes.errors import VestigeError
 from probes.model import Model
 
 PARAMS = ("all", "norms", "biases", "layer:K", "lora")
+# a micro-batch's training activations stay within this fraction of one model's parameter bytes: a step's
+# batch is cut into micro-batches whose gradients add up to the batch's (``analyses.training``)
+ACTIVATION_FRACTION = 0.25
 
 
 class RelearnError(VestigeError):
@@ -38,6 +41,58 @@ def is_variant(params: str) -> bool:
     """Whether ``params`` names one of ``PARAMS`` (``layer:K`` with a non-negative integer K)."""
     return params in ("all", "norms", "biases", "lora") or (
         params.startswith("layer:") and params[len("layer:") :].isdigit()
+    )
+
+
+def micro_batch_tokens(model: Model, seq_len: int = 64, fraction: float = ACTIVATION_FRACTION) -> int:
+    """The tokens one micro-batch of ``finetuned`` may hold: the most whose training activations
+    (``probes.memory.training_activation_bytes`` for sequences of ``seq_len`` tokens) stay within
+    ``fraction`` of the model's parameter bytes; at least one sequence. SmolLM2-135M in float32: 58 tokens
+    (2.2 MB each against 538 MB of weights)."""
+    from probes.memory import parameter_bytes, training_activation_bytes
+
+    bytes_per_number = torch.finfo(model.dtype).bits // 8
+    per_token = training_activation_bytes(model.cfg, 1, seq_len, bytes_per_number) / seq_len
+    return max(1, int(fraction * parameter_bytes(model.hf) / per_token))
+
+
+def full_copy_bytes(model: Model) -> int:
+    """What ``params="all"`` adds beside the resident models: the fine-tuned copy, its gradients and AdamW's
+    two moments (float32: ``4 P B``; half precision, through float32 masters: ``2 P B + 16 P``), plus a
+    micro-batch's activations (a quarter of the weights)."""
+    from probes.memory import parameter_bytes
+
+    weights = parameter_bytes(model.hf)
+    n = sum(p.numel() for p in model.hf.parameters())
+    state = 3 * weights if model.dtype == torch.float32 else weights + 16 * n
+    return weights + state + int(ACTIVATION_FRACTION * weights)
+
+
+def free_bytes(model: Model) -> int:
+    """Memory free now where ``model``'s weights are: the CUDA devices' free memory (summed over a device
+    map's GPUs), else the host's MemAvailable."""
+    from probes.memory import host_memory
+
+    cuda = sorted({p.device.index or 0 for p in model.hf.parameters() if p.device.type == "cuda"})
+    if cuda:
+        return sum(int(torch.cuda.mem_get_info(i)[0]) for i in cuda)
+    return host_memory()[1]
+
+
+def lean_unless_it_fits(model: Model, params: str) -> tuple[str, str | None]:
+    """``params``, or ``lora`` with a note saying why when ``params`` is ``all`` and the fine-tuned copy
+    (``full_copy_bytes``) would not fit the memory free now (``free_bytes``): an audit that would run out
+    of memory half-way trains lean instead, and says so."""
+    if params != "all":
+        return params, None
+    need, free = full_copy_bytes(model), free_bytes(model)
+    if need <= free:
+        return params, None
+    gib = 2**30
+    return "lora", (
+        f"relearning fine-tunes a rank-8 LoRA update in place instead of a full copy: the copy with its "
+        f"gradients and optimizer state needs {need / gib:.1f} GiB and {free / gib:.1f} GiB is free "
+        "(pass the parameters to train explicitly to choose)"
     )
 
 
@@ -108,6 +163,10 @@ def finetuned(
     ``examples_of(work)``, the summed NLL of their targets averaged over the batch; ``params`` chooses the
     parameters that train (``analyses.relearning.PARAMS``).
 
+    A step's batch runs as micro-batches of at most ``micro_batch_tokens(model)`` tokens (at least one
+    example each) whose gradients add up to the whole batch's, so the activations held at once stay a
+    fixed fraction of the weights whatever ``batch_size``.
+
     ``all`` fine-tunes a copy (the model, its gradients and AdamW's two moments: four times the weights).
     Every other choice is lean: it trains ``model`` itself, in place, with gradients and optimizer state
     only for the chosen parameters (``lora``: a rank-8 update beside the frozen weights; ``norms``,
@@ -136,9 +195,13 @@ def finetuned(
         gen = torch.Generator().manual_seed(seed)
         work.hf.train(False)
 
-        def step_loss(step: int) -> torch.Tensor:
+        budget = micro_batch_tokens(work, max((len(e.ids) for e in examples), default=1))
+
+        def step_loss(step: int) -> Iterator[torch.Tensor]:
             pick = torch.randperm(len(examples), generator=gen)[:batch_size].tolist()
-            return sequence_nll(work, make_batch(work, [examples[i] for i in pick])).mean()
+            chosen = [examples[i] for i in pick]
+            for group in micro_batches(chosen, lambda e: len(e.ids), budget):
+                yield sequence_nll(work, make_batch(work, group)).sum() / len(chosen)
 
         train(trainable, step_loss, steps, lr=lr, desc=desc, after_step=after_step)
         for p in trainable:

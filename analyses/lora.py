@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from probes.model import Model
+from probes.results import atomic_dir
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -164,17 +163,9 @@ class Adapter:
         from safetensors.torch import save_file
 
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-        try:
+        with atomic_dir(path) as tmp:
             (tmp / ADAPTER_CONFIG).write_text(json.dumps(self.config, indent=2) + "\n")
             save_file({k: v.contiguous() for k, v in self.tensors.items()}, str(tmp / ADAPTER_WEIGHTS))
-            if path.exists():
-                shutil.rmtree(path)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
         return path
 
 

@@ -7,11 +7,16 @@ count (tied embeddings once), ``L`` layers, ``d`` = d_model, ``f`` = d_mlp, ``a`
 vocabulary:
 
 - resident: the base and the unlearned model, ``2 P B``, in every stage.
-- a fine-tuned copy (relearning, fact relearning; ``analyses.behaviour._finetuned_copy``): the copy
-  ``P B``, its gradients ``P B`` and AdamW's two moment buffers ``2 P B`` (``torch.optim.AdamW`` keeps them
-  in the parameters' dtype), ``4 P B`` in all, one copy at a time.
-- quantization: the saved originals of the rounded block weights, ``P_blocks B``.
-- interventions: a copy of the base whose vectors the trace search zeroes, ``P B``.
+- a fine-tuned copy (relearning and fact relearning with ``params="all"``, the default;
+  ``analyses.finetune.finetuned``): the copy ``P B``, its gradients ``P B`` and AdamW's two moment buffers
+  ``2 P B``, ``4 P B`` in all, one copy at a time. A half-precision model trains through float32 master
+  weights (``analyses.training``): the copy and its gradients ``2 P B``, the masters, their gradients and
+  AdamW's moments in float32 ``16 P``. The lean choices (``lora``, ``norms``, ``biases``, ``layer:K``)
+  need none of this: they train the audited model in place, with state for the chosen parameters only.
+- quantization: nothing beside the models (the originals of the rounded block weights wait in host
+  memory for a GPU model, in a temporary file for a CPU one: ``probes.stash``).
+- interventions: nothing beside the models (the trace search zeroes the base's own rows and puts them
+  back).
 - inference activations for a batch of ``b`` sequences of ``s`` tokens: ``B b s d (L + 1)`` (the
   residual stream of every layer, cached by the lens, the probes and the concept-vector scans) + ``20 b s
   V`` (five float32 vocabulary-sized tensors: the logits, the scorer's float32 copy and log-softmax, and
@@ -20,7 +25,10 @@ vocabulary:
 - training activations for ``b`` sequences of ``s`` tokens: ``b s [L ((12 d + 4 f) B + a s (4 + B)) +
   V (B + 8)]``: what autograd keeps per token and layer (norm inputs, projections, rotary q/k, the
   repeated k/v of grouped-query attention, the MLP's gate, up and product), the attention probabilities
-  (float32 softmax and its cast) and the logits with their float32 log-softmax and gradient.
+  (float32 softmax and its cast) and the logits with their float32 log-softmax and gradient. The
+  fine-tuning attacks run a step as micro-batches (``analyses.finetune.micro_batch_tokens``) whose
+  activations stay within a quarter of ``P B`` (at least one sequence), so theirs are
+  ``min(training(b, s), max(P B / 4, training(1, s)))``.
 
 Every device also carries a fixed ``OVERHEAD`` (Python, torch and the tokenizer on CPU; the CUDA context
 and cuBLAS workspaces on a GPU). Checked against measured peaks on SmolLM2-135M in float32 on CPU
@@ -45,6 +53,7 @@ import torch
 
 from probes.data import DATA_DIR
 from probes.errors import ModelLoadError, VestigeError
+from probes.memory import host_memory, training_activation_bytes
 from probes.results import Result
 
 GiB = 2**30
@@ -64,6 +73,7 @@ MODELS_DIR = DATA_DIR / "models"
 BATCH_SIZE = 16
 SEQ_LEN = 512
 TRAIN_SEQ = 64
+LORA_RANK = 8  # analyses.finetune's default
 
 
 def bundled_models() -> list[str]:
@@ -364,6 +374,7 @@ class _Shape:
     n_heads: int
     n_kv_heads: int
     d_vocab: int
+    n_lora_params: int = 0  # a rank-8 update of every block linear weight: 8 (in + out) each
 
 
 def count_parameters(config: Any, *, trust_remote_code: bool = False) -> int:
@@ -393,6 +404,14 @@ def _shape(config: Any, *, trust_remote_code: bool = False) -> _Shape:
         (m for m in hf.modules() if isinstance(m, torch.nn.ModuleList)), key=lambda m: len(m), default=None
     )
     block_ids = {id(p) for p in layers.parameters()} if layers is not None else set()
+    from transformers.pytorch_utils import Conv1D
+
+    n_lora = 0
+    for m in layers.modules() if layers is not None else ():
+        if isinstance(m, torch.nn.Linear):
+            n_lora += LORA_RANK * (m.in_features + m.out_features)
+        elif isinstance(m, Conv1D):
+            n_lora += LORA_RANK * sum(m.weight.shape)
     c = hf.config
     d_model = getattr(c, "hidden_size", None) or c.n_embd
     n_heads = getattr(c, "num_attention_heads", None) or c.n_head
@@ -406,6 +425,7 @@ def _shape(config: Any, *, trust_remote_code: bool = False) -> _Shape:
         n_heads=n_heads,
         n_kv_heads=getattr(c, "num_key_value_heads", None) or n_heads,
         d_vocab=hf.get_output_embeddings().weight.shape[0],
+        n_lora_params=n_lora,
     )
 
 
@@ -423,20 +443,7 @@ def visible_devices() -> tuple[Device, ...]:
 
 
 def _host() -> Device:
-    try:
-        text = Path("/proc/meminfo").read_text()
-        kb = {k: int(v) for k, v in re.findall(r"^(\w+):\s+(\d+) kB", text, re.MULTILINE)}
-        return Device("cpu", kb["MemTotal"] * 1024, kb["MemAvailable"] * 1024, "/proc/meminfo MemAvailable")
-    except (OSError, KeyError):
-        pass
-    try:
-        import psutil
-
-        vm = psutil.virtual_memory()
-        return Device("cpu", int(vm.total), int(vm.available), "psutil.virtual_memory")
-    except ImportError:
-        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        return Device("cpu", total, total, "physical memory (nothing says what is free)")
+    return Device("cpu", *host_memory())
 
 
 def gpus(spec: str) -> tuple[Device, ...]:
@@ -531,9 +538,27 @@ def _inference(sh: _Shape, b: int, s: int, B: int) -> int:
     return B * b * s * sh.d_model * (sh.n_layers + 1) + 20 * b * s * sh.d_vocab + 12 * b * sh.n_heads * s * s
 
 
-def _training(sh: _Shape, b: int, s: int, B: int) -> int:
-    per_layer = (12 * sh.d_model + 4 * sh.d_mlp) * B + sh.n_heads * s * (4 + B)
-    return b * s * (sh.n_layers * per_layer + sh.d_vocab * (B + 8))
+_training = training_activation_bytes  # probes.memory: the module docstring's training(b, s)
+
+
+def _lean_parameters(sh: _Shape, params: str) -> int:
+    """How many numbers the lean relearning variant ``params`` trains."""
+    if params == "lora":
+        return sh.n_lora_params
+    if params.startswith("layer:"):
+        return sh.n_block_params // sh.n_layers
+    if params == "norms":
+        return sum(n for name, n in sh.module_params.items() if "norm" in name or ".ln_" in name)
+    return sum(n for name, n in sh.module_params.items() if name.endswith(".bias"))
+
+
+def _micro_batched(sh: _Shape, b: int, s: int, B: int) -> int:
+    """``finetune.finetuned``'s activations: its step's batch in micro-batches of at most a quarter of
+    the weights (``ACTIVATION_FRACTION``), at least one sequence."""
+    from analyses.finetune import ACTIVATION_FRACTION
+
+    whole = _training(sh, b, s, B)
+    return min(whole, max(int(ACTIVATION_FRACTION * sh.n_params * B), _training(sh, 1, s, B)))
 
 
 def plan(
@@ -546,12 +571,24 @@ def plan(
     batch_size: int = BATCH_SIZE,
     seq_len: int = SEQ_LEN,
     trust_remote_code: bool = False,
+    relearn_params: str = "all",
 ) -> Plan:
     """Plan an audit of ``spec`` (``read_config``) in ``dtype``: per stage, the bytes it needs
     (module docstring) and whether it fits ``devices`` (default: ``visible_devices()``) placed on
     ``device`` (default: the first GPU, else the CPU) or by ``device_map`` (a strategy: spread over the
-    GPUs; a dict: the devices it names, shares from the parameters each module holds)."""
+    GPUs; a dict: the devices it names, shares from the parameters each module holds). ``relearn_params``:
+    what relearning and fact relearning train (``analyses.finetune.PARAMS``; ``all``, the audit's default,
+    fine-tunes a copy; the others train the audited model in place, with state for their parameters
+    only)."""
+    from analyses.finetune import is_variant
     from probes.model import _FAMILY_OF, resolve_device_map
+
+    if not is_variant(relearn_params):
+        raise VestigeError(
+            f"unknown relearning variant {relearn_params!r}",
+            "relearning trains all, norms, biases, lora or layer:K",
+            "pass one of them",
+        )
 
     if batch_size < 1 or seq_len < 1:
         raise VestigeError(
@@ -572,21 +609,34 @@ def plan(
     P, b, s = sh.n_params, batch_size, seq_len
     W = P * B
     inf = _inference(sh, b, s, B)
+    # full fine-tuning's state: the gradients and AdamW's two moments; a half-precision model trains
+    # through float32 masters (analyses.training), which with their gradients and moments are 16 P
+    state, state_formula = (
+        (3 * W, "grads PB + AdamW 2PB")
+        if B == 4
+        else (W + 16 * P, "grads PB + fp32 masters, grads, AdamW 16P")
+    )
+    relearn_weights, relearn_state, relearn_formula = 3 * W, state, f"copy PB + {state_formula}"
+    if relearn_params != "all":  # lean: in place, state for the n trained numbers only
+        n = _lean_parameters(sh, relearn_params)
+        per = 4 * B if B == 4 else 2 * B + 16  # the numbers (or their saved copy), grads, AdamW (masters)
+        relearn_weights, relearn_state = 2 * W, n * per
+        relearn_formula = f"{relearn_params}: {n:,} numbers x {per} bytes (in place)"
     rows = [
         ("behaviour", 2 * W, 0, inf, "2PB + inference(b, s)"),
         (
             "relearn",
-            3 * W,
-            3 * W,
-            _training(sh, 8, TRAIN_SEQ, B),
-            "2PB + copy PB + grads PB + AdamW 2PB + training(8, 64)",
+            relearn_weights,
+            relearn_state,
+            _micro_batched(sh, 8, TRAIN_SEQ, B),
+            f"2PB + {relearn_formula} + micro-batched training(8, 64)",
         ),
         (
             "fact_relearn",
-            3 * W,
-            3 * W,
-            _training(sh, 4, TRAIN_SEQ, B),
-            "2PB + copy PB + grads PB + AdamW 2PB + training(4, 64)",
+            relearn_weights,
+            relearn_state,
+            _micro_batched(sh, 4, TRAIN_SEQ, B),
+            f"2PB + {relearn_formula} + micro-batched training(4, 64)",
         ),
         (
             "soft_prompt",
@@ -597,24 +647,24 @@ def plan(
         ),
         (
             "quantization",
-            2 * W + sh.n_block_params * B,
+            2 * W,
             0,
             inf,
-            "2PB + saved block weights P_blocks B + inference(b, s)",
+            "2PB + inference(b, s) (the originals off the device)",
         ),
         ("concept_vectors", 2 * W, 0, inf, "2PB + inference(b, s)"),
         ("logit_lens", 2 * W, 0, inf, "2PB + inference(b, s)"),
         ("heads", 2 * W, 0, inf, "2PB + inference(b, s)"),
         ("probes", 2 * W, 0, inf, "2PB + inference(b, s)"),
         ("ches", 2 * W, 0, inf, "2PB + inference(b, s)"),
-        ("interventions", 3 * W, 0, inf, "2PB + copy of the base PB + inference(b, s)"),
+        ("interventions", 2 * W, 0, inf, "2PB + inference(b, s) (the search edits the base in place)"),
         ("traces", 2 * W, 0, inf, "2PB + inference(b, s)"),
         (
             "unlearn",
             2 * W,
-            3 * W,
+            state,
             _training(sh, 16, TRAIN_SEQ, B),
-            "base PB + copy PB + grads PB + AdamW 2PB + training(16, 64)",
+            f"base PB + copy PB + {state_formula} + training(16, 64)",
         ),
     ]
     by_name = {d.name: d for d in devices}
@@ -631,8 +681,8 @@ def plan(
         )
     if dtype != "float32":
         notes.append(
-            f"fine-tuning stages keep AdamW's moments in {dtype}, as torch.optim.AdamW does for "
-            f"{dtype} parameters"
+            f"fine-tuning stages train {dtype} weights through float32 masters (AdamW's moments in float32): "
+            "a step of 3e-5 applied to a bfloat16 weight in place rounds away"
         )
     return Plan(
         model=name,

@@ -27,6 +27,7 @@ from jaxtyping import Float
 
 from probes.model import Model
 from probes.results import Result
+from probes.stash import Stash
 
 
 @dataclass(frozen=True)
@@ -138,22 +139,22 @@ def quantizable(model: Model, *, embeddings: bool = False) -> list[tuple[str, to
 def quantized(model: Model, config: QuantizationConfig | None = None) -> Iterator[QuantizationInfo]:
     """Within the block, ``model``'s block weights are round-to-nearest quantized (``quantize_rtn``, in
     place, so every view of the model sees them); on exit the original weights are copied back bitwise,
-    also when the block raises. Memory: one copy of the rounded weights."""
+    also when the block raises. Memory: none beside the model's own; the originals wait in a
+    ``probes.stash.Stash`` (host memory for a GPU model, a temporary file for a CPU one)."""
     cfg = config or QuantizationConfig()
-    saved: list[tuple[torch.Tensor, torch.Tensor]] = []
     errors: list[float] = []
     n_weights = 0
-    try:
-        with torch.no_grad():
-            for _, view in quantizable(model, embeddings=cfg.embeddings):
-                saved.append((view, view.detach().clone()))
-                q = quantize_rtn(view, cfg.bits, cfg.group_size, symmetric=cfg.symmetric)
-                norm = float(view.float().norm())
-                errors.append(float((q.float() - view.float()).norm()) / norm if norm > 0 else 0.0)
-                n_weights += view.numel()
-                view.copy_(q)
-        yield QuantizationInfo(cfg, len(saved), n_weights, float(sum(errors) / max(len(errors), 1)))
-    finally:
-        with torch.no_grad():
-            for view, original in saved:
-                view.copy_(original)
+    with Stash() as stash:
+        try:
+            with torch.no_grad():
+                for _, view in quantizable(model, embeddings=cfg.embeddings):
+                    q = quantize_rtn(view, cfg.bits, cfg.group_size, symmetric=cfg.symmetric)
+                    norm = float(view.float().norm())
+                    errors.append(float((q.float() - view.float()).norm()) / norm if norm > 0 else 0.0)
+                    n_weights += view.numel()
+                    stash.save(view)
+                    view.copy_(q)
+                    del q
+            yield QuantizationInfo(cfg, len(stash), n_weights, float(sum(errors) / max(len(errors), 1)))
+        finally:
+            stash.restore()

@@ -3,14 +3,23 @@ check and an optional early stop. Unlearning (``analyses.unlearn``), the relearn
 (``analyses.behaviour.relearn_attack``) and the synthetic world's from-scratch training
 (``analyses.world``) all train through ``train``.
 
-A step is: ``loss = step_loss(step)``, refuse a non-finite loss, ``zero_grad``, ``backward``, clip the
+A step is: ``zero_grad``, ``loss = step_loss(step)``, refuse a non-finite loss, ``backward``, clip the
 gradient norm of ``clip_parameters`` (default: the optimised ones) to ``max_grad_norm``, ``opt.step()``,
-``scheduler.step()``, then ``after_step(step, loss)``, which may return ``True`` to stop.
+``scheduler.step()``, then ``after_step(step, loss)``, which may return ``True`` to stop. ``step_loss`` may
+also return an iterable of loss parts that sum to the step's loss (gradient accumulation over micro-batches,
+``micro_batches``): each part is checked and back-propagated as soon as it is made, so only one part's
+graph is alive at a time, and the step's gradient is the same as the whole batch's.
+
+Half-precision parameters (bfloat16, float16: a model loaded on a GPU) train through float32 master copies
+(mixed precision, Micikevicius et al. 2018): AdamW, its moments and the clipping work on the masters, and
+each step writes the masters back, rounded. Updated in place, a bfloat16 weight keeps 8 bits of mantissa:
+an AdamW step of 3e-5 (the relearning attack's rate) is under half a unit in the last place of any weight
+larger than about 0.008 in magnitude and rounds away, so the attack would silently train nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,9 +42,25 @@ class TrainLog:
     stopped_early: bool
 
 
+def micro_batches(items: Sequence[Any], tokens_of: Callable[[Any], int], budget: int) -> Iterator[list[Any]]:
+    """``items`` in consecutive groups of at most ``budget`` tokens each (``tokens_of(item)``; one item per
+    group at least), in order: the micro-batches of one step's batch."""
+    group: list[Any] = []
+    used = 0
+    for item in items:
+        n = tokens_of(item)
+        if group and used + n > budget:
+            yield group
+            group, used = [], 0
+        group.append(item)
+        used += n
+    if group:
+        yield group
+
+
 def train(
     parameters: Sequence[torch.nn.Parameter] | Sequence[dict[str, Any]],
-    step_loss: Callable[[int], torch.Tensor],
+    step_loss: Callable[[int], torch.Tensor | Iterable[torch.Tensor]],
     steps: int,
     *,
     lr: float,
@@ -49,15 +74,36 @@ def train(
     progress: bool = False,
     show_loss: bool = False,
 ) -> TrainLog:
-    """Run ``steps`` AdamW steps (1-based step numbers are passed to ``step_loss`` and ``after_step``).
+    """Run ``steps`` AdamW steps (1-based step numbers are passed to ``step_loss`` and ``after_step``);
+    half-precision parameters through float32 masters (module docstring).
 
     ``parameters``: tensors, or AdamW parameter groups (dicts with ``params`` and per-group options).
     ``schedule``: the learning-rate multiplier of 0-based optimizer step s (``LambdaLR``); none = constant.
     A loss that is not finite raises ``TrainingError`` naming the step (the learning rate is too high)."""
-    opt = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay, betas=betas)
+    groups = [dict(g) for g in parameters] if parameters and isinstance(parameters[0], dict) else None
+    flat = [p for g in groups for p in g["params"]] if groups is not None else list(parameters)
+    masters = {
+        id(p): p.detach().float().clone().requires_grad_(True)
+        for p in flat
+        if p.dtype in (torch.bfloat16, torch.float16)
+    }
+    pairs = [(p, masters[id(p)]) for p in flat if id(p) in masters]
+
+    def master(p: torch.nn.Parameter) -> torch.Tensor:
+        return masters.get(id(p), p)
+
+    if groups is not None:
+        for g in groups:
+            g["params"] = [master(p) for p in g["params"]]
+    opt = torch.optim.AdamW(
+        groups if groups is not None else [master(p) for p in flat],
+        lr=lr,
+        weight_decay=weight_decay,
+        betas=betas,
+    )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule) if schedule is not None else None
     clipped = (
-        list(clip_parameters)
+        [master(p) for p in clip_parameters]
         if clip_parameters is not None
         else [p for group in opt.param_groups for p in group["params"]]
     )
@@ -66,19 +112,30 @@ def train(
     step = 0
     try:
         for step in bar:
+            opt.zero_grad(set_to_none=True)
+            for p, _ in pairs:
+                p.grad = None
             with torch.enable_grad():
-                loss = step_loss(step)
-                if not torch.isfinite(loss):
-                    raise TrainingError(
-                        f"{desc}: the loss became {loss.item()} at step {step}",
-                        "the learning rate is too high for this model",
-                        "lower the learning rate (--lr)",
-                    )
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
+                made = step_loss(step)
+                loss = torch.zeros(())
+                for part in (made,) if isinstance(made, torch.Tensor) else made:
+                    if not torch.isfinite(part):
+                        raise TrainingError(
+                            f"{desc}: the loss became {part.item()} at step {step}",
+                            "the learning rate is too high for this model",
+                            "lower the learning rate (--lr)",
+                        )
+                    part.backward()
+                    loss = loss + part.detach().cpu()
+            for p, m in pairs:  # the half-precision gradients move to the float32 masters
+                m.grad = None if p.grad is None else p.grad.float()
+                p.grad = None
             if max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(clipped, max_grad_norm)
             opt.step()
+            with torch.no_grad():
+                for p, m in pairs:
+                    p.copy_(m)
             if sched is not None:
                 sched.step()
             value = float(loss.detach())
@@ -90,4 +147,6 @@ def train(
     finally:
         bar.close()
         opt.zero_grad(set_to_none=True)
+        for p, _ in pairs:
+            p.grad = None
     return TrainLog(step, tuple(losses), False)

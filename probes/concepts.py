@@ -261,7 +261,7 @@ def _last_position_state(
     eps = _norm_eps(model.final_norm)
     for start in range(0, len(prompts), batch_size):
         ids, mask = model.tokenize(list(prompts[start : start + batch_size]), padding_side="left")
-        _, cache = hooks.run_with_cache(model, ids, names, mask)
+        _, cache = hooks.run_with_cache(model, ids, names, mask, logits_to_keep=1)
         for l in layers:
             acts[l].append(cache[hooks.mlp_post(l)][:, -1].float())
         x = cache[hooks.resid_post(last)][:, -1].float()

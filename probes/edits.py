@@ -174,9 +174,15 @@ def edited(model: Model, units: Any, mode: EditMode = "ablate", **options: Any) 
     try:
         yield apply_edit(model, units, mode, undo=saved, **options)
     finally:
-        with torch.no_grad():
-            for rows, original in reversed(saved):
-                rows.copy_(original)
+        restore(saved)
+
+
+@torch.no_grad()
+def restore(undo: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Copy back the rows that ``apply_edit(..., undo=undo)`` saved, last edit first, and empty ``undo``."""
+    for rows, original in reversed(undo):
+        rows.copy_(original)
+    undo.clear()
 
 
 def edited_vectors(

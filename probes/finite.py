@@ -72,7 +72,7 @@ def first_nonfinite_layer(model: Model, texts: Sequence[str]) -> int | None:
 
     names = [hooks.resid_pre(0)] + hooks.all_layers(hooks.resid_post, model.cfg.n_layers)
     ids, mask = model.tokenize(list(texts), padding_side="left")
-    _, cache = hooks.run_with_cache(model, ids, names, mask)
+    _, cache = hooks.run_with_cache(model, ids, names, mask, logits_to_keep=1)
     keep = mask.bool()
     for layer, name in enumerate(names, start=-1):
         if not bool(torch.isfinite(cache[name][keep]).all()):

@@ -69,18 +69,24 @@ def run_with_cache(
     mask: Int[torch.Tensor, "batch pos"] | None = None,
     *,
     grad: bool = False,
+    logits_to_keep: int | None = None,
 ) -> tuple[Float[torch.Tensor, "batch pos d_vocab"], dict[str, torch.Tensor]]:
     """One forward pass through the bridge that keeps only the ``names`` activations (on the model's
-    device). Padding-aware: pass the attention ``mask`` of a left- or right-padded batch."""
+    device). Padding-aware: pass the attention ``mask`` of a left- or right-padded batch.
+    ``logits_to_keep=k``: unembed only the last ``k`` positions (where the HF model takes it), for a
+    caller that reads the cache alone: the full logits are the pass's largest tensor (SmolLM2: 49,152
+    floats per token against 576 per cached activation)."""
     wanted = set(names)
     unknown = wanted - set(model.bridge.hook_dict)
     if unknown:
         raise KeyError(
             f"unknown hook names {sorted(unknown)[:5]}; see probes/hooks.py for the names vestige uses"
         )
-    kwargs = {}
+    kwargs: dict = {}
     if mask is not None:
         kwargs = {"attention_mask": mask, "position_ids": model.position_ids(mask)}
+    if logits_to_keep is not None and model.takes_logits_to_keep:
+        kwargs["logits_to_keep"] = logits_to_keep
     with torch.set_grad_enabled(grad):
         logits, cache = model.bridge.run_with_cache(ids, names_filter=lambda n: n in wanted, **kwargs)
     return logits, {name: cache[name] for name in wanted}

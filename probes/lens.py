@@ -117,7 +117,7 @@ def logit_lens(
         chunk_p, chunk_a = prompts[start : start + batch_size], answers[start : start + batch_size]
         pairs = [answer_ids(model, p, a) for p, a in zip(chunk_p, chunk_a, strict=True)]
         ids, mask = model.pad([p for p, _ in pairs], padding_side="left")
-        _, cache = hooks.run_with_cache(model, ids, names, mask)
+        _, cache = hooks.run_with_cache(model, ids, names, mask, logits_to_keep=1)
         target = torch.tensor([a[0] for _, a in pairs], device=ids.device)
         stacked = torch.stack([cache[n][:, -1] for n in names], dim=1)  # [batch, layer, d_model]
         lp = torch.log_softmax(lens_logits(model, stacked).float(), dim=-1)  # [batch, layer, vocab]

@@ -186,7 +186,7 @@ def collect_activations(
     for start in tqdm(range(0, len(order), batch_size), desc="probe activations", disable=not progress):
         rows = order[start : start + batch_size]
         ids, mask = model.pad([inputs[i] for i in rows], padding_side="left")
-        _, cache = hooks.run_with_cache(model, ids, names, mask=mask)
+        _, cache = hooks.run_with_cache(model, ids, names, mask=mask, logits_to_keep=1)
         out[:, rows] = torch.stack([cache[n][:, -1] for n in names]).float()  # left padding: probed = last
     return out
 

@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -169,3 +170,58 @@ def parameter_bytes(module: torch.nn.Module) -> int:
     """Bytes of ``module``'s parameters, each tensor once (tied weights count once), at their dtype;
     parameters offloaded to the meta device count at their size too."""
     return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def release_free_memory() -> bool:
+    """Hand the heap's free pages back to the operating system: ``gc.collect()``, then glibc's
+    ``malloc_trim(0)`` where the C library is glibc. Tensors under glibc's mmap threshold (up to 32 MB once
+    larger blocks have been freed) are carved from the heap, whose freed pages otherwise stay resident, so a
+    long run's RSS climbs with every stage that once needed them. The audit calls this between stages.
+    Returns whether a trim ran."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    if not name or os.name != "posix":
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    trim(0)
+    return True
+
+
+def training_activation_bytes(shape: Any, b: int, s: int, B: int) -> int:
+    """What autograd keeps for ``b`` sequences of ``s`` tokens at ``B`` bytes per number: ``b s [L ((12 d
+    + 4 f) B + a s (4 + B)) + V (B + 8)]`` (per token and layer the norm inputs, projections, rotary q/k,
+    grouped-query attention's repeated k/v, the MLP's gate, up and product; the attention probabilities;
+    the logits with their float32 log-softmax and gradient; ``analyses.plan`` explains and calibrates
+    it). ``shape`` has ``n_layers``, ``d_model``, ``d_mlp``, ``n_heads`` and ``d_vocab`` (a
+    ``probes.model.ModelConfig`` or a planned config's shape)."""
+    per_layer = (12 * shape.d_model + 4 * shape.d_mlp) * B + shape.n_heads * s * (4 + B)
+    return b * s * (shape.n_layers * per_layer + shape.d_vocab * (B + 8))
+
+
+def host_memory() -> tuple[int, int, str]:
+    """The host's (total bytes, available bytes, where the numbers come from): ``MemAvailable`` of
+    /proc/meminfo, else psutil, else the physical memory (nothing says what is free)."""
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as fh:
+            text = fh.read()
+        kb = {k: int(v) for k, v in re.findall(r"^(\w+):\s+(\d+) kB", text, re.MULTILINE)}
+        return kb["MemTotal"] * 1024, kb["MemAvailable"] * 1024, "/proc/meminfo MemAvailable"
+    except (OSError, KeyError):
+        pass
+    try:
+        import psutil
+
+        vm = psutil.virtual_memory()
+        return int(vm.total), int(vm.available), "psutil.virtual_memory"
+    except ImportError:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        return total, total, "physical memory (nothing says what is free)"

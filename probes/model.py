@@ -35,7 +35,7 @@ from jaxtyping import Float, Int
 
 from probes.adapters import check_adapter_weights, is_adapter_dir, merge_adapter, named_base
 from probes.errors import ModelLoadError
-from probes.results import Result, locked
+from probes.results import Result, atomic_dir, locked
 
 SMOLLM2_SPECS = ("smollm2-135m", "smollm2", "smollm2-135m-instruct")
 GPT2_SPECS = ("gpt2", "gpt2-small")
@@ -55,6 +55,25 @@ def cache_dir() -> Path:
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(
+    device: str | torch.device | None = None, device_map: str | dict | None = None
+) -> torch.dtype:
+    """The dtype a model loads in when none is asked for: bfloat16 when any of it goes to a GPU (``device``
+    a CUDA device, or none given and CUDA available; a device map naming a GPU, or a strategy with CUDA
+    available), float32 otherwise (a CPU computes bfloat16 no faster on most machines, and the tests' checks
+    are float32's). The instruments read log-probabilities and activations in float32 whatever the
+    model's dtype, and training keeps float32 master weights for half-precision ones
+    (``analyses.training``)."""
+    if device_map is not None:
+        if isinstance(device_map, str):
+            return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+        targets = [str(v) for v in device_map.values()]
+        on_gpu = any(t.isdigit() or t.startswith("cuda") for t in targets)
+        return torch.bfloat16 if on_gpu else torch.float32
+    where = torch.device(device) if device is not None else default_device()
+    return torch.bfloat16 if where.type == "cuda" else torch.float32
 
 
 @dataclass(frozen=True)
@@ -381,6 +400,13 @@ class Model:
         pos = mask.long().cumsum(-1) - 1
         return pos.clamp(min=0)
 
+    @cached_property
+    def takes_logits_to_keep(self) -> bool:
+        """Whether the HF model's forward takes ``logits_to_keep`` (unembed only the last positions)."""
+        import inspect
+
+        return "logits_to_keep" in inspect.signature(self.hf.forward).parameters
+
     def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None, **kwargs: Any) -> Any:
         """Plain HF forward with padding-aware position ids."""
         if mask is None:
@@ -460,19 +486,11 @@ class Model:
     def save(self, path: str | os.PathLike) -> Path:
         """Save as safetensors + config + tokenizer, atomically (written to a temp dir, then renamed)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-        try:
+        with atomic_dir(path) as tmp:
             _strip_quantization(self.hf)
             state = {k: v.contiguous() for k, v in self.state_dict().items()}
             self.hf.save_pretrained(tmp, state_dict=state, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)
-            if path.exists():
-                shutil.rmtree(path)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
         return path
 
     def __repr__(self) -> str:
@@ -731,8 +749,9 @@ def load_model(
     base: str | Model | None = None,
 ) -> Model:
     """Load ``spec`` (see the module docstring) onto ``device`` (CUDA when available, else CPU) in
-    ``dtype`` (float32 by default; ``"auto"``: a checkpoint in the dtype it was saved in, e.g. a bfloat16
-    release as bfloat16; the built-in models and GGUF files in float32). ``device_map`` (``resolve_device_map``: ``auto``, ``balanced``, a dict
+    ``dtype`` (by default ``default_dtype``: bfloat16 on a GPU, float32 on the CPU; ``"auto"``: a checkpoint
+    in the dtype it was saved in, e.g. a bfloat16 release as bfloat16; the built-in models and GGUF files in
+    float32). ``device_map`` (``resolve_device_map``: ``auto``, ``balanced``, a dict
     or JSON of module name -> device) places the model with accelerate instead, as transformers'
     ``from_pretrained(device_map=...)`` does; its ``disk`` entries go to ``offload_folder`` (default: a
     temporary folder removed with the model). ``base``: the base model of a PEFT adapter directory (a
@@ -761,9 +780,9 @@ def load_model(
                 "pass float32, bfloat16, float16 or auto",
             )
         dtype = getattr(torch, dtype)
-    dtype = None if as_stored else dtype or torch.float32
+    dtype = None if as_stored else dtype or default_dtype(device, device_map)
     stored = "auto" if as_stored else dtype  # what a checkpoint loads as
-    dtype = dtype or torch.float32  # what a model without a stored dtype is built in
+    dtype = dtype or default_dtype(device, device_map)  # what a model without a stored dtype is built in
     placement: dict[str, Any] = {}
     if device_map is not None:
         placement = {"device_map": device_map, "offload_folder": offload_folder}
@@ -1069,12 +1088,8 @@ def smollm2_tokenizer() -> Any:
         cached = cache_dir() / "tokenizers" / f"{gguf.stem}-{_file_hash(gguf)}"
         with locked(cached.with_name(cached.name + ".lock")):
             if not (cached / "tokenizer_config.json").exists():
-                cached.parent.mkdir(parents=True, exist_ok=True)
-                tmp = Path(tempfile.mkdtemp(dir=cached.parent, prefix=f".{cached.name}."))
-                AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
-                if cached.exists():
-                    shutil.rmtree(cached)
-                os.replace(tmp, cached)
+                with atomic_dir(cached) as tmp:
+                    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
         _TOKENIZER_CACHE["smollm2"] = AutoTokenizer.from_pretrained(cached, local_files_only=True)
     return _TOKENIZER_CACHE["smollm2"]
 

@@ -7,7 +7,6 @@ Batches are left-padded with padding-aware positions, so batched = one at a time
 
 from __future__ import annotations
 
-import inspect
 import math
 import re
 from collections.abc import Sequence
@@ -58,6 +57,18 @@ def max_tokens_for(n_answer_tokens: int, scoring: str) -> int:
     return 2 * n_answer_tokens + 8 if scoring == "rouge" else n_answer_tokens + 2
 
 
+def last_logits(
+    model: Model, ids: torch.Tensor, mask: torch.Tensor, keep: int
+) -> Float[torch.Tensor, "batch keep d_vocab"]:
+    """The logits of the last ``keep`` positions only: the unembedding runs on those alone where the HF
+    model takes ``logits_to_keep`` (vocabulary-sized memory ``keep / pos`` of the full logits), else the
+    full logits are sliced."""
+    keep = min(keep, ids.shape[1])
+    if model.takes_logits_to_keep:
+        return model.forward(ids, mask, logits_to_keep=keep).logits
+    return model.forward(ids, mask).logits[:, -keep:]
+
+
 @torch.no_grad()
 def answer_logprobs(
     model: Model, prompts: Sequence[str], answers: Sequence[str], *, batch_size: int = 16
@@ -72,8 +83,10 @@ def answer_logprobs(
             )
         ]
         ids, mask = model.pad([p + a for p, a in pairs], padding_side="left")
-        logp = torch.log_softmax(model.forward(ids, mask).logits.float(), dim=-1)
-        width = ids.shape[1]
+        # left-padded: every answer ends the row, so only the last (longest answer + 1) positions are read
+        keep = max(len(a) for _, a in pairs) + 1
+        logp = torch.log_softmax(last_logits(model, ids, mask, keep).float(), dim=-1)
+        width = logp.shape[1]
         for i, (_, a) in enumerate(pairs):
             pos = torch.arange(width - len(a) - 1, width - 1, device=ids.device)
             tgt = torch.tensor(a, device=ids.device)
@@ -115,12 +128,11 @@ def option_logprobs(
             out.append(flat[i : i + len(opts)])
             i += len(opts)
         return out
-    keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.hf.forward).parameters else {}
     out = []
     for start in range(0, len(pairs), batch_size):
         rows = pairs[start : start + batch_size]
         ids, mask = model.pad([row[0][0] for row in rows], padding_side="left")
-        last = torch.log_softmax(model.forward(ids, mask, **keep).logits[:, -1].float(), dim=-1).cpu()
+        last = torch.log_softmax(last_logits(model, ids, mask, 1)[:, -1].float(), dim=-1).cpu()
         out += [[float(last[i, a[0]]) for _, a in row] for i, row in enumerate(rows)]
     for i, values in enumerate(out):
         if not all(math.isfinite(v) for v in values):  # answer_logprobs names the diverged layer

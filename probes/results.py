@@ -7,6 +7,7 @@ import html
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -94,6 +95,28 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Fill a folder that replaces ``path`` only when the block ends without an exception.
+
+    ``with atomic_dir(out) as tmp: ...`` yields a temporary folder beside ``path``; on a clean exit the
+    old ``path`` (if any) is removed and the temporary folder renamed to it, so a reader never sees a
+    half-written folder and a failed write leaves the old one in place. The temporary folder is always
+    cleaned up.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:

@@ -4,12 +4,15 @@
     python scripts/audit_memory.py --relearn-params all  --out mem_all.json
     python scripts/audit_memory.py --relearn-params lora --relearn-lr 1e-3 --out mem_lora.json
 
-Run each setting in its own process (the kernel's peak RSS is per process). The script loads SmolLM2,
-unlearns Wolfgang Amadeus Mozart with GA (20 steps at 1e-4, half the QA held out), then audits it with
-``AuditConfig.quick`` and 10 steps of relearning and fact relearning with the chosen parameters. It writes
-the RSS before any model was loaded, each stage's peak RSS (``timings.json``'s), the audit's peak, the
-parameter bytes of one model, the multiple (audit peak - RSS before the models) / parameter bytes, both
-relearnings' forget / floor accuracy, and the seconds of each stage.
+Run each setting in its own process (the kernel's peak RSS is per process). The unlearned model is the
+one ``vestige audit`` would read: SmolLM2 unlearned on Wolfgang Amadeus Mozart with GA (20 steps at 1e-4,
+half the QA held out), made once in a child process and saved under ``--checkpoint`` (the unlearning's
+own optimizer state never counts against the audit; a checkpoint already there is reused). This process
+then loads the base and the checkpoint and audits them with ``AuditConfig.quick`` and 10 steps of
+relearning and fact relearning with the chosen parameters. It writes the RSS before any model was loaded,
+the RSS with both models loaded, each stage's peak RSS (``timings.json``'s), the audit's peak, the
+parameter bytes of one model, the multiple (audit peak - RSS before the models) / parameter bytes (the
+two resident models alone make 2.0), both relearnings' forget / floor accuracy, and each stage's seconds.
 """
 
 from __future__ import annotations
@@ -17,32 +20,61 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from probes.memory import parameter_bytes, rss_bytes  # noqa: E402
 
+CONCEPT = "Wolfgang Amadeus Mozart"
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--relearn-params", default="all")
-    p.add_argument("--relearn-lr", type=float, default=3e-5)
-    p.add_argument("--out", default="audit_memory.json")
-    args = p.parse_args()
-    from analyses.audit import AuditConfig, audit
+
+def make_checkpoint(path: str) -> None:
+    """Unlearn Mozart with GA and save the model and the items it trained on under ``path``."""
     from analyses.unlearn import UnlearnConfig, unlearn
     from probes.data import load_concept
     from probes.model import load_model
 
-    before_models = rss_bytes()
     model = load_model("smollm2", device="cpu")
-    concept = load_concept(name="Wolfgang Amadeus Mozart")
     run = unlearn(
         model,
-        concept,
+        load_concept(name=CONCEPT),
         UnlearnConfig(method="ga", steps=20, lr=1e-4, stop_fraction=None),
         progress=False,
     )
+    run.save(path)
+
+
+def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--make-checkpoint":
+        make_checkpoint(sys.argv[2])
+        return
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--relearn-params", default="all")
+    p.add_argument("--relearn-lr", type=float, default=3e-5)
+    p.add_argument("--out", default="audit_memory.json")
+    p.add_argument("--checkpoint", default="out/audit_memory_ga", help="the unlearned model (made if absent)")
+    p.add_argument(
+        "--base",
+        default=None,
+        help="audit this checkpoint against itself instead (e.g. a wider seeded Llama from "
+        "scripts/seeded_llama.py: how the memory scales with the parameter count)",
+    )
+    args = p.parse_args()
+    if args.base is None and not os.path.exists(os.path.join(args.checkpoint, "unlearn.json")):
+        subprocess.run([sys.executable, __file__, "--make-checkpoint", args.checkpoint], check=True)
+    from analyses.audit import AuditConfig, audit
+    from analyses.cli.audit import trained_items
+    from probes.data import load_concept
+    from probes.model import load_model
+
+    before_models = rss_bytes()
+    model = load_model(args.base or "smollm2", device="cpu")
+    unlearned = load_model(args.base or args.checkpoint, device="cpu")
+    concept = load_concept(name=CONCEPT)
+    trained = None if args.base else trained_items(args.checkpoint)
+    loaded = rss_bytes()
     cfg = AuditConfig.quick(
         relearn_steps=10,
         fact_relearn_steps=10,
@@ -51,15 +83,17 @@ def main() -> None:
         relearn_lr=args.relearn_lr,
         fact_relearn_lr=args.relearn_lr,
     )
-    result = audit(model, run.model, concept, config=cfg, trained_items=run.trained_items, progress=False)
+    result = audit(model, unlearned, concept, config=cfg, trained_items=trained, progress=False)
     stages = result.timings_frame()
     peak = int(max(r["peak_bytes"] or 0 for r in result.timings["stages"].values()))
     pbytes = parameter_bytes(model.hf)
     calls = result.traces_frame().set_index("family")
     out = {
+        "model": args.base or "smollm2",
         "relearn_params": args.relearn_params,
         "relearn_lr": args.relearn_lr,
         "rss_before_models": before_models,
+        "rss_models_loaded": loaded,
         "parameter_bytes": pbytes,
         "audit_peak_rss": peak,
         "multiple": round((peak - before_models) / pbytes, 2),

@@ -57,3 +57,38 @@ def test_lean_relearning_bench_runs_and_reports_memory(tmp_path, smol):
     assert full >= 0 and lean >= 0 and res[0].baseline_s > 0 and res[0].candidate_s > 0
     n_all, n_lora = (int(x) for x in re.search(r"full (\d+), lean (\d+)", res[0].detail).groups())
     assert n_all == 134515008 and 0 < n_lora < 0.02 * n_all
+
+
+def test_bench_and_demo_take_the_model_loading_options(tmp_path, monkeypatch):
+    """``vestige bench`` loads its model through the CLI's loader (``--device-map``, ``--dtype``, ...), as
+    ``vestige demo`` does: the map reaches ``load_model``."""
+    from types import SimpleNamespace
+
+    import probes.model as M
+    from analyses.cli import main
+
+    loaded = {}
+    fake = SimpleNamespace(device="cpu")
+
+    def fake_load(spec, **kw):
+        loaded.update(spec=spec, **kw)
+        return fake
+
+    monkeypatch.setattr(M, "load_model", fake_load)
+    ctx = BenchContext("gpt2-seeded", None, load=lambda: M.load_model("gpt2-seeded", device_map={"": "cpu"}))
+    assert ctx.model is fake and loaded == {"spec": "gpt2-seeded", "device_map": {"": "cpu"}}
+
+    @benchmark("_test_reads_the_model", target=1.0)
+    def _reads(ctx):
+        assert ctx.model is fake
+        return Case(lambda: None, lambda: None, "reads the model")
+
+    try:
+        argv = ["bench", "--model", "gpt2-seeded", "--device-map", '{"": "cpu"}', "--dtype", "float32"]
+        argv += ["--only", "_test_reads_the_model", "--repeats", "1", "--out", str(tmp_path / "b")]
+        assert main(argv) == 0
+    finally:
+        BENCHMARKS.pop("_test_reads_the_model")
+    assert loaded["spec"] == "gpt2-seeded" and loaded["device_map"] == {"": "cpu"}
+    assert loaded["dtype"] == "float32"
+    assert (tmp_path / "b" / "bench.json").exists()

@@ -20,7 +20,9 @@ class AuditConfig(Result):
     relearn_steps: int = 10
     relearn_lr: float = 3e-5
     # which parameters the relearning attack moves (``analyses.relearning.PARAMS``); ``all`` fine-tunes a
-    # copy, every other choice trains the model itself, lean, and restores it exactly (``behaviour.finetuned``)
+    # copy, every other choice trains the model itself, lean, and restores it exactly (``behaviour.finetuned``).
+    # ``all`` turns to ``lora`` (with a note) when the copy would not fit the free memory
+    # (``analyses.finetune.lean_unless_it_fits``); the same holds for ``fact_relearn_params``
     relearn_params: str = "all"
     # membership inference on the concept's text against the floor's (reported; ``stages._membership_stage``)
     membership: bool = True

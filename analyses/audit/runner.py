@@ -29,7 +29,7 @@ from probes.edits import check_compatible, weights_checksum
 from probes.errors import VestigeError
 from probes.finite import check_finite
 from probes.membership import priv_leak
-from probes.memory import PeakMemory, parameter_bytes, peak_memory
+from probes.memory import PeakMemory, parameter_bytes, peak_memory, release_free_memory
 from probes.model import Model, check_resident
 from probes.qa import score_qa
 from probes.results import to_jsonable, write_json
@@ -69,6 +69,7 @@ def audit(
     audited against the base first (into ``out/retain_model``; the base side is computed once)."""
     t_start = time.perf_counter()
     cfg = config or AuditConfig()
+    cfg, lean_notes = _relearn_params_that_fit(unlearned, cfg)
     reference = _retain_audit(
         retain_model,
         base,
@@ -87,7 +88,7 @@ def audit(
     check_compatible(base, unlearned)
     check_finite(base, unlearned)  # NaN/inf weights (a diverged run): refused, naming the layer
     retain = list(retain_qa) if retain_qa is not None else list(concept.unrelated_qa)
-    notes = []
+    notes = list(lean_notes)
     floor, floor_note = _floor_for(base, floor)
     if floor_note:
         notes.append(floor_note)
@@ -126,6 +127,7 @@ def audit(
 
     def run(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         bar.set_postfix_str(name)
+        release_free_memory()  # what earlier stages freed goes back: each stage's peak is its own
         with peak_memory(base.device) as peak:
             value = cache.get_or_run(name, fn)
         timings[name] = round(peak.seconds, 2)
@@ -348,6 +350,26 @@ def audit(
         write_json(out / "timings.json", result.timings)
         audit_report([result]).write(out / "report.html")
     return result
+
+
+def _relearn_params_that_fit(model: Model, cfg: AuditConfig) -> tuple[AuditConfig, list[str]]:
+    """``cfg`` with ``relearn_params`` / ``fact_relearn_params`` of ``all`` turned to ``lora`` where a
+    fine-tuned copy would not fit the free memory (``analyses.finetune.lean_unless_it_fits``), and the
+    notes that say so. Decided once, before any stage, so that the result's config says what ran."""
+    from analyses.finetune import lean_unless_it_fits
+
+    notes: list[str] = []
+    changes: dict[str, str] = {}
+    for name in ("relearn_params", "fact_relearn_params"):
+        steps = cfg.relearn_steps if name == "relearn_params" else cfg.fact_relearn_steps
+        if steps <= 0:
+            continue
+        params, note = lean_unless_it_fits(model, getattr(cfg, name))
+        if note is not None:
+            changes[name] = params
+            if note not in notes:
+                notes.append(note)
+    return (replace(cfg, **changes) if changes else cfg), notes
 
 
 def _stage_row(peak: PeakMemory, *, cached: bool) -> dict[str, Any]:

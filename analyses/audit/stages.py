@@ -16,7 +16,7 @@ from probes import concepts as cv
 from probes import hooks
 from probes.ches import ches_matrix
 from probes.data import QA, Concept
-from probes.edits import edited_vectors, patched_vectors, zeroed_heads
+from probes.edits import edited_vectors, patched_vectors, restore, zeroed_heads
 from probes.heads import mask_hooks, top_heads
 from probes.lens import logit_lens, same_type_decoys
 from probes.linear import (
@@ -385,7 +385,7 @@ def _patched_heads_first_token(target: Model, source: Model, concept: Concept, h
     pairs = [answer_ids(target, q.prompt, q.answer) for q in concept.qa]
     ids, mask = target.pad([p for p, _ in pairs], padding_side="left")
     layers = sorted({h[0] for h in heads})
-    _, cache = hooks.run_with_cache(source, ids, [hooks.attn_z(l) for l in layers], mask)
+    _, cache = hooks.run_with_cache(source, ids, [hooks.attn_z(l) for l in layers], mask, logits_to_keep=1)
     logits = patch_run(target, ids, cache, [tuple(h) for h in heads], mask)[:, -1].float()
     plain = target.forward(ids, mask).logits[:, -1].float()
     first = torch.tensor([a[0] for _, a in pairs], device=ids.device)
@@ -405,32 +405,35 @@ def _trace_vectors(
     base: Model, concept: Concept, retain: list[QA], cfg: AuditConfig
 ) -> dict[str, Any] | None:
     """The value vectors that carry the concept in the base: located vectors (specificity measured on the
-    unrelated and retain QA) zeroed in a copy of the base, ``cfg.trace_step`` at a time, until the base's
-    forget accuracy is at most 25% of its start (Needle's search, ``analyses.unlearn.needle_search``).
+    unrelated and retain QA) zeroed in the base itself, ``cfg.trace_step`` at a time, until the base's
+    forget accuracy is at most 25% of its start (Needle's search, ``analyses.unlearn.needle_search``); the
+    rows are put back bitwise afterwards, also on an exception, so the search needs no copy of the base.
     Ten located vectors are not enough to matter: zeroing them in SmolLM2 leaves Harry Potter's accuracy
     at 0.78, so an ablation of only those cannot test whether the unlearned model still needs its traces."""
     from analyses.unlearn import UnlearnError, evaluate, needle_search
 
     own = set(concept.unrelated_qa)
     extra = [q for q in retain if q not in own]
-    work = base.copy()
     checks: list[dict[str, float]] = []
     before = evaluate(base, concept)
-    try:
+    undo: list[tuple[torch.Tensor, torch.Tensor]] = []
+    try:  # the search zeroes the base's own rows, a step at a time, and puts them back: no copy
         _, _, refs = needle_search(
             base,
-            work,
+            base,
             concept,
             step=cfg.trace_step,
             max_vectors=cfg.trace_max,
             before_accuracy=before.forget_accuracy,
             retain_qa=extra,
             checks=checks,
+            undo=undo,
         )
+        after = score_qa(base, concept.qa).accuracy
     except UnlearnError:  # no located vector has a specific effect: the interventions use the located ones
         return None
-    after = score_qa(work, concept.qa).accuracy
-    del work
+    finally:
+        restore(undo)
     return {
         "vectors": [list(r) for r in refs],
         "base_forget_accuracy": before.forget_accuracy,

@@ -355,7 +355,7 @@ def _last_resid(model: Model, items: Sequence[QA], *, batch_size: int = 16) -> t
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
         ids, mask = model.pad([answer_ids(model, q.prompt, q.answer)[0] for q in chunk], padding_side="left")
-        _, cache = hooks.run_with_cache(model, ids, names, mask)
+        _, cache = hooks.run_with_cache(model, ids, names, mask, logits_to_keep=1)
         out.append(torch.stack([cache[n][:, -1].float().cpu() for n in names], dim=1))
     return torch.cat(out) if out else torch.zeros(0, model.cfg.n_layers, model.cfg.d_model)
 
@@ -478,7 +478,7 @@ def _neuron_acts(model: Model, items: Sequence[QA], refs: Sequence[tuple[int, in
     for start in range(0, len(items), 16):
         chunk = items[start : start + 16]
         ids, mask = model.pad([answer_ids(model, q.prompt, q.answer)[0] for q in chunk], padding_side="left")
-        _, cache = hooks.run_with_cache(model, ids, names, mask)
+        _, cache = hooks.run_with_cache(model, ids, names, mask, logits_to_keep=1)
         out.append(np.stack([cache[hooks.mlp_post(l)][:, -1, n].float().cpu().numpy() for l, n in refs], 1))
     return np.concatenate(out) if out else np.zeros((0, len(refs)))
 

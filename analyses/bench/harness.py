@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import pandas as pd
 import torch
@@ -56,14 +57,22 @@ class Case:
 class BenchContext:
     """Shared state for benchmarks (the model is loaded once for all of them)."""
 
-    def __init__(self, model_spec: str = "smollm2-135m", device: str | None = None, quick: bool = False):
-        self.model_spec, self._device, self.quick = model_spec, device, quick
+    def __init__(
+        self,
+        model_spec: str = "smollm2-135m",
+        device: str | None = None,
+        quick: bool = False,
+        load: Callable[[], Any] | None = None,
+    ):
+        """``load``: how to load the model (e.g. the CLI's, with its device map and dtype); by default
+        ``load_model(model_spec, device=device)``."""
+        self.model_spec, self._device, self.quick, self._load = model_spec, device, quick, load
 
     @cached_property
     def model(self):
         from probes.model import load_model
 
-        return load_model(self.model_spec, device=self._device)
+        return self._load() if self._load is not None else load_model(self.model_spec, device=self._device)
 
     @property
     def device(self) -> str:

@@ -12,8 +12,7 @@ def register(sub) -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="speed ratios against same-run baselines; writes bench.json")
     p.add_argument("--out", default="vestige-out/bench")
-    p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--device", default=None)
+    common.add_model_args(p)  # --model, --device, --device-map, --dtype, ...
     p.add_argument(
         "--only",
         nargs="*",
@@ -33,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
     common.check_device(args.device)
     common.check_out_dir(args.out)
-    ctx = BenchContext(args.model, args.device, quick=args.quick)
+    ctx = BenchContext(args.model, args.device, quick=args.quick, load=lambda: common.load(args.model, args))
     results = run_benchmarks(args.out, args.only, ctx=ctx, repeats=args.repeats)
     print(table(results).to_string(index=False))
     print(f"wrote {args.out}/bench.json")

@@ -35,7 +35,8 @@ def add_model_args(
         "--dtype",
         default=None,
         choices=("float32", "bfloat16", "float16", "auto"),
-        help="default: float32; auto: a checkpoint in the dtype it was saved in (bf16 / fp16 releases as they are)",
+        help="default: bfloat16 on a GPU, float32 on the CPU; auto: a checkpoint in the dtype it was saved in "
+        "(bf16 / fp16 releases as they are)",
     )
     p.add_argument("--allow-pickle", action="store_true", help="allow .bin/.pt weights (loaded weights_only)")
     p.add_argument("--trust-remote-code", action="store_true", help="run a checkpoint's own model code")

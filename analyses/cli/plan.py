@@ -48,6 +48,12 @@ def register(sub) -> argparse.ArgumentParser:
         default=None,
         help="tokens per inference sequence (default 512)",
     )
+    p.add_argument(
+        "--relearn-params",
+        default="all",
+        help="what relearning and fact relearning train, as vestige audit --relearn-params: all (the "
+        "default: a fine-tuned copy), lora, norms, biases or layer:K (in place, state for those only)",
+    )
     p.add_argument("--trust-remote-code", action="store_true", help="run a checkpoint's own config code")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     return p
@@ -72,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size or BATCH_SIZE,
         seq_len=args.seq_len or SEQ_LEN,
         trust_remote_code=args.trust_remote_code,
+        relearn_params=args.relearn_params,
     )
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))

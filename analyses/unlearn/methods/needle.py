@@ -9,6 +9,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
+import torch
+
 from analyses.unlearn.config import MethodConfig, UnlearnError
 from analyses.unlearn.registry import EditOutcome, TrainContext, register
 from probes.data import QA, Concept
@@ -49,10 +51,17 @@ class NeedleConfig(MethodConfig):
 
 
 def needle_edit(
-    model: Model, vectors: Sequence[VectorRef], *, mode: str = "noise", scale: float = 1.0, seed: int = 0
+    model: Model,
+    vectors: Sequence[VectorRef],
+    *,
+    mode: str = "noise",
+    scale: float = 1.0,
+    seed: int = 0,
+    undo: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> None:
     """Perturb (``noise``: add Gaussian noise whose norm is ``scale`` times the vector's norm) or ablate
-    the value vectors ``(layer, neuron)`` of ``model`` in place, for good (``probes.edits.apply_edit``)."""
+    the value vectors ``(layer, neuron)`` of ``model`` in place (``probes.edits.apply_edit``), for good
+    unless ``undo`` collects the original rows (``probes.edits.restore`` puts them back)."""
     if not vectors:
         raise UnlearnError(
             "needle needs the concept vectors to edit",
@@ -61,7 +70,7 @@ def needle_edit(
         )
     if mode not in ("ablate", "noise"):
         raise UnlearnError(f"unknown needle mode {mode!r}", None, "use 'ablate' or 'noise'")
-    apply_edit(model, vectors, mode, scale=scale, scale_by="norm", seed=seed)  # type: ignore[arg-type]
+    apply_edit(model, vectors, mode, scale=scale, scale_by="norm", seed=seed, undo=undo)  # type: ignore[arg-type]
 
 
 def needle_search(
@@ -78,11 +87,14 @@ def needle_search(
     scale: float = 1.0,
     seed: int = 0,
     checks: list[dict[str, float]] | None = None,
+    undo: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> tuple[int, bool, tuple[VectorRef, ...]]:
     """Rank ``max_vectors`` value vectors with ``probes.concepts.locate`` on ``ref`` (its specificity
     penalty reads the concept's unrelated QA plus ``retain_qa``), then edit them in ``work``, ``step`` at a
     time, best first, until forget accuracy reaches ``stop_fraction`` of ``before_accuracy``. Returns
-    (search steps, stopped early, edited vectors); each check is appended to ``checks``.
+    (search steps, stopped early, edited vectors); each check is appended to ``checks``. ``ref`` may be
+    ``work`` itself (the ranking is read before the first edit); with ``undo`` the edits can be taken back
+    (``probes.edits.restore``), so a search needs no copy of the model.
 
     Measured on SmolLM2 (Harry Potter, 18 QA): zeroing the top 10 vectors leaves accuracy 0.78, the top
     120 leaves 0.33 and the top 240 leaves 0.22 with unrelated accuracy unchanged; noise of the vector's
@@ -104,7 +116,7 @@ def needle_search(
     while done < len(ranked):
         n += 1
         batch = ranked[done : done + step]
-        needle_edit(work, batch, mode=mode, scale=scale, seed=seed + n)
+        needle_edit(work, batch, mode=mode, scale=scale, seed=seed + n, undo=undo)
         done += len(batch)
         if target is not None:
             acc = score_qa(work, concept.qa).accuracy
