@@ -119,8 +119,10 @@ def attack_scores(
     batch_size: int = 16,
     context_chars: int = 1200,
     sampling: SamplingConfig | None = None,
+    require: bool = True,
 ) -> QAScores:
-    """Forget-QA under one of ``ATTACK_CHOICES`` (``sampling``: the ``sampled`` attack's settings)."""
+    """Forget-QA under one of ``ATTACK_CHOICES`` (``sampling``: the ``sampled`` attack's settings;
+    ``require``: a query form that asks the items' own data refuses a concept none of whose items has it)."""
     if attack == "prefix":
         return score_qa(
             model, concept.qa, prefix=PREFIX_ATTACK.format(concept=concept.concept), batch_size=batch_size
@@ -139,7 +141,7 @@ def attack_scores(
     if attack in FORMS:
         from analyses.query_forms import query_form_scores
 
-        return query_form_scores(model, concept.qa, attack, batch_size=batch_size)
+        return query_form_scores(model, concept.qa, attack, batch_size=batch_size, require=require)
     raise ValueError(f"unknown attack {attack!r}; choose from {ATTACK_CHOICES}")
 
 

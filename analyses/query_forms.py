@@ -17,6 +17,17 @@ continuation starts with the answer), except ``multiple_choice``, which ranks op
 - ``step_by_step``: chain-of-thought. The model first reasons freely (``COT_TOKENS`` greedy tokens after
   "Let's think step by step.", cut at its first blank line), then the sentence is asked after its own
   reasoning; only that final answer is scored (an answer named in the reasoning alone does not count).
+- ``reverse``: the fact asked the other way round (attribute -> entity; Berglund et al. 2023, "The reversal
+  curse"): each item's own ``reverse`` completion from the concept file ("Ron Weasley is the best friend
+  of the young wizard Harry" -> "Potter"). Unlearning trains on the forward direction; the reverse one
+  may keep what it removed there.
+- ``cross_lingual``: the fact asked in another language (Lynch et al. 2024 ask in Spanish and Russian):
+  each of the item's checked ``translations``, counted when any language is answered (best of the
+  languages, as ``rephrased`` is best of its re-wordings).
+  These two need data per item. An item without a reverse (without a translation) is not asked: it counts
+  as not answered, its completion is empty and its log-probability NaN (left out of the mean); a set in
+  which no item has one is refused (``QueryFormError``), except where the caller allows it (the audit's
+  control, a pool of other concepts' facts).
 - ``multiple_choice``: a recognition test next to recall. The answer and up to ``CHOICES - 1`` distractors
   (other answers of the same set, same type first) are ranked by their mean log-probability per token
   after the prompt; the item counts when the answer ranks first. Its chance level is about one in
@@ -37,7 +48,20 @@ from probes.errors import VestigeError
 from probes.model import Model
 from probes.qa import QAScores, answer_ids, score_qa
 
-FORMS = ("fill_blank", "chat", "few_shot", "past", "future", "indirect", "step_by_step", "multiple_choice")
+FORMS = (
+    "fill_blank",
+    "chat",
+    "few_shot",
+    "past",
+    "future",
+    "indirect",
+    "step_by_step",
+    "multiple_choice",
+    "reverse",
+    "cross_lingual",
+)
+# the forms that ask each item's own data (``QA.reverse``, ``QA.translations``) rather than a rewrite of it
+ITEM_FORMS = ("reverse", "cross_lingual")
 FEW_SHOT = 3
 CHOICES = 4
 COT_TOKENS = 48
@@ -163,8 +187,63 @@ def multiple_choice_scores(
     )
 
 
-def query_form_scores(model: Model, items: Sequence[QA], form: str, *, batch_size: int = 16) -> QAScores:
-    """``items`` asked in ``form`` (one of ``FORMS``); ``prompts`` of the result are the original ones."""
+def variants_of(item: QA, form: str) -> list[QA]:
+    """What ``form`` (one of ``ITEM_FORMS``) asks for ``item``: its reverse, or its translations in the
+    order of their language codes; empty when the item has none."""
+    if form == "reverse":
+        return [item.reverse] if item.reverse is not None else []
+    if form == "cross_lingual":
+        return [item.translations[lang] for lang in sorted(item.translations)]
+    raise ValueError(f"{form!r} is not one of the forms that ask an item's own data {ITEM_FORMS}")
+
+
+def check_item_form(items: Sequence[QA], form: str, where: str = "the items") -> None:
+    """Refuse ``items`` none of which has what ``form`` (one of ``ITEM_FORMS``) asks (``QueryFormError``)."""
+    if not items or any(variants_of(q, form) for q in items):
+        return
+    field_name = "reverse" if form == "reverse" else "translations"
+    raise QueryFormError(
+        f"none of the {len(items)} items of {where} has a {field_name!r} entry, so the {form!r} query form "
+        "has nothing to ask",
+        f"the {form!r} form asks each item's own {field_name} from the concept file; it does not invent them",
+        f"add {field_name!r} to the items (docs/data.md; the bundled concepts and the floor have them), "
+        f"or drop {form!r} from the attacks",
+    )
+
+
+def item_form_scores(
+    model: Model, items: Sequence[QA], form: str, *, batch_size: int = 16, require: bool = True
+) -> QAScores:
+    """``items`` asked through their own variants (``variants_of``): an item counts when any variant is
+    answered; its completion, answer and log-probability are the best-scoring variant's. An item without
+    a variant is not asked (not answered, completion ``""``, log-probability NaN). ``require``: refuse a
+    set in which no item has one."""
+    asked = [(i, v) for i, q in enumerate(items) for v in variants_of(q, form)]
+    if not asked and require:
+        check_item_form(items, form)
+    s = score_qa(model, [v for _, v in asked], batch_size=batch_size) if asked else None
+    correct = [False] * len(items)
+    completions = [""] * len(items)
+    answers = [q.answer for q in items]
+    logprobs = [float("nan")] * len(items)
+    for k, (i, v) in enumerate(asked):
+        lp = s.logprobs[k]
+        better = logprobs[i] != logprobs[i] or lp > logprobs[i]  # the first variant, or a likelier one
+        correct[i] = correct[i] or s.correct[k]
+        if better:
+            logprobs[i], completions[i], answers[i] = lp, s.completions[k], v.answer
+    return QAScores(
+        tuple(q.prompt for q in items), tuple(answers), tuple(completions), tuple(correct), tuple(logprobs)
+    )
+
+
+def query_form_scores(
+    model: Model, items: Sequence[QA], form: str, *, batch_size: int = 16, require: bool = True
+) -> QAScores:
+    """``items`` asked in ``form`` (one of ``FORMS``); ``prompts`` of the result are the original ones.
+    ``require``: for the ``ITEM_FORMS``, refuse items none of which has the form's data."""
+    if form in ITEM_FORMS:
+        return item_form_scores(model, items, form, batch_size=batch_size, require=require)
     if form == "multiple_choice":
         return multiple_choice_scores(model, items, batch_size=batch_size)
     if form == "fill_blank":

@@ -60,6 +60,13 @@ class QA:
     type: str | None = None
     scoring: str = "prefix"
     record: Mapping[str, Any] | None = field(default=None, compare=False, hash=False, repr=False)
+    # the same fact asked the other way round (attribute -> entity): a completion whose answer names the
+    # entity the prompt is about ("Ron Weasley is the best friend of the young wizard Harry" -> "Potter");
+    # the ``reverse`` query form asks it (analyses.query_forms)
+    reverse: QA | None = field(default=None, compare=False, hash=False, repr=False)
+    # the same fact in other languages, by language code ("fr": "L'auteur de Harry Potter est J. K." ->
+    # "Rowling"); the ``cross_lingual`` query form asks them
+    translations: Mapping[str, QA] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.scoring not in SCORINGS:
@@ -138,6 +145,52 @@ def drop_sentences_with(texts: tuple[str, ...], answers: list[str]) -> tuple[str
     return tuple(out)
 
 
+LANGUAGE_CODE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$")
+
+
+def _variant(raw: object, where: str, path: str) -> QA:
+    """One ``reverse`` or translated variant of an item: ``{prompt, answer[, type]}``."""
+    if not isinstance(raw, dict) or not {"prompt", "answer"} <= set(raw):
+        raise ConceptFileError(
+            f"{path}: {where} lacks 'prompt' or 'answer'",
+            f"found {raw!r}"[:200],
+            'write it as {"prompt": "Paris is the capital city of", "answer": "France"}',
+        )
+    prompt, answer = str(raw["prompt"]), str(raw["answer"]).strip()
+    if not prompt.strip() or not answer:
+        raise ConceptFileError(
+            f"{path}: {where} has an empty prompt or answer", None, "give a non-empty prompt and answer"
+        )
+    kind = raw.get("type")
+    if kind is not None and not isinstance(kind, str):
+        raise ConceptFileError(
+            f"{path}: {where} has a 'type' that is not a string",
+            f"found {kind!r}"[:200],
+            'write the type as a short string, e.g. "type": "country", or drop it (it is optional)',
+        )
+    return QA(prompt, answer, kind)
+
+
+def _translations(raw: object, where: str, path: str) -> dict[str, QA]:
+    if not isinstance(raw, dict):
+        raise ConceptFileError(
+            f"{path}: {where}: 'translations' must be an object keyed by language code",
+            f"found {type(raw).__name__}",
+            'write "translations": {"fr": {"prompt": ..., "answer": ...}}',
+        )
+    out = {}
+    for lang, item in raw.items():
+        if not LANGUAGE_CODE.match(str(lang)):
+            raise ConceptFileError(
+                f"{path}: {where}: translations key {lang!r} is not a language code",
+                "translations are keyed by ISO 639 codes",
+                'use e.g. "fr", "es", "de" or "pt-BR"',
+            )
+        if item is not None:  # null: no checked translation for this language
+            out[str(lang)] = _variant(item, f"{where}: translations[{lang!r}]", path)
+    return out
+
+
 def _qa_list(raw: object, where: str, key: str, path: str) -> tuple[QA, ...]:
     if not isinstance(raw, list):
         raise ConceptFileError(
@@ -167,7 +220,14 @@ def _qa_list(raw: object, where: str, key: str, path: str) -> tuple[QA, ...]:
                 f"found {kind!r}"[:200],
                 'write the type as a short string, e.g. "type": "surname", or drop it (it is optional)',
             )
-        items.append(QA(prompt, answer, kind))
+        reverse = item.get("reverse")
+        if reverse is not None:
+            reverse = _variant(reverse, f"{where}: {key}[{i}]: reverse", path)
+        translations = item.get("translations")
+        translations = (
+            _translations(translations, f"{where}: {key}[{i}]", path) if translations is not None else {}
+        )
+        items.append(QA(prompt, answer, kind, reverse=reverse, translations=translations))
     return tuple(items)
 
 

@@ -222,7 +222,9 @@ class QAScores(Result):
 
     @property
     def mean_logprob(self) -> float:
-        return sum(self.logprobs) / len(self.logprobs) if self.logprobs else float("nan")
+        """The mean over the items asked (a query form leaves an item it could not ask at NaN)."""
+        asked = [x for x in self.logprobs if x == x]
+        return sum(asked) / len(asked) if asked else float("nan")
 
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame(

@@ -10,7 +10,9 @@ control (the concept's unrelated QA and other concepts' questions that the base 
 relearning (all parameters, 10 steps at 3e-5; the RMSNorm weights only, 5 steps at 1e-3), the soft prompt
 (the audit's defaults) and 4-bit quantization in groups of 32 (the embedded GGUF's own layout, at which
 the base is a fixed point). A row is written (and flushed) per attack: forget, floor and control accuracy,
-the net recovery forget - floor with its 95% bootstrap interval, and seconds.
+the net recovery forget - floor with its 95% bootstrap interval, for the forms that ask the items' own
+data (``reverse``, ``cross_lingual``) the base's accuracy on the same held-out items under the attack, and
+seconds.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numpy as np  # noqa: E402
 
 from analyses.audit import traces as T  # noqa: E402
 from analyses.audit.config import AuditConfig  # noqa: E402
+from analyses.query_forms import ITEM_FORMS  # noqa: E402
 from analyses.unlearn import UnlearnConfig, retain_qa_for, retain_texts_for, unlearn  # noqa: E402
 from probes.data import Concept, load_concepts, load_floor  # noqa: E402
 from probes.model import load_model  # noqa: E402
@@ -45,9 +48,23 @@ ATTACKS = (
     "indirect",
     "step_by_step",
     "multiple_choice",
+    "reverse",
+    "cross_lingual",
 )
 WEIGHT_ATTACKS = ("fact_relearn", "fact_relearn_norms", "soft_prompt", "quantization")
-COLUMNS = ["concept", "method", "attack", "forget", "floor", "control", "net", "net_lo", "net_hi", "seconds"]
+COLUMNS = [
+    "concept",
+    "method",
+    "attack",
+    "forget",
+    "floor",
+    "control",
+    "net",
+    "net_lo",
+    "net_hi",
+    "base",
+    "seconds",
+]
 
 
 def main() -> None:
@@ -70,12 +87,14 @@ def main() -> None:
         w = csv.writer(fh)
         w.writerow(COLUMNS)
 
-        def row(concept: str, method: str, attack: str, values: dict, seconds: float) -> None:
+        def row(
+            concept: str, method: str, attack: str, values: dict, seconds: float, base: float = float("nan")
+        ) -> None:
             f, fl, ctl = values.get("forget") or [], values.get("floor") or [], values.get("control") or []
             if not f or not fl:
                 return
             d = bootstrap_difference(f, fl, n_boot=2000, seed=5)
-            cells = [np.mean(f), np.mean(fl), np.mean(ctl) if ctl else float("nan"), d.mean, d.lo, d.hi]
+            cells = [np.mean(f), np.mean(fl), np.mean(ctl) if ctl else float("nan"), d.mean, d.lo, d.hi, base]
             w.writerow([concept, method, attack, *(round(float(x), 4) for x in cells), round(seconds, 1)])
             fh.flush()
             print(concept, method, attack, f"net {d}", flush=True)
@@ -102,12 +121,19 @@ def main() -> None:
                 )
                 pool = list(concept.unrelated_qa) + retain_qa
                 sets = T.item_sets(model, held, pool, floor, limit=24, floor_limit=24, seed=0)
+                # the forms that ask the items' own data: the base's own accuracy under them is reported
+                base_forms = [a for a in prompt_attacks if a in ITEM_FORMS]
+                base_attacked = T.attack_values(model, sets, base_forms) if base_forms else {}
                 m = run.model
                 t = time.perf_counter()
                 row(name, method, "none", T.behaviour_values(m, sets), time.perf_counter() - t)
                 attacked = T.attack_values(m, sets, prompt_attacks, sampling=cfg.sampling())
                 for a in prompt_attacks:
-                    row(name, method, a, attacked["by_attack"][a], attacked["seconds"][a])
+                    # the base's accuracy on the same held-out items under the attack: what there is to hide
+                    base = (
+                        np.mean(base_attacked["by_attack"][a]["forget"]) if a in base_forms else float("nan")
+                    )
+                    row(name, method, a, attacked["by_attack"][a], attacked["seconds"][a], base)
                 for label, params, steps, lr in (
                     ("fact_relearn", "all", 10, 3e-5),
                     ("fact_relearn_norms", "norms", 5, 1e-3),

@@ -2,7 +2,8 @@
 """Verify the concept data set against SmolLM2-135M-Instruct.
 
 Every QA item (``qa`` and ``unrelated_qa``) of every concept in the candidate file is
-scored against the model:
+scored against the model (and so are its ``reverse`` and ``translations``, listed with the kind
+``qa:reverse``, ``qa:fr``, ...; they are recorded, never used to filter):
 
 * ``completion`` -- greedy continuation of the prompt (left-padded batches);
 * ``correct`` -- the completion, stripped of whitespace, starts with ``answer``
@@ -227,6 +228,13 @@ def main(argv=None) -> int:
             for qi, q in enumerate(c.get(kind, [])):
                 items.append({"prompt": q["prompt"], "answer": q["answer"], "type": q.get("type")})
                 where.append((ci, kind, qi))
+                # the item's reverse and translations (the query forms of analyses/query_forms.py) are
+                # scored and listed as kind "qa:reverse", "qa:fr", ...; they never decide what is kept
+                variants = {"reverse": q.get("reverse"), **(q.get("translations") or {})}
+                for name, v in variants.items():
+                    if v:
+                        items.append({"prompt": v["prompt"], "answer": v["answer"], "type": v.get("type")})
+                        where.append((ci, f"{kind}:{name}", qi))
 
     if args.threads:
         import torch
@@ -257,7 +265,8 @@ def main(argv=None) -> int:
                 "answer_logprob": round(float(s["answer_logprob"]), 4),
             }
         )
-        ok[(ci, kind, qi)] = bool(s["correct"])
+        if ":" not in kind:
+            ok[(ci, kind, qi)] = bool(s["correct"])
 
     import io
 
@@ -277,8 +286,12 @@ def main(argv=None) -> int:
         else:
             dropped.append((c["concept"], len(new["qa"]), len(new["unrelated_qa"])))
 
-    n_ok = sum(r["correct"] for r in rows)
-    print(f"{n_ok}/{len(rows)} items verified; {len(kept)}/{len(concepts)} concepts kept", file=sys.stderr)
+    plain = [r for r in rows if ":" not in r["kind"]]
+    n_ok = sum(r["correct"] for r in plain)
+    print(f"{n_ok}/{len(plain)} items verified; {len(kept)}/{len(concepts)} concepts kept", file=sys.stderr)
+    for name in sorted({r["kind"].split(":", 1)[1] for r in rows if ":" in r["kind"]}):
+        some = [r for r in rows if r["kind"].endswith(":" + name)]
+        print(f"  {name}: {sum(r['correct'] for r in some)}/{len(some)} answered", file=sys.stderr)
     for name, nq, nu in dropped:
         print(f"  dropped {name!r}: {nq} qa, {nu} unrelated_qa verified", file=sys.stderr)
     if args.write:

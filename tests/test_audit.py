@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -345,3 +346,26 @@ def test_present_is_family_wise_so_a_removed_model_is_rarely_convicted_by_chance
     call = call_family("behaviour", values, base, present_level=1 - 0.05 / m)
     assert call.call == "inconclusive" and call.present_difference.lo <= 0 < call.difference.lo
     assert "family-wise" in call.why
+
+
+def test_an_item_form_without_its_data_is_refused_before_any_stage(gpt2, tmp_path):
+    """``--attacks reverse`` on a concept whose items have no ``reverse`` stops before any stage runs,
+    naming the concept and the fix; the floor is checked the same way."""
+    from analyses.query_forms import QueryFormError
+
+    cfg = AuditConfig(attacks=("prefix", "reverse"))
+    with pytest.raises(QueryFormError, match="concept 'Harry Potter' has a 'reverse' entry") as e:
+        audit(gpt2, gpt2, TOY, config=cfg, out=tmp_path / "a", progress=False)
+    assert "drop 'reverse' from the attacks" in e.value.fix
+    assert not (tmp_path / "a" / "audit.json").exists() and not list((tmp_path / "a").glob("**/*.json"))
+    with_reverse = Concept(
+        TOY.concept,
+        qa=tuple(
+            replace(q, reverse=QA("Hogwarts is attended by the boy wizard Harry", "Potter")) for q in TOY.qa
+        ),
+        text=TOY.text,
+        unrelated_qa=TOY.unrelated_qa,
+    )
+    bare_floor = Concept("knowledge floor", (QA("The capital of Varnholt is", "Quessel"),))
+    with pytest.raises(QueryFormError, match="the floor has a 'reverse' entry"):
+        audit(gpt2, gpt2, with_reverse, config=cfg, floor=bare_floor, progress=False)

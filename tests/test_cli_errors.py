@@ -144,7 +144,7 @@ USAGE_CASES = {
         *("audit", "--base", "x", "--unlearned", "y", "--fact-relearn-params", "heads")
     ],
     "audit --soft-prompt-steps -1": ["audit", "--base", "x", "--unlearned", "y", "--soft-prompt-steps", "-1"],
-    "audit --attacks reverse": ["audit", "--base", "x", "--unlearned", "y", "--attacks", "reverse"],
+    "audit --attacks reversed": ["audit", "--base", "x", "--unlearned", "y", "--attacks", "reversed"],
     "audit no --unlearned": ["audit", "--base", "x"],
     "audit --benchmark tofy": ["audit", "--base", "x", "--unlearned", "y", "--benchmark", "tofy"],
     "plan --dtype fp33": ["plan", "--model", "llama-3-8b", "--dtype", "fp33"],

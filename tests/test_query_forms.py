@@ -18,17 +18,42 @@ from analyses.query_forms import (
     few_shot_items,
     fill_blank_items,
     framed_items,
+    item_form_scores,
     multiple_choice_scores,
     query_form_scores,
     step_by_step_items,
+    variants_of,
 )
-from probes.data import QA, Concept
+from probes.data import QA, Concept, load_concepts, load_floor, parse_concept
+from probes.errors import ConceptFileError
+from probes.qa import score_qa
 
 ITEMS = (
-    QA("The capital of France is", "Paris", "city"),
-    QA("The capital of Japan is", "Tokyo", "city"),
+    QA(
+        "The capital of France is",
+        "Paris",
+        "city",
+        reverse=QA("Paris is the capital city of", "France", "country"),
+        translations={
+            "fr": QA("La capitale de la France est", "Paris"),
+            "es": QA("La capital de Francia es", "París"),
+        },
+    ),
+    QA(
+        "The capital of Japan is",
+        "Tokyo",
+        "city",
+        reverse=QA("Tokyo is the capital city of", "Japan", "country"),
+        translations={"es": QA("La capital de Japón es", "Tokio")},
+    ),
     QA("Water freezes at a temperature of zero degrees", "Celsius", "unit"),
-    QA("The capital of Italy is", "Rome", "city"),
+    QA(
+        "The capital of Italy is",
+        "Rome",
+        "city",
+        reverse=QA("Rome is the capital city of", "Italy", "country"),
+        translations={"fr": QA("La capitale de l'Italie est", "Rome")},
+    ),
     QA("The largest planet of the solar system is", "Jupiter", "planet"),
 )
 
@@ -126,10 +151,110 @@ def test_every_form_is_an_attack_choice_and_scores_the_original_prompts(smol):
         s = attack_scores(smol, concept, form)
         assert s.prompts == tuple(q.prompt for q in ITEMS) and len(s.correct) == len(ITEMS)
     with pytest.raises(ValueError, match="unknown query form"):
-        query_form_scores(smol, ITEMS, "reverse")
+        query_form_scores(smol, ITEMS, "backwards")
     # SmolLM2 knows these: the recognition test finds at least the capitals
     mc = query_form_scores(smol, ITEMS, "multiple_choice")
     assert sum(mc.correct) >= 3
     # and it still completes them inside the tense frames and the story
     for form in ("past", "future", "indirect"):
         assert sum(query_form_scores(smol, ITEMS, form).correct) >= 3, form
+
+
+def test_item_forms_ask_each_items_own_variants_and_leave_the_others_unasked(any_model):
+    """``reverse`` and ``cross_lingual`` equal scoring the variants one by one: an item counts when any
+    variant is answered, its completion is the likeliest variant's, and items without one are not asked."""
+    assert [v.answer for v in variants_of(ITEMS[0], "cross_lingual")] == ["París", "Paris"]  # es, fr
+    for form in ("reverse", "cross_lingual"):
+        got = item_form_scores(any_model, ITEMS, form)
+        assert got.prompts == tuple(q.prompt for q in ITEMS)
+        for i, q in enumerate(ITEMS):
+            variants = variants_of(q, form)
+            if not variants:
+                assert (got.correct[i], got.completions[i]) == (False, "")
+                assert got.logprobs[i] != got.logprobs[i]  # NaN: not asked
+                continue
+            one = score_qa(any_model, variants)
+            best = max(range(len(variants)), key=lambda k: one.logprobs[k])
+            assert got.correct[i] == any(one.correct)
+            # greedy completions are as long as a batch's longest answer needs: compare their common part
+            a, b = got.completions[i], one.completions[best]
+            assert a.startswith(b) or b.startswith(a)
+            assert got.answers[i] == variants[best].answer
+            assert got.logprobs[i] == pytest.approx(one.logprobs[best], abs=1e-4)
+        # the mean log-probability is over the items asked
+        asked = [x for x in got.logprobs if x == x]
+        assert got.mean_logprob == pytest.approx(sum(asked) / len(asked))
+    bare = (ITEMS[2], ITEMS[4])
+    with pytest.raises(QueryFormError, match="nothing to ask"):
+        query_form_scores(any_model, bare, "reverse")
+    # the audit's control may lack them: allowed there, every item then unanswered
+    loose = query_form_scores(any_model, bare, "cross_lingual", require=False)
+    assert loose.correct == (False, False) and loose.completions == ("", "")
+
+
+def test_concept_files_carry_reverse_and_translations_and_name_bad_ones():
+    raw = {
+        "concept": "capitals",
+        "qa": [
+            {
+                "prompt": "The capital of France is",
+                "answer": "Paris",
+                "reverse": {"prompt": "Paris is the capital city of", "answer": "France", "type": "country"},
+                "translations": {
+                    "fr": {"prompt": "La capitale de la France est", "answer": "Paris"},
+                    "de": None,
+                },
+            }
+        ],
+    }
+    q = parse_concept(raw).qa[0]
+    assert q.reverse == QA("Paris is the capital city of", "France", "country")
+    assert q.translations == {"fr": QA("La capitale de la France est", "Paris")}  # null: no translation
+    # the variants do not change an item's identity (splits, caches and sets compare prompt and answer)
+    assert q == QA("The capital of France is", "Paris") and hash(q) == hash(
+        QA("The capital of France is", "Paris")
+    )
+    bad_lang = {
+        **raw,
+        "qa": [{**raw["qa"][0], "translations": {"French": raw["qa"][0]["translations"]["fr"]}}],
+    }
+    with pytest.raises(ConceptFileError, match="not a language code"):
+        parse_concept(bad_lang)
+    bad_rev = {**raw, "qa": [{**raw["qa"][0], "reverse": {"prompt": "Paris is the capital city of"}}]}
+    with pytest.raises(ConceptFileError, match="reverse lacks 'prompt' or 'answer'"):
+        parse_concept(bad_rev)
+    bad_tr = {**raw, "qa": [{**raw["qa"][0], "translations": ["fr"]}]}
+    with pytest.raises(ConceptFileError, match="keyed by language code"):
+        parse_concept(bad_tr)
+
+
+SWEEP = ("Wolfgang Amadeus Mozart", "Albert Einstein", "Harry Potter")
+
+
+def test_bundled_reverse_and_translations_are_well_formed():
+    """Every bundled concept item and every floor fact has a reverse; the three concepts of the attack sweep,
+    the unrelated facts and the floor have French and Spanish translations. No variant gives its answer
+    away in its prompt, and a reverse prompt states the forward answer."""
+    concepts = load_concepts()
+    floor = load_floor()
+    items = [q for c in concepts for q in (*c.qa, *c.unrelated_qa)] + list(floor.qa)
+    for q in items:
+        assert q.reverse is not None, q.prompt
+        assert q.answer.lower() in q.reverse.prompt.lower(), q.prompt
+        for v in (q.reverse, *q.translations.values()):
+            assert v.answer.lower() not in v.prompt.lower() and v.prompt == v.prompt.rstrip(), v.prompt
+    translated = [q for c in concepts if c.concept in SWEEP for q in c.qa]
+    translated += [q for c in concepts for q in c.unrelated_qa] + list(floor.qa)
+    assert all(set(q.translations) == {"es", "fr"} for q in translated)
+
+
+def test_smollm2_answers_the_reverse_of_what_it_knows_and_no_floor_fact(smol):
+    """Real numbers on SmolLM2 (the base): the reverse direction of the sweep concepts is mostly answered
+    (Einstein 22/22, Harry Potter 27/32, Mozart 10/21 when measured), the floor's reverse never (0/58)."""
+    concepts = {c.concept: c for c in load_concepts()}
+    got = {name: query_form_scores(smol, concepts[name].qa, "reverse").accuracy for name in SWEEP}
+    assert (
+        got["Albert Einstein"] == 1.0 and got["Harry Potter"] >= 0.8 and got["Wolfgang Amadeus Mozart"] >= 0.4
+    )
+    assert query_form_scores(smol, load_floor().qa, "reverse").accuracy == 0.0
+    assert query_form_scores(smol, load_floor().qa, "cross_lingual").accuracy == 0.0

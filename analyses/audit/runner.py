@@ -23,6 +23,7 @@ from analyses.audit.retain import RetainCall, compare_with_retain
 from analyses.audit.rule import ATTACK_FAMILIES, FAMILIES, TraceCall, call_family, call_vectors, verdict
 from analyses.audit.traces import item_sets
 from analyses.behaviour import answer_free_text
+from analyses.query_forms import ITEM_FORMS, check_item_form
 from probes.alignment import aligned_to
 from probes.data import QA, Concept
 from probes.edits import check_compatible, weights_checksum
@@ -93,6 +94,10 @@ def audit(
     if floor_note:
         notes.append(floor_note)
     floor = _scored_like(floor, concept)
+    for form in (a for a in cfg.attacks if a in ITEM_FORMS):  # before any stage: the data must be there
+        check_item_form(concept.qa, form, f"concept {concept.concept!r}")
+        if floor is not None:
+            check_item_form(floor.qa, form, "the floor")
     control_pool = list(control_qa) if control_qa is not None else list(concept.unrelated_qa) + retain
     # the facts the fact-relearning attack fine-tunes on (T of retrain-on-T, test-on-V)
     relearn_facts = tuple(trained_split.qa) if trained_split is not None else ()

@@ -154,6 +154,8 @@ def attack_values(
                         batch_size=batch_size,
                         context_chars=context_chars,
                         sampling=sampling,
+                        # the control is other concepts' facts: some may lack a reverse or translation
+                        require=which != "control",
                     )
                 )
             seconds[a] += time.perf_counter() - t0
