@@ -59,7 +59,7 @@ def micro_batches(items: Sequence[Any], tokens_of: Callable[[Any], int], budget:
 
 
 def train(
-    parameters: Sequence[torch.nn.Parameter] | Sequence[dict[str, Any]],
+    parameters: Iterable[torch.nn.Parameter] | Iterable[dict[str, Any]],
     step_loss: Callable[[int], torch.Tensor | Iterable[torch.Tensor]],
     steps: int,
     *,
@@ -80,8 +80,9 @@ def train(
     ``parameters``: tensors, or AdamW parameter groups (dicts with ``params`` and per-group options).
     ``schedule``: the learning-rate multiplier of 0-based optimizer step s (``LambdaLR``); none = constant.
     A loss that is not finite raises ``TrainingError`` naming the step (the learning rate is too high)."""
-    groups = [dict(g) for g in parameters] if parameters and isinstance(parameters[0], dict) else None
-    flat = [p for g in groups for p in g["params"]] if groups is not None else list(parameters)
+    given = list(parameters)  # a generator such as ``model.parameters()`` is read once
+    groups = [dict(g) for g in given] if given and isinstance(given[0], dict) else None
+    flat = [p for g in groups for p in g["params"]] if groups is not None else given
     masters = {
         id(p): p.detach().float().clone().requires_grad_(True)
         for p in flat

@@ -99,11 +99,16 @@ def run_with_hooks(
     mask: Int[torch.Tensor, "batch pos"] | None = None,
     *,
     grad: bool = False,
+    logits_to_keep: int | None = None,
 ) -> Float[torch.Tensor, "batch pos d_vocab"]:
     """A forward pass with TransformerLens-style hooks ``(name, fn(activation, hook) -> activation|None)``;
-    the hooks are removed afterwards, also when the pass raises."""
-    kwargs = {}
+    the hooks are removed afterwards, also when the pass raises. ``logits_to_keep=k``: unembed only the
+    last ``k`` positions (where the HF model takes it; ``run_with_cache``), for a caller that reads only
+    those (a metric at the last token of a left-padded batch)."""
+    kwargs: dict = {}
     if mask is not None:
         kwargs = {"attention_mask": mask, "position_ids": model.position_ids(mask)}
+    if logits_to_keep is not None and model.takes_logits_to_keep:
+        kwargs["logits_to_keep"] = logits_to_keep
     with torch.set_grad_enabled(grad), model.bridge.hooks(fwd_hooks=fwd_hooks):
         return model.bridge(ids, **kwargs)

@@ -94,6 +94,9 @@ def lens_logits(
     return torch.tanh(logits / cap) * cap if cap else logits
 
 
+LENS_FLOATS = 1 << 22  # vocabulary-sized log-probabilities held at once by ``logit_lens`` (16 MB float32)
+
+
 @torch.no_grad()
 def logit_lens(
     model: Model,
@@ -120,15 +123,24 @@ def logit_lens(
         _, cache = hooks.run_with_cache(model, ids, names, mask, logits_to_keep=1)
         target = torch.tensor([a[0] for _, a in pairs], device=ids.device)
         stacked = torch.stack([cache[n][:, -1] for n in names], dim=1)  # [batch, layer, d_model]
-        lp = torch.log_softmax(lens_logits(model, stacked).float(), dim=-1)  # [batch, layer, vocab]
-        tgt_lp = lp.gather(-1, target[:, None, None].expand(-1, n_layers, 1)).squeeze(-1)
-        logprob[start : start + len(pairs)] = tgt_lp.cpu().numpy()
-        rank[start : start + len(pairs)] = (lp > tgt_lp[..., None]).sum(-1).cpu().numpy()
+        del cache
+        rows = slice(start, start + len(pairs))
         if decoy_rank is not None:
             chunk_d = decoys[start : start + batch_size]
             first = [answer_ids(model, p, d)[1][0] for p, d in zip(chunk_p, chunk_d, strict=True)]
-            d_lp = lp.gather(-1, torch.tensor(first, device=lp.device)[:, None, None].expand(-1, n_layers, 1))
-            decoy_rank[start : start + len(pairs)] = (lp > d_lp).sum(-1).cpu().numpy()
+            decoy = torch.tensor(first, device=ids.device)
+        # a few layers at a time: [batch, layers, vocab] log-probabilities within LENS_FLOATS floats
+        step = max(1, LENS_FLOATS // (len(pairs) * model.cfg.d_vocab))
+        for l0 in range(0, n_layers, step):
+            l1 = min(l0 + step, n_layers)
+            lp = torch.log_softmax(lens_logits(model, stacked[:, l0:l1]).float(), dim=-1)  # [batch, l, vocab]
+            tgt_lp = lp.gather(-1, target[:, None, None].expand(-1, l1 - l0, 1))
+            logprob[rows, l0:l1] = tgt_lp.squeeze(-1).cpu().numpy()
+            rank[rows, l0:l1] = (lp > tgt_lp).sum(-1).cpu().numpy()
+            if decoy_rank is not None:
+                d_lp = lp.gather(-1, decoy[:, None, None].expand(-1, l1 - l0, 1))
+                decoy_rank[rows, l0:l1] = (lp > d_lp).sum(-1).cpu().numpy()
+            del lp
     return LensResult(tuple(prompts), tuple(answers), logprob, rank, decoy_rank)
 
 

@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from probes import hooks
 from probes.data import DATA_DIR
 from probes.errors import MismatchError, VestigeError
-from probes.logistic import fit_logistic
+from probes.logistic import Fit, fit_logistic
 from probes.model import Model
 from probes.results import Result
 
@@ -272,9 +272,13 @@ class LinearProbe:
         not train on it (acts may come from another model)."""
         acts = acts.to(self.weight.device, torch.float32)
         k = self.fold_of.to(acts.device)
-        z = (acts - self.mean[k].transpose(0, 1)) / self.std[k].transpose(0, 1)  # [L, n, d]
-        logits = torch.einsum("lnd,nldc->lnc", z, self.weight[k]) + self.bias[k].transpose(0, 1)
-        return logits.argmax(-1)
+        out = torch.empty(acts.shape[0], acts.shape[1], dtype=torch.long, device=acts.device)
+        for j in torch.unique(k).tolist():  # fold by fold: no per-item copy of the weights
+            idx = (k == j).nonzero().flatten()
+            z = (acts[:, idx] - self.mean[j][:, None]) / self.std[j][:, None]  # [L, m, d]
+            logits = torch.einsum("lmd,ldc->lmc", z, self.weight[j]) + self.bias[j][:, None]
+            out[:, idx] = logits.argmax(-1)
+        return out
 
 
 def _accuracy_columns(
@@ -389,6 +393,31 @@ def _accuracy_figure(layers, series, chance: float, title: str) -> go.Figure:
     return fig
 
 
+PROBE_CHUNK_FLOATS = 1 << 22  # activations per chunk of layers fitted at once (16 MB in float32)
+
+
+def _fold_major(pieces: Sequence[Fit], folds: int) -> Fit:
+    """Fits of consecutive chunks of layers, each ordered fold-major (problem = fold * chunk + layer), as
+    one fit of all layers in the same order (problem = fold * n_layers + layer)."""
+
+    def join(get, task_dim: bool) -> torch.Tensor:
+        first = get(pieces[0])
+        lead = tuple(first.shape[:1]) if task_dim else ()
+        rest = tuple(first.shape[len(lead) + 1 :])
+        parts = [get(f).reshape(*lead, folds, -1, *rest) for f in pieces]  # [(task,) fold, layer, ...]
+        return torch.cat(parts, dim=len(lead) + 1).reshape(*lead, -1, *rest)
+
+    if len(pieces) == 1:
+        return pieces[0]
+    return Fit(
+        mean=join(lambda f: f.mean, False),
+        std=join(lambda f: f.std, False),
+        weight=join(lambda f: f.weight, True),
+        bias=join(lambda f: f.bias, True),
+        heldout_logits=join(lambda f: f.heldout_logits, True),
+    )
+
+
 def fit_probes_on(
     acts: Float[torch.Tensor, "n_layers n d_model"],
     dataset: ProbeDataset,
@@ -411,16 +440,26 @@ def fit_probes_on(
     if config.control:
         gen = torch.Generator().manual_seed(config.seed + 1)
         labels.append(y[torch.randperm(n, generator=gen)])
-    problems = acts.float()[None].expand(k + 1, n_layers, n, d).reshape((k + 1) * n_layers, n, d)
-    fit = fit_logistic(
-        problems,
-        torch.stack(labels),
-        train.repeat_interleave(n_layers, dim=0).to(acts.device),
-        len(dataset.classes),
-        l2=config.l2,
-        max_iter=config.max_iter,
-        tol=config.tol,
-    )
+    # the (k + 1) x n_layers problems are independent: fitted a few layers at a time, so that the
+    # standardized copies of the activations stay within PROBE_CHUNK_FLOATS (the same fits, less memory)
+    per_layer = (k + 1) * n * d
+    step = max(1, PROBE_CHUNK_FLOATS // per_layer)
+    pieces = []
+    for l0 in range(0, n_layers, step):
+        chunk = acts[l0 : l0 + step].float()
+        lc = chunk.shape[0]
+        pieces.append(
+            fit_logistic(
+                chunk[None].expand(k + 1, lc, n, d).reshape((k + 1) * lc, n, d),
+                torch.stack(labels),
+                train.repeat_interleave(lc, dim=0).to(acts.device),
+                len(dataset.classes),
+                l2=config.l2,
+                max_iter=config.max_iter,
+                tol=config.tol,
+            )
+        )
+    fit = _fold_major(pieces, k + 1)
     c = len(dataset.classes)
     logits = fit.heldout_logits.view(len(labels), k + 1, n_layers, n, c)
     # held-out: item i from the fold-(fold[i]) problem, which did not train on it

@@ -72,12 +72,16 @@ class TokenStats:
     n_bytes: int
 
 
+STATS_FLOATS = 1 << 22  # floats per working tensor of ``token_stats`` (16 MB in float32)
+
+
 @torch.no_grad()
 def token_stats(
     model: Model, texts: Sequence[str], *, max_tokens: int = 256, batch_size: int = 4
 ) -> list[TokenStats]:
     """``TokenStats`` of each text, computed in batches (right-padded; padding never enters a value).
-    Memory: one ``[batch, tokens, vocab]`` float32 log-softmax at a time."""
+    Memory: the batch's ``[batch, tokens, vocab]`` logits, and the log-softmax and its moments a few
+    positions at a time (``STATS_FLOATS`` floats per working tensor)."""
     tok = model.tokenizer
     out: list[TokenStats] = []
     for start in range(0, len(texts), batch_size):
@@ -90,15 +94,21 @@ def token_stats(
                 "predicted token; drop empty texts"
             )
         ids, mask = model.pad(seqs, padding_side="right")
-        logits = model.forward(ids, mask).logits.float()
-        logq = torch.log_softmax(logits[:, :-1], dim=-1)  # predicts tokens 1..T-1
+        logits = model.forward(ids, mask).logits
+        n_pred = ids.shape[1] - 1  # position t predicts token t + 1
+        target = torch.empty(len(chunk), n_pred, device=logits.device)
+        mu, var = torch.empty_like(target), torch.empty_like(target)
+        step = max(1, STATS_FLOATS // (len(chunk) * logits.shape[-1]))
+        for s in range(0, n_pred, step):
+            e = min(s + step, n_pred)
+            logq = torch.log_softmax(logits[:, s:e].float(), dim=-1)
+            p = logq.exp()
+            mu[:, s:e] = (p * logq).sum(-1)
+            # two-pass: no cancellation in E[x^2] - mu^2
+            var[:, s:e] = (p * (logq - mu[:, s:e, None]).square()).sum(-1)
+            target[:, s:e] = logq.gather(-1, ids[:, s + 1 : e + 1, None])[..., 0]
+            del logq, p
         del logits
-        p = logq.exp()
-        mu = (p * logq).sum(-1)
-        var = (p * (logq - mu[..., None]).square()).sum(-1)  # two-pass: no cancellation in E[x^2] - mu^2
-        del p
-        target = logq.gather(-1, ids[:, 1:, None])[..., 0]
-        del logq
         sigma = var.clamp(min=0).sqrt()
         for i, (text, s) in enumerate(zip(chunk, seqs, strict=True)):
             n = len(s) - 1

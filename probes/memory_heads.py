@@ -145,7 +145,7 @@ def conflict_rates(
     for s in range(0, len(conflicts), batch_size):
         chunk = conflicts[s : s + batch_size]
         ids, mask = _batch(model, [c.clean_prompt for c in chunk])
-        logits = hooks.run_with_hooks(model, ids, fwd, mask)
+        logits = hooks.run_with_hooks(model, ids, fwd, mask, logits_to_keep=1)
         mem, ctx = _tokens(chunk, ids.device)
         nxt = logits[:, -1].argmax(-1)
         mem_hits += int((nxt == mem).sum())
@@ -221,7 +221,9 @@ def _zero_attribution_of(model: Model, batches) -> tuple[torch.Tensor, float]:
     for ids, mask, metric_fn in batches:
         acts: dict[str, torch.Tensor] = {}
         with torch.enable_grad():
-            logits = hooks.run_with_hooks(model, ids, _keepers(names, acts), mask, grad=True)
+            logits = hooks.run_with_hooks(
+                model, ids, _keepers(names, acts), mask, grad=True, logits_to_keep=1
+            )
             m = metric_fn(logits)
             grads = torch.autograd.grad(m.sum(), [acts[nm] for nm in names], allow_unused=True)
         valid = mask.unsqueeze(-1).unsqueeze(-1).to(logits.dtype)
@@ -245,7 +247,7 @@ def recall_logprob(
         pairs = [answer_ids(model, q.prompt, q.answer) for q in items[s : s + batch_size]]
         ids, mask = model.pad([p for p, _ in pairs], padding_side="left")
         first = torch.tensor([a[0] for _, a in pairs], device=ids.device)
-        logits = hooks.run_with_hooks(model, ids, fwd, mask)[:, -1].float()
+        logits = hooks.run_with_hooks(model, ids, fwd, mask, logits_to_keep=1)[:, -1].float()
         total += float(torch.log_softmax(logits, -1).gather(-1, first[:, None]).sum())
     return total / max(len(items), 1)
 
@@ -300,8 +302,11 @@ def patch_run(
     clean_z: dict[str, torch.Tensor],
     heads: Sequence[Head],
     mask: Int[torch.Tensor, "batch pos"] | None = None,
+    *,
+    logits_to_keep: int | None = None,
 ) -> Float[torch.Tensor, "batch pos d_vocab"]:
-    """Logits of the corrupted run with ``heads``' ``hook_z`` (every position) taken from ``clean_z``."""
+    """Logits of the corrupted run with ``heads``' ``hook_z`` (every position) taken from ``clean_z``
+    (``logits_to_keep``: only the last positions', ``hooks.run_with_hooks``)."""
     fwd = []
     for layer, idx in by_layer(heads).items():
         name = hooks.attn_z(layer)
@@ -312,7 +317,7 @@ def patch_run(
             return z
 
         fwd.append((name, fn))
-    return hooks.run_with_hooks(model, corrupt_ids, fwd, mask)
+    return hooks.run_with_hooks(model, corrupt_ids, fwd, mask, logits_to_keep=logits_to_keep)
 
 
 @torch.no_grad()
@@ -359,7 +364,7 @@ def exact_patching(
                     return z
 
                 fwd.append((name, fn))
-            logits = hooks.run_with_hooks(model, corrupt.expand(len(chunk), -1), fwd)
+            logits = hooks.run_with_hooks(model, corrupt.expand(len(chunk), -1), fwd, logits_to_keep=1)
             m = metric(logits, mem.expand(len(chunk)), ctx.expand(len(chunk))) - base
             if baseline == "zero":
                 m = -m  # effect = clean - ablated
@@ -395,7 +400,9 @@ def attribution_patching(
         mem, ctx = _tokens(chunk, ids.device)
         acts: dict[str, torch.Tensor] = {}
         with torch.enable_grad():
-            logits = hooks.run_with_hooks(model, ids, _keepers(names, acts), mask, grad=True)
+            logits = hooks.run_with_hooks(
+                model, ids, _keepers(names, acts), mask, grad=True, logits_to_keep=1
+            )
             clean_m = metric(logits[:n], mem, ctx)
             corrupt_m = metric(logits[n:], mem, ctx)
             grads = torch.autograd.grad(corrupt_m.sum(), [acts[nm] for nm in names], allow_unused=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from analyses.behaviour import (
@@ -105,3 +106,21 @@ def test_lens_trace_counts_the_top_k_at_an_inner_layer(gpt2):
     assert counts == sorted(counts) and counts[-1] == 3  # seeded gpt2: every answer under rank 50000
     with pytest.raises(ValueError, match="at least 1"):
         AuditConfig(lens_top_k=0)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "smol"])
+def test_lens_in_chunks_of_layers_equals_all_layers_at_once(name, request, monkeypatch):
+    """``logit_lens`` unembeds a few layers at a time (``LENS_FLOATS``): the same log-probabilities and
+    ranks, decoys included, as every layer in one tensor."""
+    import probes.lens as lens
+
+    model = request.getfixturevalue(name)
+    prompts = ["The capital of France is", "The Eiffel Tower is in", "Water is made of"]
+    answers, decoys = ["Paris", "Paris", "hydrogen"], ["Rome", "Berlin", "oxygen"]
+    monkeypatch.setattr(lens, "LENS_FLOATS", 1 << 40)
+    whole = lens.logit_lens(model, prompts, answers, decoys=decoys)
+    monkeypatch.setattr(lens, "LENS_FLOATS", 1)  # one layer at a time
+    chunked = lens.logit_lens(model, prompts, answers, decoys=decoys)
+    np.testing.assert_array_equal(chunked.rank, whole.rank)
+    np.testing.assert_array_equal(chunked.decoy_rank, whole.decoy_rank)
+    np.testing.assert_allclose(chunked.logprob, whole.logprob, atol=1e-5)

@@ -210,3 +210,34 @@ def test_smollm2_decodes_real_attributes(smol, name):
     assert res.accuracy[best] > res.chance + 0.2
     assert res.accuracy_low[best] > max(res.control_high)  # beyond the control's interval
     print(f"\n{name}\n" + res.to_frame().round(3).to_string(index=False))
+
+
+def test_fitting_layers_in_chunks_gives_the_fits_of_all_layers_at_once(planted, monkeypatch):
+    """``fit_probes_on`` fits a few layers at a time (``PROBE_CHUNK_FLOATS``); the problems are
+    independent, so one layer per chunk gives the accuracies, weights and held-out logits of one batch."""
+    import probes.linear as linear
+
+    ds, acts = planted
+    monkeypatch.setattr(linear, "PROBE_CHUNK_FLOATS", 1 << 40)  # every layer at once
+    whole = linear.fit_probes_on(acts, ds)
+    monkeypatch.setattr(linear, "PROBE_CHUNK_FLOATS", 1)  # one layer per chunk
+    chunked = linear.fit_probes_on(acts, ds)
+    assert chunked.accuracy == whole.accuracy and chunked.control_accuracy == whole.control_accuracy
+    for name in ("mean", "std", "weight", "bias"):
+        torch.testing.assert_close(
+            getattr(chunked.probe, name), getattr(whole.probe, name), atol=1e-4, rtol=1e-4
+        )
+
+
+def test_heldout_predict_uses_each_items_own_fold_probe(planted):
+    """Item i is classified by the probe of fold ``fold_of[i]`` (which did not train on it): the same
+    predictions as a loop over items, for the probe's own activations and for shifted ones."""
+    ds, acts = planted
+    probe = fit_probes_on(acts, ds).probe
+    for a in (acts, acts + 0.5 * acts.std()):
+        got = probe.heldout_predict(a)
+        for i in range(0, len(ds), 7):
+            j = int(probe.fold_of[i])
+            z = (a[:, i] - probe.mean[j]) / probe.std[j]  # [L, d]
+            want = (torch.einsum("ld,ldc->lc", z, probe.weight[j]) + probe.bias[j]).argmax(-1)
+            assert torch.equal(got[:, i], want), i

@@ -35,3 +35,21 @@ def test_answer_logprobs_equal_the_full_logits(name, request):
     with torch.no_grad():
         full = model.forward(ids, mask).logits
         assert torch.allclose(last_logits(model, ids, mask, 3), full[:, -3:], atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "smol"])
+def test_hooked_runs_keep_the_last_logits_of_the_full_pass(name, request):
+    """``run_with_hooks(..., logits_to_keep=1)`` with a head-zeroing hook gives the last position's logits
+    of the same pass unembedded in full (the memory-head metrics read only that position)."""
+    from probes import hooks
+    from probes.memory_heads import mask_hooks
+
+    model = request.getfixturevalue(name)
+    ids, mask = model.tokenize(
+        ["The capital of France is", "Harry Potter's best friend is Ron"], padding_side="left"
+    )
+    prune = mask_hooks([(1, 0), (2, 3)], "zero")
+    full = hooks.run_with_hooks(model, ids, prune, mask)
+    kept = hooks.run_with_hooks(model, ids, prune, mask, logits_to_keep=1)
+    assert kept.shape[1] == (1 if model.takes_logits_to_keep else ids.shape[1])
+    torch.testing.assert_close(kept[:, -1], full[:, -1], atol=2e-3, rtol=0)

@@ -321,3 +321,27 @@ def test_the_audit_trains_lean_when_a_full_copy_would_not_fit(gpt2, monkeypatch)
     assert "LoRA" in notes[0] and "GiB" in notes[0]
     asked = AuditConfig.quick(relearn_params="norms", fact_relearn_steps=0)
     assert _relearn_params_that_fit(gpt2, asked) == (asked, [])
+
+
+def test_train_reads_a_generator_of_parameters_as_it_reads_a_list():
+    """``train(model.parameters(), ...)`` (a generator) takes the same steps as ``train(list(...), ...)``."""
+    from analyses.training import train
+
+    def run(as_generator: bool) -> torch.Tensor:
+        torch.manual_seed(0)
+        layer = torch.nn.Linear(4, 3)
+        x, y = torch.randn(8, 4), torch.randn(8, 3)
+
+        def loss(step: int) -> torch.Tensor:
+            return ((layer(x) - y) ** 2).mean()
+
+        params = layer.parameters() if as_generator else list(layer.parameters())
+        train(params, loss, 5, lr=1e-2)
+        return torch.cat([p.detach().flatten() for p in layer.parameters()])
+
+    moved, listed = run(True), run(False)
+    assert torch.equal(moved, listed)
+    torch.manual_seed(0)
+    assert not torch.equal(
+        moved, torch.cat([p.detach().flatten() for p in torch.nn.Linear(4, 3).parameters()])
+    )

@@ -380,14 +380,14 @@ def _ches(
 def _patched_heads_first_token(target: Model, source: Model, concept: Concept, heads) -> dict[str, float]:
     """Teacher-forced first answer token of the forget QA in ``target`` with ``heads``' outputs (all
     positions) taken from ``source`` on the same prompt (activation patching, PH3-style)."""
-    from probes.qa import answer_ids
+    from probes.qa import answer_ids, last_logits
 
     pairs = [answer_ids(target, q.prompt, q.answer) for q in concept.qa]
     ids, mask = target.pad([p for p, _ in pairs], padding_side="left")
     layers = sorted({h[0] for h in heads})
     _, cache = hooks.run_with_cache(source, ids, [hooks.attn_z(l) for l in layers], mask, logits_to_keep=1)
-    logits = patch_run(target, ids, cache, [tuple(h) for h in heads], mask)[:, -1].float()
-    plain = target.forward(ids, mask).logits[:, -1].float()
+    logits = patch_run(target, ids, cache, [tuple(h) for h in heads], mask, logits_to_keep=1)[:, -1].float()
+    plain = last_logits(target, ids, mask, 1)[:, -1].float()
     first = torch.tensor([a[0] for _, a in pairs], device=ids.device)
     out = {}
     for name, lg in (("patched", logits), ("unpatched", plain)):

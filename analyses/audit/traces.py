@@ -463,8 +463,8 @@ def memory_head_values(
             ids, mask = model.tokenize([c.clean_prompt for c in chunk], padding_side="left")
             mem = torch.tensor([c.memory_token for c in chunk], device=ids.device)
             ctx = torch.tensor([c.context_token for c in chunk], device=ids.device)
-            clean = metric(hooks.run_with_hooks(model, ids, [], mask), mem, ctx)
-            pruned = metric(hooks.run_with_hooks(model, ids, prune, mask), mem, ctx)
+            clean = metric(hooks.run_with_hooks(model, ids, [], mask, logits_to_keep=1), mem, ctx)
+            pruned = metric(hooks.run_with_hooks(model, ids, prune, mask, logits_to_keep=1), mem, ctx)
             vals += (clean - pruned).float().cpu().tolist()
         out[which] = vals
     return out
