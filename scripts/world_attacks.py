@@ -3,6 +3,7 @@
 controls) against the full model, net recovery over the floor people.
 
     python scripts/world_attacks.py --seed 0 --out world_attacks.csv
+    python scripts/world_attacks.py --seed 0 --attacks few_shot multiple_choice --out world_forms.csv
 
 Runs ``analyses.oracle.run_oracle`` (the world's models are cached under ~/.cache/vestige/world) with the
 default prompt attacks plus best-of-8 sampling, and writes every audit's ``attacks_frame`` (greedy, each
@@ -20,7 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pandas as pd  # noqa: E402
 
-from analyses.behaviour import ATTACKS  # noqa: E402
+from analyses.behaviour import ATTACK_CHOICES, ATTACKS  # noqa: E402
 from analyses.oracle import OracleConfig, run_oracle  # noqa: E402
 from analyses.world import WorldConfig  # noqa: E402
 
@@ -29,8 +30,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="world_attacks.csv")
+    p.add_argument(
+        "--attacks",
+        nargs="+",
+        default=[*ATTACKS, "sampled"],
+        choices=ATTACK_CHOICES,
+        help="the prompt attacks and query forms (default: the default battery and best-of-8 sampling)",
+    )
     args = p.parse_args()
-    cfg = OracleConfig(world=WorldConfig(seed=args.seed), attacks=(*ATTACKS, "sampled"), seed=args.seed)
+    cfg = OracleConfig(world=WorldConfig(seed=args.seed), attacks=tuple(args.attacks), seed=args.seed)
     result = run_oracle(cfg, progress=False)
     frames = []
     for name, a in result.audits.items():
