@@ -70,7 +70,9 @@ def test_a_difference_counts_first_and_reached_is_an_equivalence_test():
     near = _calls(_values(u, **base), _values(r))["behaviour"]
     assert near.difference.lo < 0 < near.difference.hi and near.margin == pytest.approx(0.5)
     assert near.call == "reached"
-    weak = dict(base_forget=[1.0] + [0.0] * 9, base_floor=[0.0] * 10)
+    # a weak but certain base signal (each item 0.1 above the floor; one item of ten at 1.0 would hold 0 in
+    # its interval, which the main rule and this comparison both call not informative)
+    weak = dict(base_forget=[0.1] * 10, base_floor=[0.0] * 10)
     far = _calls(_values(u, **weak), _values(r))["behaviour"]
     assert far.margin == pytest.approx(0.05) and far.call == "inconclusive"
 
@@ -79,6 +81,9 @@ def test_guards_not_informative_not_comparable_not_measured():
     # the base does not know the concept above the floor: nothing to compare against
     flat = _calls(_values([1.0] * 4, base_forget=[0.0] * 4), _values([0.0] * 4))["behaviour"]
     assert flat.call == "not informative"
+    # one item of ten above the floor: the base's interval holds 0, as the main rule calls it not informative
+    one = _calls(_values([1.0] * 10, base_forget=[1.0] + [0.0] * 9), _values([0.0] * 10))["behaviour"]
+    assert one.call == "not informative" and "holds 0" in one.why
     # a retain model from another training run: the weight-space families do not compare
     vals = _values([1.0] * 4, families=("behaviour", "activations"))
     calls = compare_with_retain(vals, vals, comparable=True, retain_comparable=False)

@@ -32,7 +32,7 @@ import pandas as pd
 
 from analyses.audit.rule import ATTACK_FAMILIES, FAMILIES, GONE_MARGIN, fmt_interval
 from probes.results import Result
-from probes.stats import Interval, bootstrap_mean
+from probes.stats import Interval, bootstrap_difference, bootstrap_mean
 
 RETAIN_CALLS = (
     "reached",
@@ -74,13 +74,15 @@ def retain_frame(calls: tuple[RetainCall, ...] | list[RetainCall]) -> pd.DataFra
     return pd.DataFrame([c.row() for c in calls])
 
 
-def _base_signal(family: str, values: Mapping[str, Any]) -> float | None:
-    """The base's forget - floor mean for ``family`` (the attack families read the base's plain answers,
-    as the main rule does); None when the base has no values of it."""
+def _base_signal(family: str, values: Mapping[str, Any], *, n_boot: int, seed: int) -> Interval | None:
+    """The base's forget - floor difference for ``family`` with its 95% bootstrap interval, drawn as the
+    main rule draws it (``rule.call_family``: the same seed offset), so that a family the main audit calls
+    not informative is not informative here either (the attack families read the base's plain answers, as
+    the main rule does); None when the base has no values of it."""
     base = values["behaviour"]["base"] if family in ATTACK_FAMILIES else values[family].get("base")
     if not base or not base.get("forget") or not base.get("floor"):
         return None
-    return float(np.mean(base["forget"]) - np.mean(base["floor"]))
+    return bootstrap_difference(base["forget"], base["floor"], n_boot=n_boot, seed=seed + 6)
 
 
 def compare_with_retain(
@@ -129,20 +131,14 @@ def compare_with_retain(
             continue
         kw = dict(n_boot=n_boot, seed=seed)
         ui, ri, d = bootstrap_mean(u, **kw), bootstrap_mean(r, **kw), bootstrap_mean(u - r, **kw)
-        signal = _base_signal(family, values)
-        if signal is None or signal <= 0:
-            calls.append(
-                RetainCall(
-                    family,
-                    "not informative",
-                    "the base shows no signal of the concept above the floor",
-                    ui,
-                    ri,
-                    d,
-                )
-            )
+        signal = _base_signal(family, values, n_boot=n_boot, seed=seed)
+        if signal is None or signal.lo <= 0:
+            why = "the base shows no signal of the concept above the floor"
+            if signal is not None:
+                why += f" (its forget - floor {signal} holds 0: the main audit calls it not informative too)"
+            calls.append(RetainCall(family, "not informative", why, ui, ri, d))
             continue
-        m = margin * signal
+        m = margin * signal.mean
         if d.lo > 0:
             call, why = (
                 "above",
