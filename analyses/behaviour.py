@@ -194,11 +194,12 @@ def relearn_attack(
     seed: int = 0,
     params: str = "all",
 ) -> QAScores:
-    """Relearning attack (Lynch et al. 2024; Hu et al. 2024 "jogging the memory"): fine-tune a copy of
+    """Relearning attack (Lynch et al. 2024; Hu et al. 2024 "jogging the memory"): fine-tune
     ``model`` for ``steps`` AdamW steps on the concept's text with every sentence that contains an
     evaluated answer removed, then score forget-QA. Knowledge that was only suppressed comes back from
     such unrelated-looking text; knowledge that is gone does not. ``params``: which parameters train
-    (``all`` on a copy; the others lean, on ``model`` itself, restored exactly afterwards)."""
+    (``all`` every weight; the others lean); ``model`` trains in place and is restored exactly
+    afterwards."""
     kw = dict(steps=steps, lr=lr, window=window, batch_size=batch_size, seed=seed, params=params)
     with relearned(model, concept, **kw) as work:
         return score_qa(work, concept.qa)
@@ -214,9 +215,10 @@ def relearned_copy(
     batch_size: int = 8,
     seed: int = 0,
 ) -> Model:
-    """The copy of ``model`` that ``relearn_attack`` fine-tunes (to score other items on it too)."""
-    cm = relearned(model, concept, steps=steps, lr=lr, window=window, batch_size=batch_size, seed=seed)
-    with cm as work:
+    """A copy of ``model`` fine-tuned as ``relearn_attack`` fine-tunes it, that outlives the call (to score
+    other items on it too); ``model`` itself is never modified."""
+    kw = dict(steps=steps, lr=lr, window=window, batch_size=batch_size, seed=seed)
+    with relearned(model, concept, in_place=False, **kw) as work:
         return work
 
 
@@ -230,9 +232,10 @@ def relearned(
     batch_size: int = 8,
     seed: int = 0,
     params: str = "all",
+    in_place: bool | None = None,
 ):
-    """``relearn_attack``'s fine-tuning as a context manager (``finetuned``): a copy for ``params="all"``,
-    ``model`` itself trained lean and put back on leaving for every other choice."""
+    """``relearn_attack``'s fine-tuning as a context manager (``finetuned``): ``model`` itself trained in
+    place and put back on leaving (``in_place=False``: a copy)."""
     from analyses.unlearn.batches import text_windows
 
     text = answer_free_text(concept)
@@ -252,6 +255,7 @@ def relearned(
         seed=seed,
         desc="relearn",
         params=params,
+        in_place=in_place,
     )
 
 
@@ -290,8 +294,8 @@ def fact_relearned(
     params: str = "all",
     in_place: bool | None = None,
 ):
-    """``fact_relearned_copy``'s fine-tuning as a context manager (``finetuned``): a copy for
-    ``params="all"``, ``model`` itself trained lean and put back on leaving for every other choice."""
+    """``fact_relearned_copy``'s fine-tuning as a context manager (``finetuned``): ``model``
+    itself trained in place and put back on leaving."""
     if not facts:
         raise ConceptFileError(
             "no facts to relearn from",

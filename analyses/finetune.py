@@ -23,14 +23,15 @@ from contextlib import contextmanager
 import torch
 
 from analyses.lora import attach_lora, block_linears, covers_every_block_linear, has_lora, remove_lora
-from analyses.training import micro_batches, train
+from analyses.training import activation_checkpointing, micro_batches, train
 from probes.errors import VestigeError
-from probes.model import Model
+from probes.model import Model, check_resident
+from probes.stash import Stash
 
 PARAMS = ("all", "norms", "biases", "layer:K", "lora")
 # a micro-batch's training activations stay within this fraction of one model's parameter bytes: a step's
 # batch is cut into micro-batches whose gradients add up to the batch's (``analyses.training``)
-ACTIVATION_FRACTION = 0.25
+ACTIVATION_FRACTION = 0.1
 
 
 class RelearnError(VestigeError):
@@ -46,26 +47,33 @@ def is_variant(params: str) -> bool:
 
 def micro_batch_tokens(model: Model, seq_len: int = 64, fraction: float = ACTIVATION_FRACTION) -> int:
     """The tokens one micro-batch of ``finetuned`` may hold: the most whose training activations
-    (``probes.memory.training_activation_bytes`` for sequences of ``seq_len`` tokens) stay within
-    ``fraction`` of the model's parameter bytes; at least one sequence. SmolLM2-135M in float32: 58 tokens
-    (2.2 MB each against 538 MB of weights)."""
+    (``probes.memory.training_activation_bytes`` for sequences of ``seq_len`` tokens, with activation
+    checkpointing where the model's blocks take it) stay within ``fraction`` of the model's parameter
+    bytes; at least one sequence. SmolLM2-135M in float32, checkpointed: 75 tokens (0.72 MB each, most
+    of it the logits and their log-softmax, against 538 MB of weights)."""
+    from analyses.training import checkpointed_blocks
     from probes.memory import parameter_bytes, training_activation_bytes
 
     bytes_per_number = torch.finfo(model.dtype).bits // 8
-    per_token = training_activation_bytes(model.cfg, 1, seq_len, bytes_per_number) / seq_len
+    checkpointed = bool(checkpointed_blocks(model.hf))
+    per_token = (
+        training_activation_bytes(model.cfg, 1, seq_len, bytes_per_number, checkpointed=checkpointed)
+        / seq_len
+    )
     return max(1, int(fraction * parameter_bytes(model.hf) / per_token))
 
 
-def full_copy_bytes(model: Model) -> int:
-    """What ``params="all"`` adds beside the resident models: the fine-tuned copy, its gradients and AdamW's
-    two moments (float32: ``4 P B``; half precision, through float32 masters: ``2 P B + 16 P``), plus a
-    micro-batch's activations (a quarter of the weights)."""
+def full_training_bytes(model: Model) -> int:
+    """What ``params="all"`` adds beside the resident models: the gradients and AdamW's two moments of every
+    weight (float32: ``3 P B``; half precision, through float32 masters: ``P B + 16 P``), plus a
+    micro-batch's activations (``ACTIVATION_FRACTION`` of the weights). The model trains in place: no copy of it (the
+    originals wait off the device, ``probes.stash``)."""
     from probes.memory import parameter_bytes
 
     weights = parameter_bytes(model.hf)
     n = sum(p.numel() for p in model.hf.parameters())
     state = 3 * weights if model.dtype == torch.float32 else weights + 16 * n
-    return weights + state + int(ACTIVATION_FRACTION * weights)
+    return state + int(ACTIVATION_FRACTION * weights)
 
 
 def free_bytes(model: Model) -> int:
@@ -80,18 +88,18 @@ def free_bytes(model: Model) -> int:
 
 
 def lean_unless_it_fits(model: Model, params: str) -> tuple[str, str | None]:
-    """``params``, or ``lora`` with a note saying why when ``params`` is ``all`` and the fine-tuned copy
-    (``full_copy_bytes``) would not fit the memory free now (``free_bytes``): an audit that would run out
-    of memory half-way trains lean instead, and says so."""
+    """``params``, or ``lora`` with a note saying why when ``params`` is ``all`` and training every weight
+    (``full_training_bytes``) would not fit the memory free now (``free_bytes``): an audit that would run
+    out of memory half-way trains lean instead, and says so."""
     if params != "all":
         return params, None
-    need, free = full_copy_bytes(model), free_bytes(model)
+    need, free = full_training_bytes(model), free_bytes(model)
     if need <= free:
         return params, None
     gib = 2**30
     return "lora", (
-        f"relearning fine-tunes a rank-8 LoRA update in place instead of a full copy: the copy with its "
-        f"gradients and optimizer state needs {need / gib:.1f} GiB and {free / gib:.1f} GiB is free "
+        f"relearning fine-tunes a rank-8 LoRA update instead of every weight: the gradients and optimizer "
+        f"state of every weight need {need / gib:.1f} GiB and {free / gib:.1f} GiB is free "
         "(pass the parameters to train explicitly to choose)"
     )
 
@@ -164,33 +172,42 @@ def finetuned(
     parameters that train (``analyses.relearning.PARAMS``).
 
     A step's batch runs as micro-batches of at most ``micro_batch_tokens(model)`` tokens (at least one
-    example each) whose gradients add up to the whole batch's, so the activations held at once stay a
-    fixed fraction of the weights whatever ``batch_size``.
+    example each) whose gradients add up to the whole batch's, with activation checkpointing
+    (``analyses.training.activation_checkpointing``: the same gradient, one more forward pass), so the
+    activations held at once stay a small fixed fraction of the weights whatever ``batch_size``.
 
-    ``all`` fine-tunes a copy (the model, its gradients and AdamW's two moments: four times the weights).
-    Every other choice is lean: it trains ``model`` itself, in place, with gradients and optimizer state
-    only for the chosen parameters (``lora``: a rank-8 update beside the frozen weights; ``norms``,
-    ``biases``, ``layer:K``: a saved copy of just those tensors), and puts it back exactly on leaving the
-    block, also on an exception; the weights outside the choice are never written. ``in_place=False``
-    fine-tunes a copy whatever the choice (a model that must outlive the block). ``after_step(step, loss)``
-    runs after each step with the model in its fine-tuned state (e.g. to score checkpoints)."""
-    import torch
-
+    Every choice trains ``model`` itself, in place, and puts it back bit for bit on leaving the block, also
+    on an exception; no copy of the model is made. The weights that train are saved first in a
+    ``probes.stash.Stash`` (a CUDA model's in host memory, a CPU model's in a temporary file), so the
+    device holds only the model, the chosen parameters' gradients and AdamW's two moments for them:
+    ``all`` three times the weights on top of the model (a copy would add a fourth), the lean choices
+    almost nothing (``lora``: a rank-8 update beside the frozen weights, nothing to save; ``norms``,
+    ``biases``, ``layer:K``: just those tensors). The weights outside the choice are never written.
+    ``in_place=False`` fine-tunes a copy whatever the choice (a model that must outlive the block); so do
+    ``lora`` and ``all`` on a model whose blocks the TransformerLens bridge re-wired (GPT-2).
+    ``after_step(step, loss)`` runs after each step with the model in its fine-tuned state (e.g. to score
+    checkpoints)."""
     from analyses.unlearn.batches import make_batch, sequence_nll
 
-    in_place = params != "all" if in_place is None else in_place
-    if in_place and params == "lora":
-        in_place = covers_every_block_linear(model)  # else the bridge re-wired a layer: on a copy
+    in_place = True if in_place is None else in_place
+    if in_place and params in ("lora", "all"):
+        # the TransformerLens bridge re-wires GPT-2's attention into layers of its own beside the
+        # checkpoint's: LoRA could not reach every block weight, and training every parameter would train
+        # both (the checkpoint's unused); such a model is fine-tuned as a copy without the bridge
+        in_place = covers_every_block_linear(model)
+    if in_place:
+        check_resident(model, "fine-tuning the model in place")
     work = model if in_place else model.copy()
     flags = [(p, p.requires_grad) for p in work.hf.parameters()] if in_place else []
-    saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+    stash = Stash()
     was_training = work.hf.training
     try:
         if in_place and has_lora(work):
             raise RuntimeError(f"{work.name!r} already carries a LoRA update; merge or remove it first")
         trainable = select_parameters(work, params, lora_rank=lora_rank, seed=seed)
         if in_place and params != "lora":
-            saved = [(p, p.detach().clone()) for p in trainable]
+            for p in trainable:
+                stash.save(p)
         examples = examples_of(work)
         gen = torch.Generator().manual_seed(seed)
         work.hf.train(False)
@@ -203,17 +220,17 @@ def finetuned(
             for group in micro_batches(chosen, lambda e: len(e.ids), budget):
                 yield sequence_nll(work, make_batch(work, group)).sum() / len(chosen)
 
-        train(trainable, step_loss, steps, lr=lr, desc=desc, after_step=after_step)
+        with activation_checkpointing(work.hf):
+            train(trainable, step_loss, steps, lr=lr, desc=desc, after_step=after_step)
         for p in trainable:
             p.grad = None
         yield work
     finally:
         if in_place:
-            with torch.no_grad():
-                for p, original in saved:
-                    p.copy_(original)
+            stash.restore()
             remove_lora(work)
             for p, flag in flags:
                 p.grad = None
                 p.requires_grad_(flag)
             work.hf.train(was_training)
+        stash.close()

@@ -7,12 +7,14 @@ count (tied embeddings once), ``L`` layers, ``d`` = d_model, ``f`` = d_mlp, ``a`
 vocabulary:
 
 - resident: the base and the unlearned model, ``2 P B``, in every stage.
-- a fine-tuned copy (relearning and fact relearning with ``params="all"``, the default;
-  ``analyses.finetune.finetuned``): the copy ``P B``, its gradients ``P B`` and AdamW's two moment buffers
-  ``2 P B``, ``4 P B`` in all, one copy at a time. A half-precision model trains through float32 master
-  weights (``analyses.training``): the copy and its gradients ``2 P B``, the masters, their gradients and
-  AdamW's moments in float32 ``16 P``. The lean choices (``lora``, ``norms``, ``biases``, ``layer:K``)
-  need none of this: they train the audited model in place, with state for the chosen parameters only.
+- fine-tuning in place (relearning and fact relearning; ``analyses.finetune.finetuned``): the audited
+  model trains itself and is put back bit for bit afterwards from a ``probes.stash.Stash`` (host memory
+  for a GPU model, a temporary file for a CPU one), so no copy of it is on the device. ``params="all"``,
+  the default: the gradients ``P B`` and AdamW's two moment buffers ``2 P B``, ``3 P B`` in all. A
+  half-precision model trains through float32 master weights (``analyses.training``): its gradients
+  ``P B``, the masters, their gradients and AdamW's moments in float32 ``16 P``. The lean choices
+  (``lora``, ``norms``, ``biases``, ``layer:K``) need the same for the chosen numbers only (``lora``'s
+  numbers are new, so they count themselves too).
 - quantization: nothing beside the models (the originals of the rounded block weights wait in host
   memory for a GPU model, in a temporary file for a CPU one: ``probes.stash``).
 - interventions: nothing beside the models (the trace search zeroes the base's own rows and puts them
@@ -26,9 +28,13 @@ vocabulary:
   V (B + 8)]``: what autograd keeps per token and layer (norm inputs, projections, rotary q/k, the
   repeated k/v of grouped-query attention, the MLP's gate, up and product), the attention probabilities
   (float32 softmax and its cast) and the logits with their float32 log-softmax and gradient. The
-  fine-tuning attacks run a step as micro-batches (``analyses.finetune.micro_batch_tokens``) whose
-  activations stay within a quarter of ``P B`` (at least one sequence), so theirs are
-  ``min(training(b, s), max(P B / 4, training(1, s)))``.
+  training attacks (relearning, fact relearning, the soft prompt) run with activation checkpointing
+  (``analyses.training.activation_checkpointing``): each block keeps only its input, ``L d B`` per
+  token, and one block's intermediates exist at a time, ``checkpointed(b, s) = b s [L d B + (12 d + 4 f)
+  B + a s (4 + B) + V (B + 8)]``. The fine-tuning attacks run a step as micro-batches
+  (``analyses.finetune.micro_batch_tokens``) whose activations stay within a tenth of ``P B`` (at least
+  one sequence): ``min(checkpointed(b, s), max(P B / 10, checkpointed(1, s)))``. Unlearning trains
+  without checkpointing: ``training(16, 64)``.
 
 Every device also carries a fixed ``OVERHEAD`` (Python, torch and the tokenizer on CPU; the CUDA context
 and cuBLAS workspaces on a GPU). Checked against measured peaks on SmolLM2-135M in float32 on CPU
@@ -553,12 +559,13 @@ def _lean_parameters(sh: _Shape, params: str) -> int:
 
 
 def _micro_batched(sh: _Shape, b: int, s: int, B: int) -> int:
-    """``finetune.finetuned``'s activations: its step's batch in micro-batches of at most a quarter of
-    the weights (``ACTIVATION_FRACTION``), at least one sequence."""
+    """``finetune.finetuned``'s activations: its step's batch, checkpointed, in micro-batches of at most
+    ``ACTIVATION_FRACTION`` of the weights, at least one sequence."""
     from analyses.finetune import ACTIVATION_FRACTION
 
-    whole = _training(sh, b, s, B)
-    return min(whole, max(int(ACTIVATION_FRACTION * sh.n_params * B), _training(sh, 1, s, B)))
+    whole = _training(sh, b, s, B, checkpointed=True)
+    one = _training(sh, 1, s, B, checkpointed=True)
+    return min(whole, max(int(ACTIVATION_FRACTION * sh.n_params * B), one))
 
 
 def plan(
@@ -578,7 +585,7 @@ def plan(
     ``device`` (default: the first GPU, else the CPU) or by ``device_map`` (a strategy: spread over the
     GPUs; a dict: the devices it names, shares from the parameters each module holds). ``relearn_params``:
     what relearning and fact relearning train (``analyses.finetune.PARAMS``; ``all``, the audit's default,
-    fine-tunes a copy; the others train the audited model in place, with state for their parameters
+    trains every weight; each trains the audited model in place, with state for its parameters
     only)."""
     from analyses.finetune import is_variant
     from probes.model import _FAMILY_OF, resolve_device_map
@@ -616,12 +623,15 @@ def plan(
         if B == 4
         else (W + 16 * P, "grads PB + fp32 masters, grads, AdamW 16P")
     )
-    relearn_weights, relearn_state, relearn_formula = 3 * W, state, f"copy PB + {state_formula}"
-    if relearn_params != "all":  # lean: in place, state for the n trained numbers only
+    # in place (the trained weights' originals wait off the device): the state of what trains
+    relearn_state, relearn_formula = state, f"{state_formula} (in place)"
+    if relearn_params != "all":  # lean: state for the n trained numbers only
         n = _lean_parameters(sh, relearn_params)
-        per = 4 * B if B == 4 else 2 * B + 16  # the numbers (or their saved copy), grads, AdamW (masters)
-        relearn_weights, relearn_state = 2 * W, n * per
+        # grads and AdamW (through float32 masters in half precision); LoRA's numbers are new: themselves too
+        per = (3 * B if B == 4 else B + 16) + (B if relearn_params == "lora" else 0)
+        relearn_state = n * per
         relearn_formula = f"{relearn_params}: {n:,} numbers x {per} bytes (in place)"
+    relearn_weights = 2 * W
     rows = [
         ("behaviour", 2 * W, 0, inf, "2PB + inference(b, s)"),
         (
@@ -629,21 +639,21 @@ def plan(
             relearn_weights,
             relearn_state,
             _micro_batched(sh, 8, TRAIN_SEQ, B),
-            f"2PB + {relearn_formula} + micro-batched training(8, 64)",
+            f"2PB + {relearn_formula} + micro-batched checkpointed training(8, 64)",
         ),
         (
             "fact_relearn",
             relearn_weights,
             relearn_state,
             _micro_batched(sh, 4, TRAIN_SEQ, B),
-            f"2PB + {relearn_formula} + micro-batched training(4, 64)",
+            f"2PB + {relearn_formula} + micro-batched checkpointed training(4, 64)",
         ),
         (
             "soft_prompt",
             2 * W,
             0,
-            _training(sh, 8, TRAIN_SEQ, B),
-            "2PB + training(8, 64) (gradient to the inputs only)",
+            _training(sh, 8, TRAIN_SEQ, B, checkpointed=True),
+            "2PB + checkpointed training(8, 64) (gradient to the inputs only)",
         ),
         (
             "quantization",

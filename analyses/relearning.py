@@ -6,7 +6,7 @@ training are in ``analyses.finetune``). ``relearn_curve`` fine-tunes on facts T 
 the control and (fine-tuned on as many floor facts) the rest of the floor after each of ``checkpoints``
 steps; ``benign_relearn_curve`` (Hu et al. 2024) does the same on the concept's text without its answers.
 Recovery against steps, net of what the same fine-tuning teaches facts never known. The model passed in
-is never changed: ``all`` trains a copy, the other choices train it in place and restore it exactly.
+comes back unchanged: it trains in place and is restored exactly.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from probes.results import Result
 @dataclass(frozen=True)
 class RelearnCurve(Result):
     """Accuracy after each checkpoint step of fine-tuning on T: ``forget`` (held-out V), ``control`` (the
-    same copy), ``floor`` (a copy fine-tuned on as many floor facts, scored on the rest of the floor);
+    same fine-tuned model), ``floor`` (the model fine-tuned on as many floor facts, scored on the rest of the floor);
     ``n_trainable`` numbers moved."""
 
     params: str
@@ -70,8 +70,8 @@ def _curve_on(
     lora_rank: int,
     desc: str,
 ) -> tuple[dict[str, list[float]], int, list[float]]:
-    """Fine-tune ``model`` on ``examples_of(work)`` (``analyses.behaviour.finetuned``: a copy for ``all``,
-    lean and restored afterwards for the other ``params``) and score each of ``tests`` at every checkpoint
+    """Fine-tune ``model`` on ``examples_of(work)`` (``analyses.finetune.finetuned``: in place, restored
+    afterwards) and score each of ``tests`` at every checkpoint
     (step 0: before any step)."""
     out: dict[str, list[float]] = {k: [] for k in tests}
     losses: list[float] = []
@@ -118,7 +118,7 @@ def relearn_curve(
     lora_rank: int = 8,
 ) -> RelearnCurve:
     """Retrain on T (``trained``), test on V (``heldout``) with only ``params`` trainable, after each of
-    ``checkpoints`` AdamW steps; the floor side fine-tunes a copy on a seeded sample of ``len(trained)``
+    ``checkpoints`` AdamW steps; the floor side fine-tunes on a seeded sample of ``len(trained)``
     floor facts (at most half) and scores the rest."""
     if not trained or not heldout:
         raise RelearnError(

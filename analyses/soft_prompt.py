@@ -167,7 +167,7 @@ def fit_soft_prompt(
     """Fit ``config.n_tokens`` input vectors that raise the answers of ``facts`` (the summed answer NLL,
     averaged over a seeded batch) with every weight of ``model`` frozen; ``model`` is left unchanged
     (its ``requires_grad`` flags are restored, no gradient is left on it)."""
-    from analyses.training import train
+    from analyses.training import activation_checkpointing, train
     from analyses.unlearn.batches import make_batch, qa_examples, sequence_nll
 
     cfg = config or SoftPromptConfig()
@@ -204,7 +204,8 @@ def fit_soft_prompt(
             return loss
 
         if cfg.steps:
-            train([vectors], step_loss, cfg.steps, lr=cfg.lr, desc="soft prompt", progress=progress)
+            with activation_checkpointing(model.hf):  # the same gradient, one block's activations at a time
+                train([vectors], step_loss, cfg.steps, lr=cfg.lr, desc="soft prompt", progress=progress)
     finally:
         for p, f in zip(params, flags, strict=True):
             p.requires_grad_(f)

@@ -9,6 +9,8 @@ gradient norm of ``clip_parameters`` (default: the optimised ones) to ``max_grad
 also return an iterable of loss parts that sum to the step's loss (gradient accumulation over micro-batches,
 ``micro_batches``): each part is checked and back-propagated as soon as it is made, so only one part's
 graph is alive at a time, and the step's gradient is the same as the whole batch's.
+``activation_checkpointing`` around a training run keeps only each transformer block's input for the
+backward pass and recomputes the block there (the same gradient, bit for bit, for one more forward pass).
 
 Half-precision parameters (bfloat16, float16: a model loaded on a GPU) train through float32 master copies
 (mixed precision, Micikevicius et al. 2018): AdamW, its moments and the clipping work on the masters, and
@@ -20,6 +22,7 @@ larger than about 0.008 in magnitude and rounds away, so the attack would silent
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,3 +154,56 @@ def train(
         for p, _ in pairs:
             p.grad = None
     return TrainLog(step, tuple(losses), False)
+
+
+def checkpointed_blocks(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """The model's transformer blocks that can recompute themselves in the backward pass (transformers'
+    ``GradientCheckpointingLayer``: every supported family); empty for a model without them."""
+    try:
+        from transformers.modeling_layers import GradientCheckpointingLayer
+    except ImportError:  # an older transformers: train without checkpointing
+        return []
+    return [m for m in module.modules() if isinstance(m, GradientCheckpointingLayer)]
+
+
+@contextmanager
+def activation_checkpointing(module: torch.nn.Module) -> Iterator[bool]:
+    """Inside the ``with`` block, autograd keeps only the input of each transformer block of ``module`` (an
+    HF model) and recomputes the block during the backward pass (``torch.utils.checkpoint``,
+    non-reentrant): the activations held for a backward pass shrink from every block's intermediates to
+    one block's, for one more forward pass.
+    Dropout modules keep their own train/eval state (only the blocks' checkpointing switch is set), so the
+    gradients are those of the same computation without checkpointing (tested). Yields whether any block
+    was switched; everything is put back on leaving, also on an exception."""
+    import functools
+
+    from torch.utils.checkpoint import checkpoint
+
+    blocks = checkpointed_blocks(module)
+    # no key/value cache while training: a block recomputed in the backward pass would append its keys
+    # and values to the cache a second time (GPT-2 hands the cache to its blocks positionally)
+    config = getattr(module, "config", None)
+    use_cache = getattr(config, "use_cache", None)
+    saved = [
+        (b, b.gradient_checkpointing, b.training, b.__dict__.get("_gradient_checkpointing_func"))
+        for b in blocks
+    ]
+    func = functools.partial(checkpoint, use_reentrant=False)
+    try:
+        if blocks and use_cache is not None:
+            config.use_cache = False
+        for b in blocks:
+            b.gradient_checkpointing = True
+            b.training = True  # the block's own flag only: its submodules (dropout) keep theirs
+            b._gradient_checkpointing_func = func
+        yield bool(blocks)
+    finally:
+        if blocks and use_cache is not None:
+            config.use_cache = use_cache
+        for b, on, training, old in saved:
+            b.gradient_checkpointing = on
+            b.training = training
+            if old is None:
+                b.__dict__.pop("_gradient_checkpointing_func", None)
+            else:
+                b._gradient_checkpointing_func = old

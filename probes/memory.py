@@ -196,15 +196,18 @@ def release_free_memory() -> bool:
     return True
 
 
-def training_activation_bytes(shape: Any, b: int, s: int, B: int) -> int:
+def training_activation_bytes(shape: Any, b: int, s: int, B: int, *, checkpointed: bool = False) -> int:
     """What autograd keeps for ``b`` sequences of ``s`` tokens at ``B`` bytes per number: ``b s [L ((12 d
     + 4 f) B + a s (4 + B)) + V (B + 8)]`` (per token and layer the norm inputs, projections, rotary q/k,
     grouped-query attention's repeated k/v, the MLP's gate, up and product; the attention probabilities;
     the logits with their float32 log-softmax and gradient; ``analyses.plan`` explains and calibrates
-    it). ``shape`` has ``n_layers``, ``d_model``, ``d_mlp``, ``n_heads`` and ``d_vocab`` (a
+    it). With activation checkpointing (``analyses.training.activation_checkpointing``) each block keeps
+    only its input and one block's intermediates exist at a time: ``b s [L d B + (12 d + 4 f) B + a s (4 +
+    B) + V (B + 8)]``. ``shape`` has ``n_layers``, ``d_model``, ``d_mlp``, ``n_heads`` and ``d_vocab`` (a
     ``probes.model.ModelConfig`` or a planned config's shape)."""
     per_layer = (12 * shape.d_model + 4 * shape.d_mlp) * B + shape.n_heads * s * (4 + B)
-    return b * s * (shape.n_layers * per_layer + shape.d_vocab * (B + 8))
+    layers = shape.n_layers * shape.d_model * B + per_layer if checkpointed else shape.n_layers * per_layer
+    return b * s * (layers + shape.d_vocab * (B + 8))
 
 
 def host_memory() -> tuple[int, int, str]:

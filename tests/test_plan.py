@@ -53,22 +53,24 @@ def test_stage_memory_follows_the_stated_formulas():
     P, B, W = LLAMA_3_8B, 2, LLAMA_3_8B * 2
     stages = {s.stage: s for s in p.stages}
     assert stages["behaviour"].weights_bytes == 2 * W and stages["behaviour"].training_bytes == 0
-    # relearning fine-tunes a copy: the copy, its gradients and AdamW's two moments, in the model's dtype
-    # relearning fine-tunes a bf16 copy through float32 masters: the copy's gradients PB, the masters, their
-    # gradients and AdamW's two moments 16P
-    assert stages["relearn"].weights_bytes == 3 * W and stages["relearn"].training_bytes == W + 16 * P
+    # relearning trains the audited bf16 model in place (no copy) through float32 masters: its gradients
+    # PB, the masters, their gradients and AdamW's two moments 16P
+    assert stages["relearn"].weights_bytes == 2 * W and stages["relearn"].training_bytes == W + 16 * P
     assert stages["interventions"].weights_bytes == 2 * W  # the trace search edits the base in place
     # inference: the residual stream of every layer + five float32 vocabulary tensors + one layer's attention
     b, s, d, L, V, a = 2, 8, 4096, 32, 128256, 32
     assert (
         stages["logit_lens"].activation_bytes == B * b * s * d * (L + 1) + 20 * b * s * V + 12 * b * a * s * s
     )
-    # fine-tuning: 8 windows of 64 tokens (relearning), 4 (fact relearning), in micro-batches of at most a
-    # quarter of the weights: 8 windows (4.35 GB) are cut to 4.0 GB, 4 (2.17 GB) fit whole
+    # fine-tuning: 8 windows of 64 tokens (relearning), 4 (fact relearning), checkpointed (each block keeps
+    # its input, one block's intermediates at a time), in micro-batches of at most a tenth of the weights:
+    # 8 windows (0.91 GB) and 4 fit whole; without checkpointing 8 windows held 4.35 GB
     per_layer = (12 * d + 4 * 14336) * B + a * 64 * (4 + B)
-    whole = 8 * 64 * (L * per_layer + V * (B + 8))
-    assert whole > W // 4 and stages["relearn"].activation_bytes == W // 4
+    whole = 8 * 64 * (L * d * B + per_layer + V * (B + 8))
+    assert 8 * 64 * (L * per_layer + V * (B + 8)) > 4 * whole
+    assert whole < W // 10 and stages["relearn"].activation_bytes == whole
     assert stages["fact_relearn"].activation_bytes == whole // 2
+    assert stages["soft_prompt"].activation_bytes == whole  # 8 facts, checkpointed, not micro-batched
     # the originals of the rounded weights wait off the device (probes.stash)
     assert stages["quantization"].weights_bytes == 2 * W
     assert all(s.total_bytes == s.weights_bytes + s.training_bytes + s.activation_bytes for s in p.stages)
@@ -86,7 +88,8 @@ def test_stage_memory_follows_the_stated_formulas():
 def test_fits_on_one_gpu_on_several_and_on_none():
     one_h100 = plan("llama-3-8b", "bf16", devices=gpus("80"), seq_len=128)
     calls = {s.stage: s.fits for s in one_h100.stages}
-    # two bf16 models (30 GiB) and a batch fit; a fine-tuned copy with its AdamW state (+45 GiB) does not
+    # two bf16 models (30 GiB) and a batch fit; every weight's gradients, float32 masters and AdamW state
+    # (+135 GiB) do not
     assert calls["behaviour"] and calls["logit_lens"] and not calls["relearn"] and not one_h100.fits
     relearn = next(s for s in one_h100.stages if s.stage == "relearn")
     assert relearn.device_bytes == {"cuda:0": relearn.total_bytes + OVERHEAD["cuda"]}

@@ -86,9 +86,11 @@ def test_relearn_curve_leaves_the_model_and_learns_its_training_facts(gpt2, para
     passed in keeps its weights bitwise; the curve has one value per checkpoint."""
     before = {k: v.clone() for k, v in gpt2.hf.state_dict().items()}
     lr = {"all": 1e-3, "norms": 1e-2, "lora": 5e-2}[params]
-    # rank-4 LoRA learns slowest: with transformers 5.23's seeded gpt2 it answers 0 of 2 at step 15 and
-    # 1 of 2 at step 30 (loss 28.0 -> 1.9); the other variants memorise within 15
-    last = 30 if params == "lora" else 15
+    # rank-4 LoRA learns slowest and least steadily: with transformers 5.23's seeded gpt2, trained with
+    # activation checkpointing (no key/value cache: float rounding of the order of 1e-5 differs from a
+    # cached forward), it answers 0.5, 0.5, 0.0, 1.0, 1.0 of the 2 at steps 15, 20, 30, 40, 50 (loss 28.0
+    # -> 0.87); the other variants memorise within 15
+    last = 40 if params == "lora" else 15
     curve = relearn_curve(
         gpt2, FACTS, FACTS, OTHER, FACTS + OTHER, params=params, checkpoints=(0, last), lr=lr
     )
@@ -131,16 +133,16 @@ def test_norms_alone_bring_ga_mozart_back(smol, ga_mozart):
     assert min(norms.control) == 1.0
 
 
-@pytest.mark.parametrize("params", ["norms", "lora", "layer:20"])
-def test_lean_relearning_in_place_equals_the_copy_and_restores_exactly(smol, params):
-    """Lean relearning trains SmolLM2 itself (gradients and AdamW state for the chosen parameters only)
-    and answers as a fine-tuned copy does; on leaving, every weight is back bitwise, also after an
-    exception inside the block."""
+@pytest.mark.parametrize("params", ["all", "norms", "lora", "layer:20"])
+def test_relearning_in_place_equals_the_copy_and_restores_exactly(smol, params):
+    """Relearning trains SmolLM2 itself (gradients and AdamW state for the chosen parameters only; every
+    weight for ``all``, whose originals wait in a temporary file) and answers as a fine-tuned copy does;
+    on leaving, every weight is back bitwise, also after an exception inside the block."""
     from analyses.behaviour import fact_relearned, fact_relearned_copy
     from probes.edits import weights_checksum
     from probes.qa import score_qa
 
-    kw = dict(steps=4, lr=3e-3, seed=0, params=params)
+    kw = dict(steps=4, lr=3e-4 if params == "all" else 3e-3, seed=0, params=params)
     assert smol.bridge is not None  # the audit's stages bridge the model first: train through its wrappers
     before = weights_checksum(smol)
     flags = {n: p.requires_grad for n, p in smol.hf.named_parameters()}
@@ -152,7 +154,8 @@ def test_lean_relearning_in_place_equals_the_copy_and_restores_exactly(smol, par
         if params != "lora":  # lora leaves W itself alone (its update lives beside it)
             assert weights_checksum(smol) != before
         trainable = sum(p.numel() for p in smol.hf.parameters() if p.requires_grad)
-        assert 0 < trainable < 0.1 * sum(p.numel() for p in smol.hf.parameters())
+        total = sum(p.numel() for p in smol.hf.parameters())
+        assert trainable == total if params == "all" else 0 < trainable < 0.1 * total
     assert weights_checksum(smol) == before
     assert {n: p.requires_grad for n, p in smol.hf.named_parameters()} == flags
     assert lean_scores.correct == copy_scores.correct
@@ -246,6 +249,66 @@ def test_micro_batches_give_the_whole_batch_gradient(gpt2):
     assert micro_batch_tokens(gpt2) >= 1
 
 
+@pytest.mark.parametrize("name", ["gpt2", "smol"])
+def test_activation_checkpointing_gives_the_same_gradient_and_puts_every_flag_back(name, request):
+    """With ``activation_checkpointing`` (what every training attack runs under) the gradient of a batch's
+    NLL is bit for bit the gradient of the same forward without it (no key/value cache in either), on the
+    gpt2-small architecture (dropout modules, left in eval) and on bridged SmolLM2; the blocks' switches
+    and the cache setting come back as they were, also after an exception; a checkpointed token needs
+    fewer bytes."""
+    from analyses.finetune import micro_batch_tokens
+    from analyses.training import activation_checkpointing, checkpointed_blocks
+    from analyses.unlearn.batches import make_batch, qa_examples, sequence_nll
+    from probes.memory import training_activation_bytes
+
+    model = request.getfixturevalue(name)
+    work = model.copy() if name == "gpt2" else model
+    blocks = checkpointed_blocks(work.hf)
+    assert len(blocks) == work.cfg.n_layers
+    before = [(b.gradient_checkpointing, b.training) for b in blocks]
+    dropout = [m.training for m in work.hf.modules() if isinstance(m, torch.nn.Dropout)]
+    examples = qa_examples(work, FACTS + OTHER)
+    params = [p for p in work.hf.parameters() if p.requires_grad] or list(work.hf.parameters())
+    flags = [p.requires_grad for p in work.hf.parameters()]
+
+    def grad(checkpointed: bool) -> list[torch.Tensor]:
+        for p in params:
+            p.requires_grad_(True)
+            p.grad = None
+        with torch.enable_grad():
+            if checkpointed:
+                with activation_checkpointing(work.hf) as on:
+                    assert on and all(b.gradient_checkpointing for b in blocks)
+                    assert work.hf.config.use_cache is False  # a recomputed block must not append twice
+                    sequence_nll(work, make_batch(work, examples)).sum().backward()
+            else:  # the same forward, no key/value cache built, all activations kept
+                cache, work.hf.config.use_cache = work.hf.config.use_cache, False
+                try:
+                    sequence_nll(work, make_batch(work, examples)).sum().backward()
+                finally:
+                    work.hf.config.use_cache = cache
+        out = [p.grad.detach().clone() for p in params]
+        for p in params:
+            p.grad = None
+        return out
+
+    try:
+        plain, checkpointed = grad(False), grad(True)
+    finally:
+        for p, f in zip(work.hf.parameters(), flags, strict=True):
+            p.requires_grad_(f)
+    assert all(torch.equal(a, b) for a, b in zip(plain, checkpointed, strict=True))
+    assert [(b.gradient_checkpointing, b.training) for b in blocks] == before
+    assert [m.training for m in work.hf.modules() if isinstance(m, torch.nn.Dropout)] == dropout
+    assert work.hf.config.use_cache is not False
+    with pytest.raises(ZeroDivisionError), activation_checkpointing(work.hf):
+        raise ZeroDivisionError("inside the block")
+    assert [(b.gradient_checkpointing, b.training) for b in blocks] == before
+    full = training_activation_bytes(work.cfg, 1, 64, 4)
+    assert training_activation_bytes(work.cfg, 1, 64, 4, checkpointed=True) < full
+    assert micro_batch_tokens(work) >= 1
+
+
 def test_half_precision_trains_through_float32_masters(gpt2):
     """A bfloat16 model (the default on a GPU) trains through float32 master weights (analyses.training):
     AdamW steps of 3e-5 applied to bfloat16 weights directly round away for all but the smallest weights;
@@ -302,16 +365,16 @@ def test_half_precision_trains_through_float32_masters(gpt2):
     assert float((w16 - w32).norm()) < 0.25 * float((naive - w32).norm())
 
 
-def test_the_audit_trains_lean_when_a_full_copy_would_not_fit(gpt2, monkeypatch):
-    """``relearn_params="all"`` turns to ``lora`` (with a note) when the copy, its gradients and AdamW
-    state would not fit the free memory; an explicit lean choice and a copy that fits stay as asked."""
+def test_the_audit_trains_lean_when_training_every_weight_would_not_fit(gpt2, monkeypatch):
+    """``relearn_params="all"`` turns to ``lora`` (with a note) when every weight's gradients and AdamW
+    state would not fit the free memory; an explicit lean choice and a full run that fits stay as asked."""
     import analyses.finetune as F
     from analyses.audit import AuditConfig
     from analyses.audit.runner import _relearn_params_that_fit
     from probes.memory import parameter_bytes
 
     weights = parameter_bytes(gpt2.hf)
-    assert F.full_copy_bytes(gpt2) == 4 * weights + weights // 4
+    assert F.full_training_bytes(gpt2) == 3 * weights + int(F.ACTIVATION_FRACTION * weights)  # no copy
     cfg = AuditConfig.quick()
     monkeypatch.setattr(F, "free_bytes", lambda model: 10 * weights)
     assert _relearn_params_that_fit(gpt2, cfg) == (cfg, [])

@@ -172,8 +172,7 @@ def relearn_values(
 ) -> dict[str, Any]:
     """The model relearned on the concept's answer-free text answers the forget and the control items; the
     model relearned the same way on the floor's text answers the floor items. Empty when a set has no
-    text. ``params``: which parameters train (``analyses.relearning.PARAMS``; ``all`` on a copy, the others
-    lean, in place, restored exactly)."""
+    text. ``params``: which parameters train (``analyses.relearning.PARAMS``), in place, restored exactly."""
     out: dict[str, Any] = {s: [] for s in SETS}
     if answer_free_text(sets.forget):
         torch.manual_seed(seed)
@@ -200,7 +199,7 @@ def fact_relearn_values(
     params: str = "all",
 ) -> dict[str, Any]:
     """Deeb & Roger's (2024) retrain-on-T, test-on-V, on the three sets (``fit_and_test``): each fold's
-    scorer is a copy of ``model`` fine-tuned for ``steps`` AdamW steps on that fold's facts (``params``:
+    scorer is ``model`` fine-tuned (in place, restored afterwards) for ``steps`` AdamW steps on that fold's facts (``params``:
     which parameters train, ``analyses.relearning.PARAMS``)."""
 
     @contextmanager

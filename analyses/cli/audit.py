@@ -76,8 +76,8 @@ def register(sub) -> argparse.ArgumentParser:
         "--relearn-params",
         type=_relearn_params,
         default=None,
-        help="which parameters the relearning attack moves: all (default, on a copy), or lean, in place and "
-        "restored exactly: norms, biases, layer:K or lora (a rank-8 update of every block weight)",
+        help="which parameters the relearning attack moves (in place, restored exactly): all (default), or "
+        "lean: norms, biases, layer:K or lora (a rank-8 update of every block weight)",
     )
     p.add_argument(
         "--fact-relearn-params",

@@ -1,6 +1,6 @@
-"""Lean training attacks (issue scale): fact relearning through a rank-8 LoRA on the model itself, in
-place and restored exactly (``analyses.finetune.finetuned``), vs the full fine-tuning of a copy, at the
-same steps on the same facts. The ratio is the full run's time over the lean one's (higher is better,
+"""Lean training attacks (issue scale): fact relearning through a rank-8 LoRA vs fine-tuning every weight,
+both on the model itself, in place and restored exactly (``analyses.finetune.finetuned``), at the same
+steps on the same facts. The ratio is the full run's time over the lean one's (higher is better,
 target >= 1: lean must not cost time); the detail gives each one's peak memory above what was resident
 before it (host RSS on CPU, CUDA memory allocated on GPU) as a multiple of the model's parameter bytes."""
 
@@ -45,7 +45,7 @@ def lean_relearning(ctx: BenchContext) -> Case:
         full,
         lean,
         f"{steps} AdamW steps on {len(facts)} facts; trained numbers: full {n_all}, lean {n_lora}; peak "
-        f"memory above the resident model: full (a copy, its gradients and AdamW state) {extra['full']:.2f}x "
+        f"memory above the resident model: full (every weight's gradients and AdamW state) {extra['full']:.2f}x "
         f"the parameter bytes, lean (rank-8 LoRA in place) {extra['lean']:.2f}x (host RSS on CPU: in a "
         "long-lived process freed heap can hide growth; read it from a fresh `vestige bench` run)",
     )
