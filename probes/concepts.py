@@ -94,6 +94,9 @@ class ScanResult(Result):
         return pd.DataFrame(rows)
 
 
+SCAN_FLOATS = 1 << 24  # logits of value vectors held at once by ``scan`` (64 MB in float32)
+
+
 @torch.no_grad()
 def scan(
     model: Model,
@@ -101,12 +104,13 @@ def scan(
     k: int = 200,
     final_norm: bool = False,
     *,
-    chunk: int | None = 1024,
+    chunk: int | None = 0,
     progress: bool = False,
 ) -> ScanResult:
     """Vocabulary projection ``W_U^T v`` of every value vector, reduced to its top ``k`` tokens.
 
-    Computed on the model's device in chunks of ``chunk`` vectors (None: a whole layer at once): peak
+    Computed on the model's device in chunks of ``chunk`` vectors (None: a whole layer at once; 0, the
+    default: as many as make ``SCAN_FLOATS`` logits, 341 on SmolLM2's 49,152-token vocabulary): peak
     memory is one ``[chunk, d_vocab]`` block of logits, and the result does not depend on ``chunk``. An
     out-of-memory error halves the chunk and retries (``probes.chunks.run_chunked``). The default is the
     ConceptVectors reference projection (yihuaihong/ConceptVectors, ``forget.py`` / ``evaluate_util.py``:
@@ -120,7 +124,7 @@ def scan(
     W_U = model.W_U.detach()
     k = min(k, W_U.shape[1])
     d_mlp = model.cfg.d_mlp
-    chunk = d_mlp if chunk is None else chunk
+    chunk = d_mlp if chunk is None else chunk or max(1, SCAN_FLOATS // W_U.shape[1])
     ids = torch.empty((len(layers), d_mlp, k), dtype=torch.int32)
     scores = torch.empty((len(layers), d_mlp, k), dtype=torch.float32)
     for j, layer in enumerate(tqdm(layers, desc="scan", disable=not progress, leave=False)):

@@ -89,9 +89,7 @@ def lens_logits(
 ) -> Float[torch.Tensor, "... d_vocab"]:
     """Residual stream -> final norm -> unembedding (the model's own output head), soft-capped as the model
     caps its logits (Gemma-2's ``final_logit_softcapping``)."""
-    logits = model.hf.get_output_embeddings()(model.final_norm(resid))
-    cap = getattr(model.hf.config, "final_logit_softcapping", None)
-    return torch.tanh(logits / cap) * cap if cap else logits
+    return model.unembed(model.final_norm(resid))
 
 
 LENS_FLOATS = 1 << 22  # vocabulary-sized log-probabilities held at once by ``logit_lens`` (16 MB float32)
@@ -129,11 +127,15 @@ def logit_lens(
             chunk_d = decoys[start : start + batch_size]
             first = [answer_ids(model, p, d)[1][0] for p, d in zip(chunk_p, chunk_d, strict=True)]
             decoy = torch.tensor(first, device=ids.device)
-        # a few layers at a time: [batch, layers, vocab] log-probabilities within LENS_FLOATS floats
+        # a few layers at a time: [batch, layers, vocab] log-probabilities within LENS_FLOATS floats; each
+        # layer unembedded alone, so that the numbers (and the ranks, near ties included) do not depend on
+        # how many layers a chunk holds (a matmul over more rows may round differently)
         step = max(1, LENS_FLOATS // (len(pairs) * model.cfg.d_vocab))
         for l0 in range(0, n_layers, step):
             l1 = min(l0 + step, n_layers)
-            lp = torch.log_softmax(lens_logits(model, stacked[:, l0:l1]).float(), dim=-1)  # [batch, l, vocab]
+            logits = torch.stack([lens_logits(model, stacked[:, layer]) for layer in range(l0, l1)], dim=1)
+            lp = torch.log_softmax(logits.float(), dim=-1)  # [batch, l, vocab]
+            del logits
             tgt_lp = lp.gather(-1, target[:, None, None].expand(-1, l1 - l0, 1))
             logprob[rows, l0:l1] = tgt_lp.squeeze(-1).cpu().numpy()
             rank[rows, l0:l1] = (lp > tgt_lp).sum(-1).cpu().numpy()

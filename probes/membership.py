@@ -80,8 +80,9 @@ def token_stats(
     model: Model, texts: Sequence[str], *, max_tokens: int = 256, batch_size: int = 4
 ) -> list[TokenStats]:
     """``TokenStats`` of each text, computed in batches (right-padded; padding never enters a value).
-    Memory: the batch's ``[batch, tokens, vocab]`` logits, and the log-softmax and its moments a few
-    positions at a time (``STATS_FLOATS`` floats per working tensor)."""
+    Memory: the batch's final hidden states ``[batch, tokens, d_model]``; the logits, their log-softmax
+    and its moments a few positions at a time (``STATS_FLOATS`` floats per working tensor), never the
+    whole batch's ``[batch, tokens, vocab]`` logits."""
     tok = model.tokenizer
     out: list[TokenStats] = []
     for start in range(0, len(texts), batch_size):
@@ -94,21 +95,21 @@ def token_stats(
                 "predicted token; drop empty texts"
             )
         ids, mask = model.pad(seqs, padding_side="right")
-        logits = model.forward(ids, mask).logits
+        hidden = model.final_hidden(ids, mask)
         n_pred = ids.shape[1] - 1  # position t predicts token t + 1
-        target = torch.empty(len(chunk), n_pred, device=logits.device)
+        target = torch.empty(len(chunk), n_pred, device=hidden.device)
         mu, var = torch.empty_like(target), torch.empty_like(target)
-        step = max(1, STATS_FLOATS // (len(chunk) * logits.shape[-1]))
+        step = max(1, STATS_FLOATS // (len(chunk) * model.cfg.d_vocab))
         for s in range(0, n_pred, step):
             e = min(s + step, n_pred)
-            logq = torch.log_softmax(logits[:, s:e].float(), dim=-1)
+            logq = torch.log_softmax(model.unembed(hidden[:, s:e]).float(), dim=-1)
             p = logq.exp()
             mu[:, s:e] = (p * logq).sum(-1)
             # two-pass: no cancellation in E[x^2] - mu^2
             var[:, s:e] = (p * (logq - mu[:, s:e, None]).square()).sum(-1)
             target[:, s:e] = logq.gather(-1, ids[:, s + 1 : e + 1, None])[..., 0]
             del logq, p
-        del logits
+        del hidden
         sigma = var.clamp(min=0).sqrt()
         for i, (text, s) in enumerate(zip(chunk, seqs, strict=True)):
             n = len(s) - 1

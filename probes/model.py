@@ -413,6 +413,25 @@ class Model:
             mask = torch.ones_like(ids)
         return self.hf(input_ids=ids, attention_mask=mask, position_ids=self.position_ids(mask), **kwargs)
 
+    def final_hidden(
+        self, ids: Int[torch.Tensor, "batch pos"], mask: Int[torch.Tensor, "batch pos"] | None = None
+    ) -> Float[torch.Tensor, "batch pos d_model"]:
+        """The forward's last hidden state (after the final norm): what the output head reads, without the
+        vocabulary-sized logits of every position. ``unembed`` of any slice of it gives the forward's
+        logits there (checked equal on every supported family)."""
+        if mask is None:
+            mask = torch.ones_like(ids)
+        body = self.hf.get_decoder()
+        out = body(input_ids=ids, attention_mask=mask, position_ids=self.position_ids(mask))
+        return out.last_hidden_state
+
+    def unembed(self, hidden: Float[torch.Tensor, "... d_model"]) -> Float[torch.Tensor, "... d_vocab"]:
+        """The output head on final hidden states, soft-capped as the model caps its logits (Gemma-2's
+        ``final_logit_softcapping``)."""
+        logits = self.hf.get_output_embeddings()(hidden)
+        cap = getattr(self.hf.config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
     @torch.no_grad()
     def generate(self, prompts: list[str], max_new_tokens: int = 16, batch_size: int = 16) -> list[str]:
         """Greedy completions of ``prompts`` (left-padded batches), decoded without the prompt."""

@@ -10,9 +10,17 @@ half the QA held out), made once in a child process and saved under ``--checkpoi
 own optimizer state never counts against the audit; a checkpoint already there is reused). This process
 then loads the base and the checkpoint and audits them with ``AuditConfig.quick`` and 10 steps of
 relearning and fact relearning with the chosen parameters. It writes the RSS before any model was loaded,
-the RSS with both models loaded, each stage's peak RSS (``timings.json``'s), the audit's peak, the
-parameter bytes of one model, the multiple (audit peak - RSS before the models) / parameter bytes (the
-two resident models alone make 2.0), both relearnings' forget / floor accuracy, and each stage's seconds.
+the RSS with both models loaded, each stage's peak RSS, start RSS and working memory (``timings.json``'s),
+the audit's peak, the parameter bytes of one model, both relearnings' forget / floor accuracy, each
+stage's seconds, and two multiples (the two resident models alone make 2.0):
+
+- ``multiple``: (audit peak - RSS once the runtime is loaded) / parameter bytes. The runtime is what
+  any audit of any model loads once: the libraries the audit imports as it goes (the tokenizer library,
+  transformers' model code, peft, scikit-learn, scipy, TransformerLens' bridge), measured here by
+  importing them and loading one throw-away tokenizer before the models (``runtime_mb``). It does not
+  grow with the model, so it is left out of the multiple that does.
+- ``multiple_with_runtime``: (audit peak - RSS after importing ``analyses.audit``) / parameter bytes, the
+  measure of the earlier notes: it counts the runtime too, which on a 135M model is about half a model.
 """
 
 from __future__ import annotations
@@ -28,6 +36,24 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from probes.memory import parameter_bytes, rss_bytes  # noqa: E402
 
 CONCEPT = "Wolfgang Amadeus Mozart"
+
+
+def load_runtime(tokenizer_dir: str) -> None:
+    """Import what the audit imports as it goes and load one tokenizer (then drop it): the process then
+    holds the runtime that any audit loads once, whatever the model."""
+    import peft  # noqa: F401
+    import scipy.optimize  # noqa: F401
+    import scipy.stats  # noqa: F401
+    import sklearn.linear_model  # noqa: F401
+    import sklearn.metrics  # noqa: F401
+    import sklearn.model_selection  # noqa: F401
+    from transformer_lens.model_bridge import TransformerBridge  # noqa: F401
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+
+    from probes.memory import release_free_memory
+
+    AutoTokenizer.from_pretrained(tokenizer_dir)
+    release_free_memory()
 
 
 def make_checkpoint(path: str) -> None:
@@ -69,6 +95,8 @@ def main() -> None:
     from probes.data import load_concept
     from probes.model import load_model
 
+    before_runtime = rss_bytes()
+    load_runtime(args.base or args.checkpoint)
     before_models = rss_bytes()
     model = load_model(args.base or "smollm2", device="cpu")
     unlearned = load_model(args.base or args.checkpoint, device="cpu")
@@ -92,12 +120,17 @@ def main() -> None:
         "model": args.base or "smollm2",
         "relearn_params": args.relearn_params,
         "relearn_lr": args.relearn_lr,
+        "rss_before_runtime": before_runtime,
+        "runtime_mb": round((before_models - before_runtime) / 2**20, 1),
         "rss_before_models": before_models,
         "rss_models_loaded": loaded,
         "parameter_bytes": pbytes,
         "audit_peak_rss": peak,
         "multiple": round((peak - before_models) / pbytes, 2),
+        "multiple_with_runtime": round((peak - before_runtime) / pbytes, 2),
         "stage_peak_mb": dict(zip(stages["stage"], stages["peak_mb"], strict=True)),
+        "stage_start_mb": dict(zip(stages["stage"], stages["start_mb"], strict=True)),
+        "stage_working_mb": dict(zip(stages["stage"], stages["working_mb"], strict=True)),
         "stage_seconds": dict(zip(stages["stage"], stages["seconds"], strict=True)),
         "relearning": {
             f: {k: str(calls.loc[f, k]) for k in ("forget", "floor", "forget - floor", "call")}

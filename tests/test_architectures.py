@@ -138,6 +138,12 @@ def test_lens_and_vocabulary_projection_use_the_models_own_head(tiny):
         logits, cache = hooks.run_with_cache(tiny, ids, [hooks.resid_post(last)], mask)
         lens = lens_logits(tiny, cache[hooks.resid_post(last)])
     assert torch.allclose(lens, logits, atol=1e-4), (lens - logits).abs().max()
+    # the final hidden states unembedded a slice at a time (membership's token statistics) = the forward
+    with torch.no_grad():
+        full = tiny.forward(ids, mask).logits
+        hidden = tiny.final_hidden(ids, mask)
+        sliced = torch.cat([tiny.unembed(hidden[:, i : i + 2]) for i in range(0, ids.shape[1], 2)], 1)
+    assert torch.allclose(sliced, full, atol=1e-5), (sliced - full).abs().max()
     layer, k = 1, 5
     res = scan(tiny, [layer], k=k, final_norm=True)
     w = tiny.W_out(layer).detach()

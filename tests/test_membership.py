@@ -57,11 +57,13 @@ def _hand_scores(model, text: str, k: float) -> dict[str, float]:
 def test_scores_equal_a_hand_computation_and_batching_changes_nothing(name, request, monkeypatch):
     model = request.getfixturevalue(name)
     batched = membership_scores(model, TEXTS, MembershipConfig(batch_size=3, k=0.3))
-    # the log-softmax in slices of positions (one position at a time here) gives the same numbers
+    # the unembedding and log-softmax in slices of positions (one position at a time here) give the same
+    # numbers, to float32 rounding (a matmul over fewer rows rounds differently: 7e-6 in min-k++, which
+    # divides by sigma)
     monkeypatch.setattr("probes.membership.STATS_FLOATS", 1)
     one_position = membership_scores(model, TEXTS, MembershipConfig(batch_size=3, k=0.3))
     monkeypatch.undo()
-    np.testing.assert_allclose(one_position.to_numpy(), batched.to_numpy(), atol=1e-6)
+    np.testing.assert_allclose(one_position.to_numpy(), batched.to_numpy(), atol=2e-5)
     alone = membership_scores(model, TEXTS, MembershipConfig(batch_size=1, k=0.3))
     np.testing.assert_allclose(batched.to_numpy(), alone.to_numpy(), atol=1e-4)  # right padding leaks nothing
     for i, text in enumerate(TEXTS):

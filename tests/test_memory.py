@@ -155,6 +155,9 @@ def test_audit_writes_each_stages_seconds_and_peak_memory_and_marks_cached_stage
         assert row["cached"] is False, name
         assert row["seconds"] >= 0 and row["peak_bytes"] >= 2 * n_bytes, (name, row)
         assert row["peak_mb"] == pytest.approx(row["peak_bytes"] / MB, abs=0.06)
+        # what the stage added: its peak over what was resident when it began (both models at least)
+        assert row["start_mb"] >= 2 * n_bytes / MB and row["working_mb"] >= 0, (name, row)
+        assert row["working_mb"] == pytest.approx(row["peak_mb"] - row["start_mb"], abs=0.11)
     assert stages["relearn"]["seconds"] > 0
     assert timings["total_seconds"] >= sum(r["seconds"] for r in stages.values()) - 0.05
     assert set(timings["attacks"]) == set(result.attacks_frame()["attack"])
@@ -165,4 +168,5 @@ def test_audit_writes_each_stages_seconds_and_peak_memory_and_marks_cached_stage
     cached = json.loads((tmp_path / "timings.json").read_text())["stages"]
     assert set(cached) == set(stages)
     assert all(r["cached"] is True and r["peak_bytes"] is None for r in cached.values()), cached
+    assert all(r["working_mb"] is None for r in cached.values()), cached
     assert again.verdict == result.verdict

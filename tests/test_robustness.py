@@ -630,6 +630,23 @@ def test_scan_materializes_at_most_chunk_rows(tiny, monkeypatch):
     assert sum(s[0] for s in shapes) == tiny.cfg.d_mlp
 
 
+def test_scan_by_default_holds_scan_floats_of_logits(tiny, monkeypatch):
+    """The default chunk holds ``SCAN_FLOATS`` logits (here three vectors' worth) and scans as a whole
+    layer does."""
+    whole = C.scan(tiny, [1], k=5, chunk=None)
+    real_topk, shapes = torch.topk, []
+
+    def topk(x, *a, **k):
+        shapes.append(tuple(x.shape))
+        return real_topk(x, *a, **k)
+
+    monkeypatch.setattr(C, "SCAN_FLOATS", 3 * tiny.cfg.d_vocab + 1)
+    monkeypatch.setattr(torch, "topk", topk)
+    part = C.scan(tiny, [1], k=5)
+    assert max(s[0] for s in shapes) == 3 and sum(s[0] for s in shapes) == tiny.cfg.d_mlp
+    assert torch.equal(part.token_ids, whole.token_ids)
+
+
 def test_run_chunked_halves_on_out_of_memory():
     done: list[tuple[int, int]] = []
 

@@ -123,8 +123,9 @@ class AuditResult(Result):
         return frame
 
     def timings_frame(self) -> pd.DataFrame:
-        """One row per stage: seconds, peak memory (MB, of ``memory_kind``: host RSS on CPU, CUDA memory
-        allocated on GPU) and whether the stage was read from the stage cache (then no peak)."""
+        """One row per stage: seconds, peak memory (MiB, of ``memory_kind``: host RSS on CPU, CUDA memory
+        allocated on GPU), what was resident when it began and its working memory (peak - start), and
+        whether the stage was read from the stage cache (then no memory)."""
         stages = self.timings.get("stages", {})
         frame = pd.DataFrame(
             [

@@ -378,13 +378,17 @@ def _relearn_params_that_fit(model: Model, cfg: AuditConfig) -> tuple[AuditConfi
 
 
 def _stage_row(peak: PeakMemory, *, cached: bool) -> dict[str, Any]:
-    """One stage of timings.json. A stage read from the stage cache ran nothing: its seconds are the read
-    and its peak is not the stage's, so the peak is left out (None)."""
+    """One stage of timings.json: seconds, the peak (``peak_bytes``, ``peak_mb``: everything resident, both
+    models included), what was resident when it began (``start_mb``, after the heap trim) and its working
+    memory (``working_mb`` = peak - start: what the stage itself added). A stage read from the stage cache
+    ran nothing: its seconds are the read and its memory is not the stage's, so those are left out (None)."""
     return {
         "seconds": round(peak.seconds, 3),
         "cached": cached,
         "peak_bytes": None if cached else peak.bytes,
         "peak_mb": None if cached else round(peak.megabytes, 1),
+        "start_mb": None if cached else round(peak.start_bytes / 2**20, 1),
+        "working_mb": None if cached else round((peak.bytes - peak.start_bytes) / 2**20, 1),
     }
 
 
