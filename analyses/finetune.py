@@ -218,10 +218,13 @@ def finetuned(
             pick = torch.randperm(len(examples), generator=gen)[:batch_size].tolist()
             chosen = [examples[i] for i in pick]
             for group in micro_batches(chosen, lambda e: len(e.ids), budget):
-                yield sequence_nll(work, make_batch(work, group)).sum() / len(chosen)
+                # checkpointed forward (its backward recomputes the blocks); only the loss's forward: a
+                # checkpointed block drops the key/value cache, which ``after_step``'s scoring may decode with
+                with activation_checkpointing(work.hf):
+                    part = sequence_nll(work, make_batch(work, group)).sum() / len(chosen)
+                yield part
 
-        with activation_checkpointing(work.hf):
-            train(trainable, step_loss, steps, lr=lr, desc=desc, after_step=after_step)
+        train(trainable, step_loss, steps, lr=lr, desc=desc, after_step=after_step)
         for p in trainable:
             p.grad = None
         yield work

@@ -198,14 +198,14 @@ def fit_soft_prompt(
 
         def step_loss(step: int) -> torch.Tensor:
             pick = torch.randperm(len(examples), generator=gen)[: cfg.batch_size].tolist()
-            with soft_prompted(model, vectors, t):
+            # the same gradient, one block's activations at a time (the forward only: see finetuned)
+            with soft_prompted(model, vectors, t), activation_checkpointing(model.hf):
                 loss = sequence_nll(model, make_batch(model, [examples[i] for i in pick])).mean()
             losses.append(float(loss.detach()))
             return loss
 
         if cfg.steps:
-            with activation_checkpointing(model.hf):  # the same gradient, one block's activations at a time
-                train([vectors], step_loss, cfg.steps, lr=cfg.lr, desc="soft prompt", progress=progress)
+            train([vectors], step_loss, cfg.steps, lr=cfg.lr, desc="soft prompt", progress=progress)
     finally:
         for p, f in zip(params, flags, strict=True):
             p.requires_grad_(f)

@@ -173,8 +173,10 @@ def activation_checkpointing(module: torch.nn.Module) -> Iterator[bool]:
     non-reentrant): the activations held for a backward pass shrink from every block's intermediates to
     one block's, for one more forward pass.
     Dropout modules keep their own train/eval state (only the blocks' checkpointing switch is set), so the
-    gradients are those of the same computation without checkpointing (tested). Yields whether any block
-    was switched; everything is put back on leaving, also on an exception."""
+    gradients are those of the same computation without checkpointing (tested). Put the loss's forward
+    alone inside the block (its backward may run after it): a checkpointed block drops the key/value
+    cache, so generation inside it would decode without its past. Yields whether any block was switched;
+    everything is put back on leaving, also on an exception."""
     import functools
 
     from torch.utils.checkpoint import checkpoint

@@ -309,6 +309,30 @@ def test_activation_checkpointing_gives_the_same_gradient_and_puts_every_flag_ba
     assert micro_batch_tokens(work) >= 1
 
 
+def test_scoring_between_steps_runs_without_checkpointing(gpt2):
+    """``finetuned`` checkpoints only the loss's forward: ``after_step`` (the relearning curves score the
+    model there, greedy decoding with a key/value cache) sees no checkpointed block and the cache setting
+    as it was. Inside, a checkpointed block drops the cache, and the curves read 0.6-0.7 where 0.9-1.0 was
+    right (GA Mozart, norms)."""
+    from analyses.finetune import finetuned
+    from analyses.training import checkpointed_blocks
+    from analyses.unlearn.batches import qa_examples
+
+    seen = []
+
+    def after(step: int, loss: float) -> bool:
+        seen.append(
+            (any(b.gradient_checkpointing for b in checkpointed_blocks(work.hf)), work.hf.config.use_cache)
+        )
+        return False
+
+    work = gpt2.copy()
+    kw = dict(steps=2, lr=1e-3, batch_size=2, seed=0, desc="t", params="norms", after_step=after)
+    with finetuned(work, lambda w: qa_examples(w, FACTS), **kw):
+        pass
+    assert seen == [(False, True), (False, True)]
+
+
 def test_half_precision_trains_through_float32_masters(gpt2):
     """A bfloat16 model (the default on a GPU) trains through float32 master weights (analyses.training):
     AdamW steps of 3e-5 applied to bfloat16 weights directly round away for all but the smallest weights;
