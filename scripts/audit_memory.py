@@ -110,6 +110,7 @@ def main() -> None:
         fact_relearn_params=args.relearn_params,
         relearn_lr=args.relearn_lr,
         fact_relearn_lr=args.relearn_lr,
+        attack_when_nothing_to_forget=True,  # a seeded --base knows nothing: every stage must still run
     )
     result = audit(model, unlearned, concept, config=cfg, trained_items=trained, progress=False)
     stages = result.timings_frame()

@@ -7,8 +7,9 @@ how the audit's memory scales with the parameter count (``scripts/audit_memory.p
 Width factor w multiplies d_model (576), d_mlp (1536) and the head count (9 query / 3 key-value heads of
 64 dimensions); the 30 layers, the vocabulary and the tokenizer stay SmolLM2's, so every concept file
 validates on it. Weights are drawn from the config's own initializer under ``torch.manual_seed(seed)``
-and saved as safetensors. A seeded model knows no concept: its audit ends "nothing to forget", but every
-stage still runs on weights of the chosen size, which is what the measurement needs.
+and saved as safetensors. A seeded model knows no concept: its audit ends "nothing to forget", but with
+``AuditConfig(attack_when_nothing_to_forget=True)`` (which ``audit_memory.py`` sets) every stage still runs on
+weights of the chosen size, which is what the measurement needs.
 """
 
 from __future__ import annotations

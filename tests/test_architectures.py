@@ -321,7 +321,14 @@ def test_unlearning_and_the_audit_run_on_every_layout(tiny):
     assert weights_checksum(tiny) == before
     after_ga = weights_checksum(run.model)
     assert after_ga != before
-    cfg = AuditConfig.quick(floor_limit=8, n_vectors=3, relearn_steps=1, fact_relearn_steps=1, head_top_k=2)
+    cfg = AuditConfig.quick(
+        floor_limit=8,
+        n_vectors=3,
+        relearn_steps=1,
+        fact_relearn_steps=1,
+        head_top_k=2,
+        attack_when_nothing_to_forget=True,  # a seeded model knows nothing: train and restore on every layout
+    )
     result = audit(tiny, run.model, CONCEPT, config=cfg, trained_items=run.trained_items, progress=False)
     assert result.verdict in ("removed", "suppressed", "inconclusive")
     assert {c.family for c in result.traces} >= {"behaviour", "prompt_attacks", "logit_lens", "probes"}

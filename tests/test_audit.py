@@ -178,6 +178,64 @@ def test_verdict_inconclusive_when_behaviour_stays_or_the_base_does_not_know():
     assert v == "inconclusive" and "above the floor" in reasons[-1]
 
 
+def test_the_weight_attacks_are_skipped_only_when_there_is_nothing_to_forget():
+    """``runner._skip_when_nothing_to_forget`` applies the verdict's own test (``rule.nothing_to_forget``) to
+    the base's per-item values: a base at the floor turns the weight attacks, membership and the trace search
+    off with a note naming each; a base above it, or ``attack_when_nothing_to_forget``, keeps the config (and
+    the latter never computes the base's values)."""
+    from analyses.audit.rule import nothing_to_forget
+    from analyses.audit.runner import _skip_when_nothing_to_forget
+
+    cfg = AuditConfig(bootstrap=500)
+    unknown = {"forget": [False, True, False, False, False, False], "floor": [False, False, True, False]}
+    known = {"forget": [True] * 6, "floor": [False] * 4}
+    off, notes = _skip_when_nothing_to_forget(cfg, lambda: unknown)
+    assert (off.relearn_steps, off.fact_relearn_steps, off.soft_prompt_steps) == (0, 0, 0)
+    assert (off.quantize_bits, off.membership, off.trace_max) == (0, False, 0)
+    assert off.attacks == cfg.attacks and off.n_vectors == cfg.n_vectors  # prompt attacks and traces stay
+    assert len(notes) == 1 and "nothing to forget" in notes[0]
+    for setting in ("relearn_steps=0", "fact_relearn_steps=0", "quantize_bits=0", "trace_max=0"):
+        assert setting in notes[0]
+    assert _skip_when_nothing_to_forget(cfg, lambda: known) == (cfg, [])
+    forced = replace(cfg, attack_when_nothing_to_forget=True)
+
+    def never():
+        raise AssertionError("the base's values are not needed when the attacks always run")
+
+    assert _skip_when_nothing_to_forget(forced, never) == (forced, [])
+    # already off: nothing to say
+    quiet = replace(off, attack_when_nothing_to_forget=False)
+    assert _skip_when_nothing_to_forget(quiet, lambda: unknown) == (quiet, [])
+    # the same test the verdict applies, on the same numbers
+    b = bootstrap_mean(unknown["forget"], n_boot=500, seed=0)
+    assert nothing_to_forget(b, bootstrap_mean(unknown["floor"], n_boot=500, seed=0))
+    assert nothing_to_forget(_iv(0.0, 0.0, 0.0), None) and not nothing_to_forget(_iv(0.5, 0.3, 0.7), None)
+
+
+@pytest.mark.slow
+def test_an_audit_of_what_the_base_never_knew_skips_the_weight_attacks():
+    """A seeded model knows no concept: its audit says "nothing to forget", records the config that ran
+    (weight attacks off) and notes why; the relearning families are then not measured."""
+    from test_architectures import CONCEPT, tiny_model
+
+    base = tiny_model("llama3")
+    unlearned = base.copy()
+    with torch.no_grad():
+        unlearned.W_out(1)[3].zero_()
+    cfg = AuditConfig.quick(
+        floor_limit=8, n_vectors=3, relearn_steps=1, fact_relearn_steps=1, head_top_k=2, probe_dataset=""
+    )
+    result = audit(base, unlearned, CONCEPT, config=cfg, progress=False)
+    assert result.verdict == "inconclusive" and any("nothing to forget" in r for r in result.reasons)
+    assert any("nothing to forget, so the attacks" in n for n in result.notes), result.notes
+    ran = result.extra["config"]
+    assert ran["relearn_steps"] == 0 and ran["fact_relearn_steps"] == 0 and ran["membership"] is False
+    calls = {c.family: c.call for c in result.traces}
+    assert calls["relearning"] == "not measured" and calls["fact_relearning"] == "not measured"
+    assert not result.extra["membership"]
+    # with attack_when_nothing_to_forget the same audit relearns: tests/test_memory.py's audit
+
+
 def test_bootstrap_interval_agrees_with_the_normal_approximation_and_covers():
     """Against an independent computation: for Bernoulli(0.5) items the 95% interval's width is close to
     2 * 1.96 * sqrt(p (1-p) / n), and over 300 samples it covers the true mean about 95% of the time."""

@@ -506,8 +506,20 @@ def test_audit_end_to_end_without_optional_fields(field, gpt2, capsys, monkeypat
     path = _write(tmp_path / "c.json", concept)
     monkeypatch.setattr(analyses.cli.common, "load", lambda spec, args, **_: gpt2)
     argv = ["audit", "--base", "b", "--unlearned", "u", "--concept-file", str(path), "--out", str(tmp_path)]
-    code, out, err = _run(capsys, argv + ["--quick", "--n-vectors", "2", "--relearn-steps", "1", "--json"])
+    # the seeded gpt2 knows nothing: the flag keeps the relearning attack the audit would otherwise skip
+    flags = [
+        "--quick",
+        "--n-vectors",
+        "2",
+        "--relearn-steps",
+        "1",
+        "--attack-when-nothing-to-forget",
+        "--json",
+    ]
+    code, out, err = _run(capsys, argv + flags)
     assert code == 0 and "Traceback" not in err, err
     assert (tmp_path / "report.html").exists()
-    notes = json.loads((tmp_path / "audit.json").read_text())["notes"]
+    report = json.loads((tmp_path / "audit.json").read_text())
+    notes = report["notes"]
     assert any("relearning attack skipped" in n for n in notes), notes
+    assert report["config"]["attack_when_nothing_to_forget"] is True

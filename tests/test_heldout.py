@@ -115,7 +115,9 @@ def test_audit_scores_what_the_run_held_out_and_refuses_trained_items(gpt2, tmp_
             trained_items=[q.prompt for q in trained.qa],
             progress=False,
         )
-        assert not r.notes and r.behaviour["items"]["heldout"] == [q.prompt for q in held.qa]
+        # the seeded gpt2 knows nothing: the only note is that the weight attacks were skipped for it
+        assert all("nothing to forget, so the attacks" in n for n in r.notes), r.notes
+        assert r.behaviour["items"]["heldout"] == [q.prompt for q in held.qa]
         assert r.behaviour["items"]["trained"] == [q.prompt for q in trained.qa]
         assert "trained_split_forget_accuracy" in r.behaviour
         assert [i["prompt"] for i in r.items if i["split"] == "heldout"] == [q.prompt for q in held.qa]

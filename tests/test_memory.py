@@ -141,6 +141,7 @@ def test_audit_writes_each_stages_seconds_and_peak_memory_and_marks_cached_stage
         head_top_k=2,
         probe_dataset="",
         quantize_bits=0,
+        attack_when_nothing_to_forget=True,  # a seeded model knows nothing: run every stage all the same
     )
     result = audit(base, unlearned, CONCEPT, config=cfg, out=tmp_path, progress=False)
     timings = json.loads((tmp_path / "timings.json").read_text())
@@ -170,3 +171,8 @@ def test_audit_writes_each_stages_seconds_and_peak_memory_and_marks_cached_stage
     assert all(r["cached"] is True and r["peak_bytes"] is None for r in cached.values()), cached
     assert all(r["working_mb"] is None for r in cached.values()), cached
     assert again.verdict == result.verdict
+    # nothing to forget on a seeded model, yet every stage ran as asked (attack_when_nothing_to_forget)
+    assert any("nothing to forget" in r for r in result.reasons)
+    assert result.extra["config"]["relearn_steps"] == 1
+    assert {c.family: c.call for c in result.traces}["relearning"] != "not measured"
+    assert not any("nothing to forget, so the attacks" in n for n in result.notes)

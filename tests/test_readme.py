@@ -106,6 +106,9 @@ def test_readme_commands_run(tmp_path):
         assert report["concept"] == concept and report["verdict"] == "inconclusive"
         # SmolLM2 never read these invented authors: the audit must say there is nothing to forget
         assert any("nothing to forget" in r for r in report["reasons"]), report["reasons"]
+        # so the weight attacks were skipped, with a note, and the config says what ran
+        assert any("nothing to forget, so the attacks" in n for n in report["notes"]), report["notes"]
+        assert report["config"]["relearn_steps"] == 0 and report["config"]["quantize_bits"] == 0
     assert (tmp_path / "out" / "bench" / "bench.json").exists()
 
 

@@ -19,9 +19,9 @@ class AuditConfig(Result):
     sample_top_p: float = 0.95
     relearn_steps: int = 10
     relearn_lr: float = 3e-5
-    # which parameters the relearning attack moves (``analyses.relearning.PARAMS``); ``all`` fine-tunes a
-    # copy, every other choice trains the model itself, lean, and restores it exactly (``behaviour.finetuned``).
-    # ``all`` turns to ``lora`` (with a note) when the copy would not fit the free memory
+    # which parameters the relearning attack moves (``analyses.relearning.PARAMS``); every choice trains the
+    # audited model itself and restores it bit for bit (``analyses.finetune.finetuned``). ``all`` turns to
+    # ``lora`` (with a note) when its gradients and AdamW state would not fit the free memory
     # (``analyses.finetune.lean_unless_it_fits``); the same holds for ``fact_relearn_params``
     relearn_params: str = "all"
     # membership inference on the concept's text against the floor's (reported; ``stages._membership_stage``)
@@ -87,6 +87,12 @@ class AuditConfig(Result):
     # without it an oracle with 8 families would be called suppressed by chance up to 1 - 0.975^8 = 18% of the
     # time); False tests each at 95%. "Gone" needs every family, so each stays at 95%.
     family_wise: bool = True
+    # When the base does not answer the audited questions above the floor (``rule.nothing_to_forget``: the
+    # verdict is then inconclusive, "nothing to forget", whatever the traces read), the attacks that train or
+    # round weights (relearning, fact relearning, the soft prompt, quantization), membership inference and
+    # the trace search are skipped, with a note: they would take most of the audit's time to measure nothing.
+    # True runs them anyway (e.g. to time or measure the memory of every stage on a seeded model).
+    attack_when_nothing_to_forget: bool = False
 
     def __post_init__(self) -> None:
         unknown = [a for a in self.attacks if a not in ATTACK_CHOICES]

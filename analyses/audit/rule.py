@@ -280,6 +280,13 @@ def call_vectors(
     )
 
 
+def nothing_to_forget(base_accuracy: Interval, base_floor: Interval | None) -> bool:
+    """The base does not answer the concept's (audited) questions above the knowledge floor: its greedy
+    accuracy is 0, or its 95% interval does not start above the floor's. Nothing was there to forget, so
+    the verdict is inconclusive whatever the traces read."""
+    return base_accuracy.mean <= 0 or (base_floor is not None and not base_accuracy.above(base_floor))
+
+
 def verdict(
     calls: Sequence[TraceCall],
     *,
@@ -291,7 +298,7 @@ def verdict(
     b, u = base_accuracy, unlearned_accuracy
     gone = u.mean <= 0.5 * b.mean
     reasons = [f"forget accuracy {b.mean:.2f} -> {u.mean:.2f} ({'gone' if gone else 'not gone'})"]
-    if b.mean <= 0 or (base_floor is not None and not b.above(base_floor)):
+    if nothing_to_forget(b, base_floor):
         floor = f" {base_floor}" if base_floor is not None else ""
         return "inconclusive", reasons + [
             f"the base does not answer the concept's questions ({b}) above the floor{floor}: nothing to forget"

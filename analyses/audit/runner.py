@@ -20,7 +20,15 @@ from analyses.audit.config import AuditConfig
 from analyses.audit.report import audit_report
 from analyses.audit.result import AuditResult
 from analyses.audit.retain import RetainCall, compare_with_retain
-from analyses.audit.rule import ATTACK_FAMILIES, FAMILIES, TraceCall, call_family, call_vectors, verdict
+from analyses.audit.rule import (
+    ATTACK_FAMILIES,
+    FAMILIES,
+    TraceCall,
+    call_family,
+    call_vectors,
+    nothing_to_forget,
+    verdict,
+)
 from analyses.audit.traces import item_sets
 from analyses.behaviour import answer_free_text
 from analyses.query_forms import ITEM_FORMS, check_item_form
@@ -158,6 +166,10 @@ def audit(
     # index weights; another training run cannot be, and its vector comparison is "not comparable".
     with aligned_to(base, unlearned, seed=cfg.seed) as basis:
         behaviour = run("behaviour", lambda: stages._behaviour(base, unlearned, concept, cfg, on_base))
+        cfg, skipped = _skip_when_nothing_to_forget(
+            cfg, lambda: stages.base_behaviour_values(base, the_item_sets(), behaviour, cfg, on_base)
+        )
+        notes += skipped
         relearn = run(
             "relearn",
             lambda: stages._relearn_stage(base, unlearned, concept, the_item_sets(), cfg, on_base),
@@ -375,6 +387,42 @@ def _relearn_params_that_fit(model: Model, cfg: AuditConfig) -> tuple[AuditConfi
             if note not in notes:
                 notes.append(note)
     return (replace(cfg, **changes) if changes else cfg), notes
+
+
+def _skip_when_nothing_to_forget(
+    cfg: AuditConfig, base_values: Callable[[], dict[str, Any]]
+) -> tuple[AuditConfig, list[str]]:
+    """``cfg`` with the weight attacks, membership and the trace search off when the base does not answer
+    the audited items above the floor (``rule.nothing_to_forget``, the verdict's own test on the same values
+    and bootstrap draws), and the note that says so; ``cfg`` unchanged otherwise, or when
+    ``cfg.attack_when_nothing_to_forget``. The returned config is the one the result records (what ran)."""
+    if cfg.attack_when_nothing_to_forget:
+        return cfg, []
+    tb = base_values()
+    n_boot = cfg.bootstrap
+    b = bootstrap_mean(tb["forget"], n_boot=n_boot, seed=cfg.seed)
+    floor = bootstrap_mean(tb["floor"], n_boot=n_boot, seed=cfg.seed) if tb["floor"] else None
+    if not nothing_to_forget(b, floor):
+        return cfg, []
+    off = {
+        "relearn_steps": 0,
+        "fact_relearn_steps": 0,
+        "soft_prompt_steps": 0,
+        "quantize_bits": 0,
+        "membership": False,
+        "trace_max": 0,
+    }
+    skipped = [k for k, v in off.items() if getattr(cfg, k) != v]
+    if not skipped:
+        return cfg, []
+    at_floor = f" (floor {floor})" if floor is not None else ""
+    return replace(cfg, **off), [
+        f"the base answers {b} of the audited items{at_floor}: nothing to forget, so the attacks that train or "
+        "round weights, membership inference and the trace search were skipped ("
+        + ", ".join(f"{k}={off[k]}" for k in skipped)
+        + "); AuditConfig(attack_when_nothing_to_forget=True) (`vestige audit "
+        "--attack-when-nothing-to-forget`) runs them anyway"
+    ]
 
 
 def _stage_row(peak: PeakMemory, *, cached: bool) -> dict[str, Any]:

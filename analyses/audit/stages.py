@@ -490,6 +490,20 @@ def _interventions(
     return out
 
 
+def base_behaviour_values(
+    base: Model, sets: Any, behaviour: dict[str, Any], cfg: AuditConfig, on_base: OnBase
+) -> dict[str, Any]:
+    """The base's greedy correctness per item on the forget, control and floor sets (computed once per
+    base: the runner reads it right after the behaviour stage to tell whether there is anything to forget,
+    the ``traces`` stage for the behaviour family)."""
+    from analyses.audit import traces as T
+
+    known = behaviour["base"]["forget_items"]
+    return on_base(
+        "traces_behaviour", lambda: T.behaviour_values(base, sets, batch_size=cfg.batch_size, forget=known)
+    )
+
+
 def _traces(
     base: Model,
     unlearned: Model,
@@ -516,9 +530,7 @@ def _traces(
     # from the relearn stage: the same measurements of the same items
     known = {who: behaviour[who]["forget_items"] for who in ("base", "unlearned")}
     out["behaviour"] = {
-        "base": on_base(
-            "traces_behaviour", lambda: T.behaviour_values(base, sets, batch_size=bs, forget=known["base"])
-        ),
+        "base": base_behaviour_values(base, sets, behaviour, cfg, on_base),
         "unlearned": T.behaviour_values(unlearned, sets, batch_size=bs, forget=known["unlearned"]),
     }
     out["prompt_attacks"] = {

@@ -158,6 +158,13 @@ def register(sub) -> argparse.ArgumentParser:
         help="audit items the unlearning run trained on (refused by default: that measures memorisation)",
     )
     p.add_argument(
+        "--attack-when-nothing-to-forget",
+        action="store_true",
+        help="run the weight attacks, membership and the trace search even when the base does not answer "
+        "the concept's questions above the floor (skipped by default: the verdict is then 'nothing to "
+        "forget' whatever they read)",
+    )
+    p.add_argument(
         "--floor",
         default=None,
         help="concept file of facts the base never knew, the chance level of every trace (default: the "
@@ -219,6 +226,7 @@ def run(args: argparse.Namespace) -> int:
         "heldout": args.heldout,
         "heldout_seed": args.heldout_seed,
         "allow_trained_items": args.allow_trained_items or None,
+        "attack_when_nothing_to_forget": args.attack_when_nothing_to_forget or None,
     }
     given = {k: v for k, v in given.items() if v is not None} | {"seed": args.seed}
     cfg = audit_mod.AuditConfig.quick(**given) if args.quick else audit_mod.AuditConfig(**given)
