@@ -297,7 +297,9 @@ def test_audit_resumes_from_cache_and_is_deterministic(smol, tmp_path, monkeypat
     with torch.no_grad():
         for layer, neuron in refs:
             unlearned.W_out(layer)[neuron].zero_()
-    cfg = AuditConfig.quick(n_vectors=5, fact_relearn_steps=2)
+    # two items: SmolLM2's accuracy on them is not above the floor by its interval, so every attack is asked
+    # for (the attack table's rows below), not skipped as for a concept with nothing to forget
+    cfg = AuditConfig.quick(n_vectors=5, fact_relearn_steps=2, attack_when_nothing_to_forget=True)
     first = audit(smol, unlearned, TOY, config=cfg, out=tmp_path / "a", progress=False)
     text = (tmp_path / "a" / "audit.json").read_text()
 
