@@ -52,7 +52,7 @@ def load_runtime(tokenizer_dir: str) -> None:
 
     from probes.memory import release_free_memory
 
-    AutoTokenizer.from_pretrained(tokenizer_dir)
+    AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)  # a local folder: never the hub
     release_free_memory()
 
 

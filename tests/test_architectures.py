@@ -206,6 +206,9 @@ def test_head_masking_and_patching_act_on_the_heads_the_hf_model_computes(tiny):
     assert torch.allclose(patched[0, same], clean_logits[0, same], atol=1e-4)
 
 
+# the cheapest audit that still runs every stage's code on a tiny model (AuditConfig.quick overrides)
+TINY_AUDIT = dict(floor_limit=8, n_vectors=3, relearn_steps=1, fact_relearn_steps=1, head_top_k=2)
+
 CONCEPT = Concept(
     "Harry Potter",
     qa=(
@@ -321,14 +324,8 @@ def test_unlearning_and_the_audit_run_on_every_layout(tiny):
     assert weights_checksum(tiny) == before
     after_ga = weights_checksum(run.model)
     assert after_ga != before
-    cfg = AuditConfig.quick(
-        floor_limit=8,
-        n_vectors=3,
-        relearn_steps=1,
-        fact_relearn_steps=1,
-        head_top_k=2,
-        attack_when_nothing_to_forget=True,  # a seeded model knows nothing: train and restore on every layout
-    )
+    # a seeded model knows nothing: attack_when_nothing_to_forget trains and restores on every layout anyway
+    cfg = AuditConfig.quick(**TINY_AUDIT, attack_when_nothing_to_forget=True)
     result = audit(tiny, run.model, CONCEPT, config=cfg, trained_items=run.trained_items, progress=False)
     assert result.verdict in ("removed", "suppressed", "inconclusive")
     assert {c.family for c in result.traces} >= {"behaviour", "prompt_attacks", "logit_lens", "probes"}

@@ -216,15 +216,13 @@ def test_the_weight_attacks_are_skipped_only_when_there_is_nothing_to_forget():
 def test_an_audit_of_what_the_base_never_knew_skips_the_weight_attacks():
     """A seeded model knows no concept: its audit says "nothing to forget", records the config that ran
     (weight attacks off) and notes why; the relearning families are then not measured."""
-    from test_architectures import CONCEPT, tiny_model
+    from test_architectures import CONCEPT, TINY_AUDIT, tiny_model
 
     base = tiny_model("llama3")
     unlearned = base.copy()
     with torch.no_grad():
         unlearned.W_out(1)[3].zero_()
-    cfg = AuditConfig.quick(
-        floor_limit=8, n_vectors=3, relearn_steps=1, fact_relearn_steps=1, head_top_k=2, probe_dataset=""
-    )
+    cfg = AuditConfig.quick(**TINY_AUDIT, probe_dataset="")
     result = audit(base, unlearned, CONCEPT, config=cfg, progress=False)
     assert result.verdict == "inconclusive" and any("nothing to forget" in r for r in result.reasons)
     assert any("nothing to forget, so the attacks" in n for n in result.notes), result.notes

@@ -125,7 +125,7 @@ def test_audit_writes_each_stages_seconds_and_peak_memory_and_marks_cached_stage
     seconds and peak RSS (at least the two models' weights, which are resident), the parameter bytes of
     both models, and equals ``AuditResult.timings``; a second run over the same folder reads every stage
     from the cache and records each as cached, with no peak."""
-    from test_architectures import CONCEPT, tiny_model
+    from test_architectures import CONCEPT, TINY_AUDIT, tiny_model
 
     from analyses.audit import AuditConfig, audit
 
@@ -133,15 +133,9 @@ def test_audit_writes_each_stages_seconds_and_peak_memory_and_marks_cached_stage
     unlearned = base.copy()
     with torch.no_grad():
         unlearned.W_out(1)[3].zero_()
+    # a seeded model knows nothing: attack_when_nothing_to_forget runs every stage all the same
     cfg = AuditConfig.quick(
-        floor_limit=8,
-        n_vectors=3,
-        relearn_steps=1,
-        fact_relearn_steps=1,
-        head_top_k=2,
-        probe_dataset="",
-        quantize_bits=0,
-        attack_when_nothing_to_forget=True,  # a seeded model knows nothing: run every stage all the same
+        **TINY_AUDIT, probe_dataset="", quantize_bits=0, attack_when_nothing_to_forget=True
     )
     result = audit(base, unlearned, CONCEPT, config=cfg, out=tmp_path, progress=False)
     timings = json.loads((tmp_path / "timings.json").read_text())
