@@ -187,13 +187,9 @@ def fit_soft_prompt(
     vectors = torch.nn.Parameter(start.clone().to(model.device))
     examples = qa_examples(model, [replace(q, prompt=prefix + q.prompt) for q in facts])
     gen = torch.Generator().manual_seed(cfg.seed)
-    params = list(model.hf.parameters())
-    flags = [p.requires_grad for p in params]
     was_training = model.hf.training
     losses: list[float] = []
     try:
-        for p in params:
-            p.requires_grad_(False)
         model.hf.train(False)
 
         def step_loss(step: int) -> torch.Tensor:
@@ -205,10 +201,9 @@ def fit_soft_prompt(
             return loss
 
         if cfg.steps:
-            train([vectors], step_loss, cfg.steps, lr=cfg.lr, desc="soft prompt", progress=progress)
+            with model.frozen():
+                train([vectors], step_loss, cfg.steps, lr=cfg.lr, desc="soft prompt", progress=progress)
     finally:
-        for p, f in zip(params, flags, strict=True):
-            p.requires_grad_(f)
         model.hf.train(was_training)
     return SoftPrompt(vectors.detach().float().cpu(), marker, t, tuple(losses), cfg)
 

@@ -92,7 +92,13 @@ def lens_logits(
     return model.unembed(model.final_norm(resid))
 
 
-LENS_FLOATS = 1 << 22  # vocabulary-sized log-probabilities held at once by ``logit_lens`` (16 MB float32)
+LENS_FLOATS = 1 << 20  # vocabulary-sized log-probabilities held at once by ``logit_lens`` (4 MB float32)
+
+
+def _count_above(lp: Float[torch.Tensor, "b l v"], threshold: Float[torch.Tensor, "b l 1"]) -> np.ndarray:
+    """How many entries of each row of ``lp`` exceed ``threshold`` (a rank), counted in int32: summing the
+    boolean comparison as it is would first copy it to int64, twice the size of the log-probabilities."""
+    return (lp > threshold).sum(-1, dtype=torch.int32).cpu().numpy()
 
 
 @torch.no_grad()
@@ -138,10 +144,10 @@ def logit_lens(
             del logits
             tgt_lp = lp.gather(-1, target[:, None, None].expand(-1, l1 - l0, 1))
             logprob[rows, l0:l1] = tgt_lp.squeeze(-1).cpu().numpy()
-            rank[rows, l0:l1] = (lp > tgt_lp).sum(-1).cpu().numpy()
+            rank[rows, l0:l1] = _count_above(lp, tgt_lp)
             if decoy_rank is not None:
                 d_lp = lp.gather(-1, decoy[:, None, None].expand(-1, l1 - l0, 1))
-                decoy_rank[rows, l0:l1] = (lp > d_lp).sum(-1).cpu().numpy()
+                decoy_rank[rows, l0:l1] = _count_above(lp, d_lp)
             del lp
     return LensResult(tuple(prompts), tuple(answers), logprob, rank, decoy_rank)
 

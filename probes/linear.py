@@ -393,7 +393,7 @@ def _accuracy_figure(layers, series, chance: float, title: str) -> go.Figure:
     return fig
 
 
-PROBE_CHUNK_FLOATS = 1 << 22  # activations per chunk of layers fitted at once (16 MB in float32)
+PROBE_CHUNK_FLOATS = 1 << 21  # activations per chunk of layers fitted at once (8 MB in float32)
 
 
 def _fold_major(pieces: Sequence[Fit], folds: int) -> Fit:

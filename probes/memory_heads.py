@@ -220,7 +220,7 @@ def _zero_attribution_of(model: Model, batches) -> tuple[torch.Tensor, float]:
     names = _z_names(model)
     for ids, mask, metric_fn in batches:
         acts: dict[str, torch.Tensor] = {}
-        with torch.enable_grad():
+        with torch.enable_grad(), model.frozen():  # gradients to the head outputs only
             logits = hooks.run_with_hooks(
                 model, ids, _keepers(names, acts), mask, grad=True, logits_to_keep=1
             )
@@ -399,7 +399,7 @@ def attribution_patching(
         ids, mask = _batch(model, [c.clean_prompt for c in chunk] + [c.corrupt_prompt for c in chunk])
         mem, ctx = _tokens(chunk, ids.device)
         acts: dict[str, torch.Tensor] = {}
-        with torch.enable_grad():
+        with torch.enable_grad(), model.frozen():  # gradients to the head outputs only
             logits = hooks.run_with_hooks(
                 model, ids, _keepers(names, acts), mask, grad=True, logits_to_keep=1
             )

@@ -25,6 +25,8 @@ import pickle
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -431,6 +433,22 @@ class Model:
         logits = self.hf.get_output_embeddings()(hidden)
         cap = getattr(self.hf.config, "final_logit_softcapping", None)
         return torch.tanh(logits / cap) * cap if cap else logits
+
+    @contextmanager
+    def frozen(self) -> Iterator[Model]:
+        """Every weight's ``requires_grad`` off inside the block, each flag restored after it (also when the
+        block raises). For a backward to activations or inputs only (attribution patching, a soft prompt):
+        with the weights frozen autograd saves no layer input for a weight gradient that nobody reads
+        (SmolLM2, the memory heads' attribution of 21 knowledge conflicts: 619 -> 494 MiB)."""
+        params = list(self.hf.parameters())
+        flags = [p.requires_grad for p in params]
+        try:
+            for p in params:
+                p.requires_grad_(False)
+            yield self
+        finally:
+            for p, flag in zip(params, flags, strict=True):
+                p.requires_grad_(flag)
 
     @torch.no_grad()
     def generate(self, prompts: list[str], max_new_tokens: int = 16, batch_size: int = 16) -> list[str]:

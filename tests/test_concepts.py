@@ -92,6 +92,25 @@ def test_scan_final_norm_weights_the_vector(smol):
             assert torch.allclose(res.scores[j, neuron], top.values, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("final_norm", [False, True])
+def test_projection_scores_are_the_z_scores_of_the_full_projection(any_model, final_norm, monkeypatch):
+    """The closed form (column covariance of the unembedding, accumulated block by block) against the
+    naive computation: every value vector's full vocabulary projection, z-scored over the vocabulary,
+    averaged over its ``top`` best concept tokens."""
+    model = any_model
+    monkeypatch.setattr(C, "COVARIANCE_COLUMNS", 1000)  # blocks that do not divide the vocabulary
+    tokens = [11, 500, 1234, 4321, 7, 999]
+    layers = [0, model.cfg.n_layers - 1]
+    got = C.projection_scores(model, tokens, layers, top=3, final_norm=final_norm)
+    W_U = model.hf.get_output_embeddings().weight.detach().double()  # [vocab, d_model]
+    for layer in layers:
+        V = C.value_vectors(model, layer, final_norm=final_norm).double()[::61]
+        logits = V @ W_U.T  # [vectors, vocab]
+        z = (logits - logits.mean(1, keepdim=True)) / logits.std(1, unbiased=False, keepdim=True)
+        want = z[:, tokens].topk(3, dim=-1).values.mean(-1)
+        assert torch.allclose(got[layer][::61].double(), want, atol=2e-4, rtol=1e-4)
+
+
 # ---- locate --------------------------------------------------------------------------------------------
 def test_locate_finds_a_planted_vector(gpt2):
     concept = _planted_concept()

@@ -426,3 +426,49 @@ def test_recall_attribution_is_the_first_order_ablation_effect(gpt2):
         base = lp(gpt2.bridge(ids))
         moved = lp(hooks.run_with_hooks(gpt2, ids, [(hooks.attn_z(layer), shrink)]))
     assert (base - moved) / a == pytest.approx(float(eff[layer, head]), rel=0.05, abs=1e-4)
+
+
+@pytest.mark.parametrize("baseline", ["counterfactual", "zero"])
+def test_attribution_runs_with_the_weights_frozen_and_gives_the_same_effects(gpt2, baseline, monkeypatch):
+    """The backward of attribution patching reaches the head outputs only: with every weight frozen
+    (``Model.frozen``: no layer input is saved for a weight gradient) the effects equal those of the same
+    pass with the weights left trainable, and every ``requires_grad`` flag comes back, with no gradient
+    left on a weight."""
+    import contextlib
+
+    cs = memory_heads.build_conflicts(gpt2, QAS, max_items=2)
+    params = list(gpt2.hf.parameters())
+    params[0].requires_grad_(False)  # a mixed set of flags must come back as it was
+    flags = [p.requires_grad for p in params]
+    seen: list[bool] = []
+    real_run = hooks.run_with_hooks
+
+    def spy(model, *a, **k):
+        seen.append(any(p.requires_grad for p in model.hf.parameters()))
+        return real_run(model, *a, **k)
+
+    monkeypatch.setattr(hooks, "run_with_hooks", spy)
+    try:
+        frozen = memory_heads.attribution_patching(gpt2, cs, baseline=baseline)
+        assert seen and not any(seen)  # every pass ran with no weight trainable
+        assert [p.requires_grad for p in params] == flags
+        assert all(p.grad is None for p in params)
+        monkeypatch.setattr(type(gpt2), "frozen", lambda self: contextlib.nullcontext(self))
+        trainable = memory_heads.attribution_patching(gpt2, cs, baseline=baseline)
+    finally:
+        params[0].requires_grad_(True)
+    assert torch.allclose(frozen.effects, trainable.effects, atol=1e-6, rtol=1e-5)
+    assert frozen.clean_metric == pytest.approx(trainable.clean_metric, abs=1e-6)
+
+
+def test_frozen_restores_every_flag_also_on_an_exception(gpt2):
+    params = list(gpt2.hf.parameters())
+    params[1].requires_grad_(False)
+    flags = [p.requires_grad for p in params]
+    try:
+        with pytest.raises(RuntimeError, match="inside"), gpt2.frozen() as m:
+            assert m is gpt2 and not any(p.requires_grad for p in params)
+            raise RuntimeError("inside")
+        assert [p.requires_grad for p in params] == flags
+    finally:
+        params[1].requires_grad_(True)
