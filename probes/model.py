@@ -36,6 +36,7 @@ import torch
 from jaxtyping import Float, Int
 
 from probes.adapters import check_adapter_weights, is_adapter_dir, merge_adapter, named_base
+from probes.batching import token_batches
 from probes.errors import ModelLoadError
 from probes.results import Result, atomic_dir, locked
 
@@ -452,10 +453,13 @@ class Model:
 
     @torch.no_grad()
     def generate(self, prompts: list[str], max_new_tokens: int = 16, batch_size: int = 16) -> list[str]:
-        """Greedy completions of ``prompts`` (left-padded batches), decoded without the prompt."""
+        """Greedy completions of ``prompts`` (left-padded batches of at most ``batch_size`` prompts and
+        ``probes.batching.BATCH_TOKENS`` padded prompt tokens), decoded without the prompt."""
+
+        tokens = [self.tokenizer(t, add_special_tokens=True)["input_ids"] for t in prompts]
         out: list[str] = []
-        for start in range(0, len(prompts), batch_size):
-            ids, mask = self.tokenize(prompts[start : start + batch_size])
+        for batch in token_batches([len(t) for t in tokens], batch_size):
+            ids, mask = self.pad([tokens[i] for i in batch])
             if ids.shape[1] + max_new_tokens > self.cfg.n_ctx:
                 from probes.errors import ContextLengthError
 

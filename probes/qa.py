@@ -17,6 +17,7 @@ import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
+from probes.batching import token_batches
 from probes.data import CHOICE_LETTERS, QA, Concept, choice_letters
 from probes.errors import ConceptFileError
 from probes.model import Model
@@ -73,15 +74,12 @@ def last_logits(
 def answer_logprobs(
     model: Model, prompts: Sequence[str], answers: Sequence[str], *, batch_size: int = 16
 ) -> Float[torch.Tensor, " n"]:
-    """Summed log p(answer tokens | prompt) under teacher forcing, fp32, on the CPU."""
+    """Summed log p(answer tokens | prompt) under teacher forcing, fp32, on the CPU (batches of at most
+    ``batch_size`` pairs and ``probes.batching.BATCH_TOKENS`` padded tokens)."""
+    every = [answer_ids(model, p, a) for p, a in zip(prompts, answers, strict=True)]
     out = []
-    for start in range(0, len(prompts), batch_size):
-        pairs = [
-            answer_ids(model, p, a)
-            for p, a in zip(
-                prompts[start : start + batch_size], answers[start : start + batch_size], strict=True
-            )
-        ]
+    for batch in token_batches([len(p) + len(a) for p, a in every], batch_size):
+        pairs = [every[i] for i in batch]
         ids, mask = model.pad([p + a for p, a in pairs], padding_side="left")
         # left-padded: every answer ends the row, so only the last (longest answer + 1) positions are read
         keep = max(len(a) for _, a in pairs) + 1
@@ -129,8 +127,8 @@ def option_logprobs(
             i += len(opts)
         return out
     out = []
-    for start in range(0, len(pairs), batch_size):
-        rows = pairs[start : start + batch_size]
+    for batch in token_batches([len(row[0][0]) for row in pairs], batch_size):
+        rows = [pairs[i] for i in batch]
         ids, mask = model.pad([row[0][0] for row in rows], padding_side="left")
         last = torch.log_softmax(last_logits(model, ids, mask, 1)[:, -1].float(), dim=-1).cpu()
         out += [[float(last[i, a[0]]) for _, a in row] for i, row in enumerate(rows)]
