@@ -18,7 +18,7 @@ for the chosen parameters, and is put back exactly afterwards:
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 
@@ -198,10 +198,10 @@ def finetuned(
     if in_place:
         check_resident(model, "fine-tuning the model in place")
     work = model if in_place else model.copy()
-    flags = [(p, p.requires_grad) for p in work.hf.parameters()] if in_place else []
     stash = Stash()
     was_training = work.hf.training
-    try:
+    # in place, every requires_grad flag comes back as it was (Model.frozen), also on an exception
+    with work.frozen() if in_place else nullcontext(), _restored(work, stash, was_training, in_place):
         if in_place and has_lora(work):
             raise RuntimeError(f"{work.name!r} already carries a LoRA update; merge or remove it first")
         trainable = select_parameters(work, params, lora_rank=lora_rank, seed=seed)
@@ -228,12 +228,19 @@ def finetuned(
         for p in trainable:
             p.grad = None
         yield work
+
+
+@contextmanager
+def _restored(work: Model, stash: Stash, was_training: bool, in_place: bool) -> Iterator[None]:
+    """On leaving (also on an exception): ``work``'s stashed weights written back, its LoRA update removed,
+    no gradient left and its train/eval mode as it was (in place); the stash's file removed."""
+    try:
+        yield
     finally:
         if in_place:
             stash.restore()
             remove_lora(work)
-            for p, flag in flags:
+            for p in work.hf.parameters():
                 p.grad = None
-                p.requires_grad_(flag)
             work.hf.train(was_training)
         stash.close()
