@@ -3,6 +3,7 @@
 No module here imports ``analyses``.
 """
 
+import probes.environment  # noqa: F401 - first: process settings that must precede loading torch
 from probes.data import QA, Concept, load_concept, load_concepts
 from probes.errors import VestigeError
 from probes.model import Model, from_hf, load_model

@@ -120,6 +120,61 @@ def test_parameter_bytes_count_a_tied_weight_once():
     assert parameter_bytes(tied.to(torch.bfloat16)) == 10 * 4 * 2
 
 
+_MKL = """
+import ctypes, json, os, sys
+import probes  # first, as the CLI and a script do: vestige's process settings precede torch
+import torch
+from probes.memory import release_free_memory
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+mkl = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
+in_use = lambda: libc.mallinfo2().uordblks
+release_free_memory()
+before = in_use()
+torch.manual_seed(0)
+for n in (57, 200, 513, 1000, 2048):  # products of several shapes: MKL's cache keeps a buffer for each
+    a, w = torch.randn(n, 576), torch.randn(1536, 576, requires_grad=True)
+    (a @ w.T).sum().backward()
+del a, w
+import gc; gc.collect(); libc.malloc_trim(0)
+kept = in_use() - before
+release_free_memory()
+print(json.dumps({"cache_off": mkl.mkl_serv_get_fast_mm_status(), "kept": kept, "released": in_use() - before}))
+"""
+
+
+def _mkl_run(keep_cache: bool) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("MKL_DISABLE_FAST_MM", "VESTIGE_MKL_CACHE")}
+    if keep_cache:
+        env["VESTIGE_MKL_CACHE"] = "1"
+    out = subprocess.run(
+        [sys.executable, "-c", _MKL], capture_output=True, text=True, env=env, cwd=ROOT, check=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(
+    not (sys.platform == "linux" and torch.backends.mkl.is_available()), reason="needs glibc and torch's MKL"
+)
+def test_mkl_keeps_no_buffer_cache_unless_the_user_asks_and_release_frees_it():
+    """Importing vestige before torch turns MKL's buffer cache off (probes/environment.py): matrix products
+    of five shapes leave the heap in use where it was. A user's ``MKL_DISABLE_FAST_MM=0`` is kept: the same
+    products then leave MKL's buffers on the heap (9 MiB on a 2-core CPU), and ``release_free_memory``
+    (what the audit runs between stages) hands them back."""
+    off = _mkl_run(keep_cache=False)
+    assert off["cache_off"] == 1
+    assert off["kept"] < 1 * MB
+    on = _mkl_run(keep_cache=True)
+    assert on["cache_off"] == 0
+    assert on["kept"] > 2 * MB  # MKL's cache holds its buffers
+    assert on["released"] < 1 * MB
+
+
 def test_audit_writes_each_stages_seconds_and_peak_memory_and_marks_cached_stages(tmp_path):
     """A cheap audit of a tiny seeded Llama (3 layers, width 64): timings.json has every stage with its
     seconds and peak RSS (at least the two models' weights, which are resident), the parameter bytes of
