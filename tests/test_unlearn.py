@@ -21,10 +21,12 @@ from analyses.unlearn import (
     qa_examples,
     retain_kl,
     rmu_loss,
+    sequence_nll,
     text_windows,
     trainable_parameters,
     unlearn,
 )
+from analyses.unlearn.batches import logits_of
 from probes.data import QA, Concept
 
 CONCEPT = Concept(
@@ -84,6 +86,64 @@ def test_ga_and_gd_losses_equal_hand_computation(gpt2, two):
         gd = gd_loss(gpt2, make_batch(gpt2, forget), make_batch(gpt2, retain), retain_weight=0.7)
     assert ga.item() == pytest.approx(-(nf[0] + nf[1]) / 2, rel=1e-5)
     assert gd.item() == pytest.approx(-(nf[0] + nf[1]) / 2 + 0.7 * (nr[0] + nr[1]) / 2, rel=1e-5)
+
+
+@pytest.mark.parametrize("rows_per_piece", [None, 3])
+@pytest.mark.parametrize("name", ["gpt2", "smol"])
+def test_sequence_nll_through_the_target_rows_matches_float64_in_value_and_gradient(
+    name, rows_per_piece, request, monkeypatch
+):
+    """``sequence_nll`` sends only the positions that predict a target through the output head. Against the
+    same computation in float64 (a float64 copy of the model, the full forward's logits), its per-sequence
+    NLL and its gradient on every weight agree to float32 precision, and at least as closely as the float32
+    full-logits path (whose log-softmax over strided classes is the less exact: on SmolLM2 up to 4e-4
+    relative in the NLL, 3e-3 in a norm weight's gradient, against 2.7e-4 here), for a right-padded batch
+    of examples of different lengths and answer lengths, on gpt2 (seeded) and SmolLM2; in one piece of
+    logits, and in pieces of 3 rows (each checkpointed: its backward recomputes its logits)."""
+    import analyses.unlearn.batches as batches
+
+    model = request.getfixturevalue(name)
+    if rows_per_piece is not None:
+        monkeypatch.setattr(batches, "LOGIT_CHUNK_BYTES", rows_per_piece * 4 * model.cfg.d_vocab)
+    qa = [
+        *CONCEPT.qa,
+        QA("The capital of France is", "Paris, a city on the Seine"),
+        QA("Water boils at", "100 degrees"),
+    ]
+    batch = make_batch(model, qa_examples(model, qa))
+    n_targets = int((batch.labels != -100).sum())
+    assert (
+        n_targets > 3 * 2
+        if rows_per_piece
+        else n_targets * 4 * model.cfg.d_vocab <= batches.LOGIT_CHUNK_BYTES
+    )
+    assert len({int(n) for n in (batch.labels != -100).sum(-1)}) > 1  # answers of different lengths
+    assert int(batch.mask.sum(-1).min()) < batch.ids.shape[1]  # and padding
+
+    def value_and_grads(m, **kw):
+        m.hf.zero_grad(set_to_none=True)
+        nll = sequence_nll(m, batch, **kw)
+        nll.sum().backward()
+        grads = {n: p.grad.detach().double() for n, p in m.hf.named_parameters() if p.grad is not None}
+        m.hf.zero_grad(set_to_none=True)
+        return nll.detach().double(), grads
+
+    rows, rows_grads = value_and_grads(model)
+    full, full_grads = value_and_grads(model, logits=logits_of(model, batch))
+    wide = model.copy()
+    wide.hf.double()
+    ref, ref_grads = value_and_grads(wide, logits=wide.forward(batch.ids, batch.mask).logits)
+    del wide
+    assert rows.shape == (len(qa),) and all(float(v) > 0 for v in rows)
+    torch.testing.assert_close(rows, ref, rtol=2e-5, atol=1e-5)
+    assert float((rows - ref).abs().max()) <= float((full - ref).abs().max()) + 1e-6
+    assert set(rows_grads) == set(ref_grads) and len(rows_grads) > 10
+
+    def error(grads):  # the worst weight's gradient error, relative to that gradient's norm
+        return max(float((grads[n] - g).norm() / g.norm().clamp(min=1e-30)) for n, g in ref_grads.items())
+
+    assert error(rows_grads) < 1e-3
+    assert error(rows_grads) <= max(1.5 * error(full_grads), 1e-5)  # float32 rounding is ~1e-6 here
 
 
 def _logsig(x: float) -> float:

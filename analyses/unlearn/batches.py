@@ -87,14 +87,50 @@ def logits_of(model: Model, batch: Batch) -> Float[torch.Tensor, "batch pos d_vo
     return model.forward(batch.ids, batch.mask).logits.float()
 
 
+# the output head and its cross-entropy run over at most this many bytes of float32 logits at a time, each
+# piece recomputed in the backward pass: the vocabulary-sized logits of a whole training batch never exist
+LOGIT_CHUNK_BYTES = 8 * 2**20
+
+
 def sequence_nll(
     model: Model, batch: Batch, logits: torch.Tensor | None = None
 ) -> Float[torch.Tensor, " batch"]:
-    """NLL of each sequence summed over its target tokens."""
-    logits = logits_of(model, batch) if logits is None else logits
+    """NLL of each sequence summed over its target tokens. Without ``logits``, only the positions that
+    predict a target go through the output head (``Model.unembed`` of those rows of ``Model.final_hidden``),
+    in pieces of at most ``LOGIT_CHUNK_BYTES`` of logits, each checkpointed when gradients are on (its
+    backward recomputes its logits): the same numbers as the full forward's logits there (closer to float64,
+    as the log-softmax runs over contiguous classes), without holding the vocabulary-sized logits, their
+    log-softmax and their gradient for every position at once (on SmolLM2, 196 KB per position each)."""
     tgt = batch.labels[:, 1:]
-    ce = F.cross_entropy(logits[:, :-1].transpose(1, 2), tgt.clamp(min=0), reduction="none")
-    return (ce * (tgt != -100)).sum(-1)
+    if logits is not None:
+        ce = F.cross_entropy(logits[:, :-1].transpose(1, 2), tgt.clamp(min=0), reduction="none")
+        return (ce * (tgt != -100)).sum(-1)
+    hidden = model.final_hidden(batch.ids, batch.mask)[:, :-1]
+    tgt = tgt.to(hidden.device)  # a dispatched model ends on another device than its input
+    rows, cols = (tgt != -100).nonzero(as_tuple=True)
+    ce = target_nll(model, hidden[rows, cols], tgt[rows, cols])
+    return ce.new_zeros(tgt.shape[0]).index_add(0, rows, ce)
+
+
+def target_nll(
+    model: Model, hidden: Float[torch.Tensor, "n d_model"], targets: Int[torch.Tensor, " n"]
+) -> Float[torch.Tensor, " n"]:
+    """``-log p(target)`` of each final hidden state (float32), through the output head in pieces of at most
+    ``LOGIT_CHUNK_BYTES`` of logits; with gradients on, each piece is checkpointed, so the backward pass
+    holds one piece's logits at a time too."""
+    from torch.utils.checkpoint import checkpoint
+
+    def piece(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(model.unembed(h).float(), t, reduction="none")
+
+    step = max(1, LOGIT_CHUNK_BYTES // (4 * model.cfg.d_vocab))
+    parts = [
+        checkpoint(piece, hidden[i : i + step], targets[i : i + step], use_reentrant=False)
+        if torch.is_grad_enabled()
+        else piece(hidden[i : i + step], targets[i : i + step])
+        for i in range(0, targets.shape[0], step)
+    ]
+    return torch.cat(parts) if parts else piece(hidden, targets)
 
 
 def reference_nll(ref: Model, batch: Batch) -> Float[torch.Tensor, " batch"]:
