@@ -83,11 +83,10 @@ def token_stats(
     Memory: the batch's final hidden states ``[batch, tokens, d_model]``; the logits, their log-softmax
     and its moments a few positions at a time (``STATS_FLOATS`` floats per working tensor), never the
     whole batch's ``[batch, tokens, vocab]`` logits."""
-    tok = model.tokenizer
     out: list[TokenStats] = []
     for start in range(0, len(texts), batch_size):
         chunk = list(texts[start : start + batch_size])
-        seqs = [tok(t, add_special_tokens=True)["input_ids"][:max_tokens] for t in chunk]
+        seqs = [ids[:max_tokens] for ids in model.token_ids(chunk)]
         short = [t for t, s in zip(chunk, seqs, strict=True) if len(s) < 2]
         if short:
             raise ValueError(

@@ -367,8 +367,11 @@ class Model:
     ) -> tuple[Int[torch.Tensor, "batch pos"], Int[torch.Tensor, "batch pos"]]:
         """Token ids and attention mask of ``texts``, padded on ``padding_side``, on the model's device.
         Raises ``ContextLengthError`` for a text longer than the context."""
-        ids = [self.tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]
-        return self.pad(ids, padding_side=padding_side, max_length=max_length)
+        return self.pad(self.token_ids(texts), padding_side=padding_side, max_length=max_length)
+
+    def token_ids(self, texts: list[str]) -> list[list[int]]:
+        """Each text's token ids as the model reads it (with the tokenizer's special tokens), unpadded."""
+        return [self.tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]
 
     def pad(
         self, ids: list[list[int]], *, padding_side: str = "left", max_length: int | None = None
@@ -456,7 +459,7 @@ class Model:
         """Greedy completions of ``prompts`` (left-padded batches of at most ``batch_size`` prompts and
         ``probes.batching.BATCH_TOKENS`` padded prompt tokens), decoded without the prompt."""
 
-        tokens = [self.tokenizer(t, add_special_tokens=True)["input_ids"] for t in prompts]
+        tokens = self.token_ids(prompts)
         out: list[str] = []
         for batch in token_batches([len(t) for t in tokens], batch_size):
             ids, mask = self.pad([tokens[i] for i in batch])
