@@ -22,6 +22,7 @@ outer block still sees the inner block's peak. Not thread-safe across concurrent
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import threading
@@ -172,27 +173,22 @@ def parameter_bytes(module: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters())
 
 
+@functools.cache
 def _mkl_service() -> Any | None:
     """The loaded torch CPU library's MKL service functions (``mkl_serv_*``: MKL is linked into it
-    statically and exports them), or None where this torch has none (no MKL, another OS)."""
+    statically and exports them), or None where this torch has none (no MKL, another OS, another build)."""
     import ctypes
 
-    global _MKL
-    if _MKL is None:
-        _MKL = False
-        path = os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")
-        if torch.backends.mkl.is_available() and os.path.exists(path):
-            try:
-                lib = ctypes.CDLL(path)
-                lib.mkl_serv_free_buffers.restype = None
-                lib.mkl_serv_free_buffers.argtypes = []
-                _MKL = lib
-            except (OSError, AttributeError):  # another build: the symbol is not exported
-                pass
-    return _MKL or None
-
-
-_MKL: Any = None
+    path = os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")
+    if not (torch.backends.mkl.is_available() and os.path.exists(path)):
+        return None
+    try:
+        lib = ctypes.CDLL(path)
+        lib.mkl_serv_free_buffers.restype = None
+        lib.mkl_serv_free_buffers.argtypes = []
+    except (OSError, AttributeError):  # the symbol is not exported
+        return None
+    return lib
 
 
 def release_free_memory() -> bool:
