@@ -22,7 +22,6 @@ outer block still sees the inner block's peak. Not thread-safe across concurrent
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 import threading
@@ -173,29 +172,9 @@ def parameter_bytes(module: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters())
 
 
-@functools.cache
-def _mkl_service() -> Any | None:
-    """The loaded torch CPU library's MKL service functions (``mkl_serv_*``: MKL is linked into it
-    statically and exports them), or None where this torch has none (no MKL, another OS, another build)."""
-    import ctypes
-
-    path = os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")
-    if not (torch.backends.mkl.is_available() and os.path.exists(path)):
-        return None
-    try:
-        lib = ctypes.CDLL(path)
-        lib.mkl_serv_free_buffers.restype = None
-        lib.mkl_serv_free_buffers.argtypes = []
-    except (OSError, AttributeError):  # the symbol is not exported
-        return None
-    return lib
-
-
 def release_free_memory() -> bool:
-    """Hand the memory that nothing uses back to the operating system: ``gc.collect()``; MKL's buffer cache
-    (``mkl_free_buffers``: MKL's memory manager keeps the packing buffers of every matrix product it ran,
-    per thread and shape, for reuse; on a 2-core CPU they had reached 37 MiB by the quick audit's
-    third stage); then glibc's ``malloc_trim(0)`` where the C library is glibc. Tensors under glibc's mmap
+    """Hand the memory that nothing uses back to the operating system: ``gc.collect()``, then glibc's
+    ``malloc_trim(0)`` where the C library is glibc. Tensors under glibc's mmap
     threshold (up to 32 MB once larger blocks have been freed) are carved from the heap, whose freed pages
     otherwise stay resident, so a long run's RSS climbs with every stage that once needed them. The audit
     calls this between stages. Returns whether a trim ran."""
@@ -204,9 +183,6 @@ def release_free_memory() -> bool:
     import gc
 
     gc.collect()
-    mkl = _mkl_service()
-    if mkl is not None:
-        mkl.mkl_serv_free_buffers()  # MKL reallocates what its next product needs
     name = ctypes.util.find_library("c")
     if not name or os.name != "posix":
         return False
