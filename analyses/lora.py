@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from probes.model import Model
+from probes.model import Model, native_name
 from probes.results import atomic_dir
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -52,11 +52,6 @@ class LoRADelta(torch.nn.Module):
         if self.conv:
             return self.scale * ((x @ self.B) @ self.A)
         return self.scale * ((x @ self.A.T) @ self.B.T)
-
-
-def native_name(name: str) -> str:
-    """A module or parameter name of the HF model without the bridge's in-place wrappers."""
-    return name.replace("._original_component", "")
 
 
 def block_linears(model: Model, weights: set[str] | None = None) -> list[tuple[str, torch.nn.Module]]:

@@ -47,7 +47,7 @@ import torch
 from jaxtyping import Float, Int
 
 from probes.errors import VestigeError
-from probes.model import Model, _get
+from probes.model import Model, _get, native_name
 from probes.results import Result
 
 SHARED = 0.9  # median control cosine above which two models share a neuron basis
@@ -220,7 +220,7 @@ def _head_parts(model: Model, layer: int) -> _HeadParts:
         return _HeadParts(tuple(q), (("k", w[dq : dq + dkv]), ("v", w[dq + dkv :])))
     found: dict[str, torch.Tensor] = {}
     for name, p in attn.named_parameters():
-        name = name.replace("._original_component", "")  # the bridge wraps the projections in place
+        name = native_name(name)  # the bridge wraps the projections in place
         n = p.shape[0]
         if name in ("q_proj.weight", "q_proj.bias", "q_norm.weight") and n == dq:
             found[name] = p  # olmo2's q/k norms span all heads; their RMS is permutation-invariant

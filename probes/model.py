@@ -154,6 +154,12 @@ _FAMILY_OF = {
 }
 
 
+def native_name(name: str) -> str:
+    """A module or parameter name of the HF model without the bridge's in-place wrappers
+    (``._original_component``: the TransformerBridge wraps the HF modules it hooks inside the HF tree)."""
+    return name.replace("._original_component", "")
+
+
 def _get(obj: Any, path: str) -> Any:
     """Follow ``path`` to the HF module, through the wrappers the bridge installs in place."""
     for part in path.split("."):
@@ -492,7 +498,7 @@ class Model:
         raw = self.hf.state_dict()
         clean: dict[str, torch.Tensor] = {}
         for key, value in raw.items():
-            native = key.replace("._original_component", "")
+            native = native_name(key)
             if native in self._native_key_set and native not in clean:
                 clean[native] = value
         missing = self._native_key_set - set(clean)
@@ -651,7 +657,7 @@ def check_resident(model: Model, needed_by: str) -> None:
     if off:
         raise ModelLoadError(
             f"{needed_by} needs every weight of {model.name!r} in memory, and {len(off)} parameters are "
-            f"offloaded (e.g. {off[0].replace('._original_component', '')})",
+            f"offloaded (e.g. {native_name(off[0])})",
             f"its device map {_short_map(model.device_map or {})} offloads them: accelerate keeps them on "
             "disk (or in host memory beside GPUs) and loads each only for its own module's forward pass, so "
             "they cannot be read, copied or edited in place",

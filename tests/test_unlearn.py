@@ -28,6 +28,7 @@ from analyses.unlearn import (
 )
 from analyses.unlearn.batches import logits_of
 from probes.data import QA, Concept
+from probes.model import native_name
 
 CONCEPT = Concept(
     concept="Harry Potter",
@@ -125,10 +126,8 @@ def test_sequence_nll_through_the_target_rows_matches_float64_in_value_and_gradi
         m.hf.zero_grad(set_to_none=True)
         nll = sequence_nll(m, batch, **kw)
         nll.sum().backward()
-        grads = {  # a built bridge renames the HF modules it wraps (``._original_component``)
-            n.replace("._original_component", ""): p.grad.detach().double()
-            for n, p in m.hf.named_parameters()
-            if p.grad is not None
+        grads = {  # a built bridge renames the HF modules it wraps
+            native_name(n): p.grad.detach().double() for n, p in m.hf.named_parameters() if p.grad is not None
         }
         m.hf.zero_grad(set_to_none=True)
         return nll.detach().double(), grads
@@ -226,7 +225,7 @@ def test_text_windows_cover_the_token_stream(gpt2):
 
 def test_trainable_parameter_choice(gpt2):
     mlp = trainable_parameters(gpt2, "mlp", (2, 4))
-    native = [n.replace("._original_component", "") for n in mlp]  # the bridge may have wrapped gpt2.hf
+    native = [native_name(n) for n in mlp]  # the bridge may have wrapped gpt2.hf
     assert mlp and all(n.startswith(("transformer.h.2.mlp", "transformer.h.3.mlp")) for n in native)
     assert len(mlp) == 8  # c_fc and c_proj, weight and bias, in two layers
     assert len(trainable_parameters(gpt2, "all", None)) == len(list(gpt2.hf.named_parameters()))

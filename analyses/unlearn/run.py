@@ -21,13 +21,13 @@ from typing import Any
 
 import torch
 
-from analyses.lora import Adapter, adapter_of, attach_lora, block_linears, has_lora, merge_lora, native_name
+from analyses.lora import Adapter, adapter_of, attach_lora, block_linears, has_lora, merge_lora
 from analyses.training import train
 from analyses.unlearn.batches import Example, qa_examples, text_windows
 from analyses.unlearn.config import UnlearnConfig, UnlearnError
 from analyses.unlearn.registry import TrainContext, TrainPlan, get_method, resolve
 from probes.data import QA, Concept
-from probes.model import Model
+from probes.model import Model, native_name
 from probes.qa import score_qa
 from probes.results import Result, write_json
 
@@ -43,7 +43,7 @@ def trainable_parameters(model: Model, trainable: str, layers: tuple[int, int] |
     prefix = model._paths["layers"] + "."
     names = []
     for raw, _ in model.hf.named_parameters():
-        name = raw.replace("._original_component", "")  # the bridge's in-place wrappers
+        name = native_name(raw)
         layer = None
         if name.startswith(prefix):
             layer = int(name[len(prefix) :].split(".")[0])
