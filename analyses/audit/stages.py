@@ -367,7 +367,10 @@ def _ches(
         ),
     )  # most similar forget item per retain item
     loss = base_lp - answer_logprobs(unlearned, prompts, answers)
-    rho = float(spearmanr(sim.numpy(), loss.numpy()).statistic) if len(kept) > 2 else float("nan")
+    # undefined (NaN) with fewer than 3 items or where either side is constant (e.g. a model compared with
+    # itself loses nothing on any item), said without scipy's ConstantInputWarning
+    varies = len(kept) > 2 and bool(sim.std() > 0) and bool(loss.std() > 0)
+    rho = float(spearmanr(sim.numpy(), loss.numpy()).statistic) if varies else float("nan")
     return {
         "retain": [list(x) for x in kept],
         "max_normalized_ches": sim.tolist(),
