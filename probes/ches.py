@@ -95,9 +95,9 @@ def response_positions(
 def final_hidden(
     model: Model, ids: Int[torch.Tensor, "batch pos"], mask: Int[torch.Tensor, "batch pos"]
 ) -> Float[torch.Tensor, "batch pos d_model"]:
-    """The final hidden state after the final norm (``ln_final.hook_out``), padding-aware positions."""
-    out = model.hf.base_model(input_ids=ids, attention_mask=mask, position_ids=model.position_ids(mask))
-    return out.last_hidden_state
+    """The final hidden state after the final norm (``ln_final.hook_out``), padding-aware positions
+    (``Model.final_hidden`` without autograd)."""
+    return model.final_hidden(ids, mask)
 
 
 def response_embeddings(

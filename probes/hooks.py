@@ -10,13 +10,11 @@ Names are TransformerLens 4.x ``TransformerBridge`` names (legacy names still re
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Float, Int
 
-if TYPE_CHECKING:
-    from probes.model import Model
+from probes.model import NO_CACHE, Model
 
 
 def resid_pre(layer: int) -> str:
@@ -82,9 +80,9 @@ def run_with_cache(
         raise KeyError(
             f"unknown hook names {sorted(unknown)[:5]}; see probes/hooks.py for the names vestige uses"
         )
-    kwargs: dict = {}
+    kwargs: dict = dict(NO_CACHE)
     if mask is not None:
-        kwargs = {"attention_mask": mask, "position_ids": model.position_ids(mask)}
+        kwargs |= {"attention_mask": mask, "position_ids": model.position_ids(mask)}
     if logits_to_keep is not None and model.takes_logits_to_keep:
         kwargs["logits_to_keep"] = logits_to_keep
     with torch.set_grad_enabled(grad):
@@ -105,9 +103,9 @@ def run_with_hooks(
     the hooks are removed afterwards, also when the pass raises. ``logits_to_keep=k``: unembed only the
     last ``k`` positions (where the HF model takes it; ``run_with_cache``), for a caller that reads only
     those (a metric at the last token of a left-padded batch)."""
-    kwargs: dict = {}
+    kwargs: dict = dict(NO_CACHE)
     if mask is not None:
-        kwargs = {"attention_mask": mask, "position_ids": model.position_ids(mask)}
+        kwargs |= {"attention_mask": mask, "position_ids": model.position_ids(mask)}
     if logits_to_keep is not None and model.takes_logits_to_keep:
         kwargs["logits_to_keep"] = logits_to_keep
     with torch.set_grad_enabled(grad), model.bridge.hooks(fwd_hooks=fwd_hooks):

@@ -119,8 +119,8 @@ def test_matrix_reuses_sums_and_matches_pairs(gpt2):
                 assert m.raw[i, j].item() == pytest.approx(
                     ches(gpt2, prompt, r, f, eos=eos), rel=1e-6, abs=1e-6
                 )
-                assert m.normalized[i, j].item() == pytest.approx(
-                    ches(gpt2, prompt, r, f, length_normalized=True, eos=eos), rel=1e-6, abs=1e-9
+                assert m.normalized[i, j].item() == pytest.approx(  # batch of 6 vs 2: fp32 rounding
+                    ches(gpt2, prompt, r, f, length_normalized=True, eos=eos), rel=1e-5, abs=1e-9
                 )
     # without the EOS position, one-token responses under one prompt share their only predicting
     # position: CHES is 0 (up to float64 rounding of the two equal sums: -2.3e-13 was measured once in CI)

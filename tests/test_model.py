@@ -80,6 +80,41 @@ def test_padding_is_invisible(any_model):
             assert torch.allclose(batched[i, -1], alone, atol=1e-4)
 
 
+def test_reading_passes_build_no_key_value_cache(any_model):
+    """Model.forward, final_hidden and the bridge's hooked passes ask the HF model for no key/value cache
+    (it holds every layer's keys and values, which nothing reads); generation still decodes with one, and
+    the logits are the same either way."""
+    model = any_model
+    ids, mask = model.tokenize(["The capital of France is", "Water boils at"], padding_side="left")
+    seen: list[object] = []
+
+    def spy(module, args, kwargs):
+        seen.append(kwargs.get("use_cache"))
+
+    with torch.no_grad():
+        cached = model.forward(ids, mask, use_cache=True)
+        handle = model.hf.register_forward_pre_hook(spy, with_kwargs=True)
+        try:
+            plain = model.forward(ids, mask)
+            hooks.run_with_cache(model, ids, [hooks.resid_post(0)], mask=mask)
+            hooks.run_with_hooks(model, ids, [], mask=mask)
+            assert seen == [False, False, False]
+            model.generate(["The capital of France is"], max_new_tokens=2)
+            assert seen[3] is not False  # generation asks for its cache
+        finally:
+            handle.remove()
+        body = model.hf.get_decoder()
+        handle = body.register_forward_pre_hook(spy, with_kwargs=True)
+        try:
+            model.final_hidden(ids, mask)
+        finally:
+            handle.remove()
+    assert seen[-1] is False
+    assert plain.past_key_values is None and cached.past_key_values is not None
+    # equal on SmolLM2; gpt2's attention takes another kernel without the cache (1.9e-6 apart)
+    torch.testing.assert_close(plain.logits, cached.logits, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     "prompt,answer",
     [
