@@ -348,7 +348,7 @@ def exact_patching(
             base = float(metric(clean_logits, mem, ctx))
             corrupt, cache = clean, {k: torch.zeros_like(v) for k, v in cache.items()}
         else:
-            base = float(metric(model.bridge(corrupt), mem, ctx))
+            base = float(metric(hooks.run_with_hooks(model, corrupt, []), mem, ctx))
         corrupt_total += base
         for s in range(0, len(heads), heads_per_batch):
             chunk = heads[s : s + heads_per_batch]

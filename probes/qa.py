@@ -75,20 +75,24 @@ def answer_logprobs(
     model: Model, prompts: Sequence[str], answers: Sequence[str], *, batch_size: int = 16
 ) -> Float[torch.Tensor, " n"]:
     """Summed log p(answer tokens | prompt) under teacher forcing, fp32, on the CPU (batches of at most
-    ``batch_size`` pairs and ``probes.batching.BATCH_TOKENS`` padded tokens)."""
+    ``batch_size`` pairs and ``probes.batching.BATCH_TOKENS`` padded tokens). The body runs once per batch
+    (``Model.final_hidden``); the output head then runs on one pair's answer positions at a time
+    (``Model.unembed``), so the vocabulary-sized numbers held at once are one answer's logits, not the
+    batch's (16 answers of 40 tokens after prompts of 30: 2.6 MB of hidden states instead of 129 MB of
+    logits and as much again for their log-softmax, on SmolLM2 in float32)."""
     every = [answer_ids(model, p, a) for p, a in zip(prompts, answers, strict=True)]
     out = []
     for batch in token_batches([len(p) + len(a) for p, a in every], batch_size):
         pairs = [every[i] for i in batch]
         ids, mask = model.pad([p + a for p, a in pairs], padding_side="left")
-        # left-padded: every answer ends the row, so only the last (longest answer + 1) positions are read
-        keep = max(len(a) for _, a in pairs) + 1
-        logp = torch.log_softmax(last_logits(model, ids, mask, keep).float(), dim=-1)
-        width = logp.shape[1]
+        hidden = model.final_hidden(ids, mask)
+        width = hidden.shape[1]
         for i, (_, a) in enumerate(pairs):
-            pos = torch.arange(width - len(a) - 1, width - 1, device=ids.device)
-            tgt = torch.tensor(a, device=ids.device)
-            out.append(logp[i, pos, tgt].sum().cpu())
+            # left-padded: every answer ends its row; position t predicts token t + 1
+            logits = model.unembed(hidden[i, width - len(a) - 1 : width - 1]).float()
+            tgt = torch.tensor(a, device=logits.device)
+            logp = logits.gather(-1, tgt[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
+            out.append(logp.sum().cpu())
     result = torch.stack(out) if out else torch.zeros(0)
     if not bool(torch.isfinite(result).all()):  # a diverged model: name the layer, not a NaN table
         from probes.errors import NonFiniteError

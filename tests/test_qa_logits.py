@@ -1,5 +1,6 @@
-"""``probes.qa.answer_logprobs`` unembeds only the last positions (``logits_to_keep``): it must equal the
-sum of log-softmax read from the full logits of a plain HF forward, one sequence at a time (no padding)."""
+"""``probes.qa.answer_logprobs`` unembeds only each answer's positions (``Model.unembed`` of the final hidden
+states) and ``last_logits`` only the last positions (``logits_to_keep``): both must equal what the full
+logits of a plain HF forward give, one sequence at a time (no padding)."""
 
 from __future__ import annotations
 
