@@ -60,6 +60,17 @@ def all_layers(fn: Callable[[int], str], n_layers: int) -> list[str]:
     return [fn(layer) for layer in range(n_layers)]
 
 
+def _pass_kwargs(model: Model, mask: torch.Tensor | None, logits_to_keep: int | None) -> dict:
+    """The bridge pass's keyword arguments: no key/value cache (``NO_CACHE``), the padding ``mask`` with
+    its position ids, and ``logits_to_keep`` where the HF model takes it."""
+    kwargs: dict = dict(NO_CACHE)
+    if mask is not None:
+        kwargs |= {"attention_mask": mask, "position_ids": model.position_ids(mask)}
+    if logits_to_keep is not None and model.takes_logits_to_keep:
+        kwargs["logits_to_keep"] = logits_to_keep
+    return kwargs
+
+
 def run_with_cache(
     model: Model,
     ids: Int[torch.Tensor, "batch pos"],
@@ -80,11 +91,7 @@ def run_with_cache(
         raise KeyError(
             f"unknown hook names {sorted(unknown)[:5]}; see probes/hooks.py for the names vestige uses"
         )
-    kwargs: dict = dict(NO_CACHE)
-    if mask is not None:
-        kwargs |= {"attention_mask": mask, "position_ids": model.position_ids(mask)}
-    if logits_to_keep is not None and model.takes_logits_to_keep:
-        kwargs["logits_to_keep"] = logits_to_keep
+    kwargs = _pass_kwargs(model, mask, logits_to_keep)
     with torch.set_grad_enabled(grad):
         logits, cache = model.bridge.run_with_cache(ids, names_filter=lambda n: n in wanted, **kwargs)
     return logits, {name: cache[name] for name in wanted}
@@ -103,10 +110,6 @@ def run_with_hooks(
     the hooks are removed afterwards, also when the pass raises. ``logits_to_keep=k``: unembed only the
     last ``k`` positions (where the HF model takes it; ``run_with_cache``), for a caller that reads only
     those (a metric at the last token of a left-padded batch)."""
-    kwargs: dict = dict(NO_CACHE)
-    if mask is not None:
-        kwargs |= {"attention_mask": mask, "position_ids": model.position_ids(mask)}
-    if logits_to_keep is not None and model.takes_logits_to_keep:
-        kwargs["logits_to_keep"] = logits_to_keep
+    kwargs = _pass_kwargs(model, mask, logits_to_keep)
     with torch.set_grad_enabled(grad), model.bridge.hooks(fwd_hooks=fwd_hooks):
         return model.bridge(ids, **kwargs)
