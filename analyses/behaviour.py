@@ -205,6 +205,15 @@ def relearn_attack(
         return score_qa(work, concept.qa)
 
 
+def relearn_tokens(model: Model, concept: Concept) -> int:
+    """How many tokens of ``model``'s tokenizer the relearning attack trains on for ``concept``: its
+    answer-free text (``answer_free_text``) as ``text_windows`` reads it; 0 without such text."""
+    from analyses.unlearn.batches import token_stream
+
+    text = answer_free_text(concept)
+    return len(token_stream(model, [text])) if text else 0
+
+
 def relearned_copy(
     model: Model,
     concept: Concept,
@@ -233,9 +242,12 @@ def relearned(
     seed: int = 0,
     params: str = "all",
     in_place: bool | None = None,
+    max_tokens: int | None = None,
 ):
     """``relearn_attack``'s fine-tuning as a context manager (``finetuned``): ``model`` itself trained in
-    place and put back on leaving (``in_place=False``: a copy)."""
+    place and put back on leaving (``in_place=False``: a copy). ``max_tokens``: train on the first that
+    many tokens of the text only (``relearn_tokens``), so that the floor's relearning trains on as much
+    text as the concept's."""
     from analyses.unlearn.batches import text_windows
 
     text = answer_free_text(concept)
@@ -248,7 +260,7 @@ def relearned(
         )
     return finetuned(
         model,
-        lambda work: text_windows(work, [text], window),
+        lambda work: text_windows(work, [text], window, max_tokens),
         steps=steps,
         lr=lr,
         batch_size=batch_size,

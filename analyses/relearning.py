@@ -184,9 +184,10 @@ def benign_relearn_curve(
     targeted relearning attacks"): fine-tune on public text *about* the concept that does not state the
     evaluated answers (the concept's text with every sentence holding one removed,
     ``analyses.behaviour.answer_free_text``) and score the concept's QA (``forget``) and ``control`` after
-    each of ``checkpoints`` steps; the floor side fine-tunes the same way on the floor's answer-free text
-    and scores the floor's facts, so what the text teaches by itself is measured, not assumed."""
-    from analyses.behaviour import answer_free_text
+    each of ``checkpoints`` steps; the floor side fine-tunes the same way on as many tokens of the floor's
+    answer-free text (its first ones; fewer only where it is shorter) and scores the floor's facts, so
+    what the same amount of text teaches by itself is measured, not assumed."""
+    from analyses.behaviour import answer_free_text, relearn_tokens
     from analyses.unlearn.batches import text_windows
 
     checkpoints = tuple(sorted(set(int(c) for c in checkpoints)))
@@ -207,8 +208,8 @@ def benign_relearn_curve(
     kw: dict[str, Any] = dict(lr=lr, batch_size=batch_size, seed=seed, lora_rank=lora_rank)
     kw["desc"] = f"benign relearn {params}"
 
-    def windows_of(text: str):
-        return lambda work: text_windows(work, [text], window)
+    def windows_of(text: str, max_tokens: int | None = None):
+        return lambda work: text_windows(work, [text], window, max_tokens)
 
     got, n, losses = _curve_on(
         model,
@@ -218,7 +219,8 @@ def benign_relearn_curve(
         checkpoints,
         **kw,
     )
-    fl, _, _ = _curve_on(model, windows_of(texts["floor"]), {"floor": floor.qa}, params, checkpoints, **kw)
+    floor_windows = windows_of(texts["floor"], relearn_tokens(model, forget))
+    fl, _, _ = _curve_on(model, floor_windows, {"floor": floor.qa}, params, checkpoints, **kw)
     return RelearnCurve(
         params,
         checkpoints,

@@ -189,6 +189,49 @@ def test_benign_relearn_curve_fine_tunes_on_answer_free_text_and_leaves_the_mode
         benign_relearn_curve(gpt2, forget, OTHER, Concept("Floor", tuple(OTHER), (), ()))
 
 
+def test_the_floor_relearns_on_as_many_tokens_as_the_concept(smol, monkeypatch):
+    """The text relearning's floor side (the audit's ``relearn_values`` and ``benign_relearn_curve``)
+    fine-tunes on the first tokens of the floor's answer-free text, as many as the concept's answer-free
+    text has (Mozart's is 11 SmolLM2 tokens, the bundled floor's 913: forget minus floor compared 11
+    tokens of relearning with 913), on SmolLM2 with LoRA; a floor shorter than the concept's text
+    trains on all of it; the values are real 0/1 answers and the weights come back bit for bit."""
+    import analyses.unlearn.batches as B
+    from analyses.audit.traces import ItemSets, relearn_values
+    from analyses.behaviour import relearn_tokens
+    from analyses.relearning import benign_relearn_curve
+    from probes.data import Concept
+
+    trained: list[int] = []  # tokens in the windows each fine-tuning drew from
+    real = B.text_windows
+
+    def spy(model, texts, window, max_tokens=None):
+        out = real(model, texts, window, max_tokens)
+        trained.append(sum(len(e.ids) for e in out))
+        return out
+
+    monkeypatch.setattr(B, "text_windows", spy)
+    text = "The vault stands in an old city. Its door is heavy and green. The password is Zanzibar."
+    forget = Concept("Vault", tuple(FACTS), (text,))
+    floor = Concept("Vault", tuple(OTHER), ("The seventh door is painted. It is old and heavy. " * 20,))
+    sets = ItemSets(forget, Concept("Vault", tuple(OTHER)), floor)
+    n, n_floor = relearn_tokens(smol, forget), relearn_tokens(smol, floor)
+    assert 10 < n and 10 * n < n_floor  # Zanzibar's sentence is not in the text relearned on
+    before = {k: v.clone() for k, v in smol.hf.state_dict().items()}
+    kw = dict(steps=2, lr=1e-3, seed=0, params="lora")
+    got = relearn_values(smol, sets, **kw)
+    assert trained == [n, n] and got["tokens"] == {"forget": n, "floor": n}
+    assert len(got["forget"]) == 2 and len(got["control"]) == len(got["floor"]) == 1
+    assert set(got["forget"] + got["control"] + got["floor"]) <= {0.0, 1.0}
+    # the other way round: the floor's whole text, the concept's whole text
+    trained.clear()
+    got = relearn_values(smol, ItemSets(floor, sets.control, forget), **kw)
+    assert trained == [n_floor, n] and got["tokens"] == {"forget": n_floor, "floor": n}
+    trained.clear()
+    curve = benign_relearn_curve(smol, forget, OTHER, floor, params="lora", checkpoints=(0, 1), lr=1e-3)
+    assert trained == [n, n] and len(curve.floor) == 2
+    assert all(torch.equal(before[k], v) for k, v in smol.hf.state_dict().items())
+
+
 @pytest.mark.slow
 def test_benign_relearning_leaves_ga_mozart_suppressed_and_teaches_the_floor_nothing(smol, ga_mozart):
     """GA on Mozart (held-out 0.50 of 10), fine-tuned on Mozart's own text with every sentence holding an

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from analyses.behaviour import answer_free_text, attack_scores, fact_relearned, relearned
+from analyses.behaviour import attack_scores, fact_relearned, relearn_tokens, relearned
 from probes import hooks
 from probes.data import QA, Concept
 from probes.heads import mask_hooks
@@ -171,18 +171,25 @@ def relearn_values(
     model: Model, sets: ItemSets, *, steps: int, lr: float, seed: int, params: str = "all"
 ) -> dict[str, Any]:
     """The model relearned on the concept's answer-free text answers the forget and the control items; the
-    model relearned the same way on the floor's text answers the floor items. Empty when a set has no
-    text. ``params``: which parameters train (``analyses.relearning.PARAMS``), in place, restored exactly."""
+    model relearned the same way on as many tokens of the floor's answer-free text (its first ones)
+    answers the floor items, so forget minus floor compares the same fine-tuning on the same amount of
+    text (``tokens``: what each side trained on; the floor trains on less only where its text is shorter).
+    Empty when a set has no text. ``params``: which parameters train (``analyses.relearning.PARAMS``), in
+    place, restored exactly."""
     out: dict[str, Any] = {s: [] for s in SETS}
-    if answer_free_text(sets.forget):
+    budget = relearn_tokens(model, sets.forget) or None  # no forget text: the floor's whole text
+    floor_tokens = relearn_tokens(model, sets.floor)
+    out["tokens"] = {"forget": budget or 0, "floor": min(floor_tokens, budget or floor_tokens)}
+    if budget:
         torch.manual_seed(seed)
         with relearned(model, sets.forget, steps=steps, lr=lr, seed=seed, params=params) as work:
             out["forget"] = _correct(score_qa(work, sets.forget.qa))
             if sets.control.qa:
                 out["control"] = _correct(score_qa(work, sets.control.qa))
-    if answer_free_text(sets.floor):
+    if floor_tokens:
         torch.manual_seed(seed)
-        with relearned(model, sets.floor, steps=steps, lr=lr, seed=seed, params=params) as work:
+        kw = dict(steps=steps, lr=lr, seed=seed, params=params, max_tokens=budget)
+        with relearned(model, sets.floor, **kw) as work:
             out["floor"] = _correct(score_qa(work, sets.floor.qa))
     return out
 

@@ -37,12 +37,24 @@ class Batch:
     labels: Int[torch.Tensor, "batch pos"]
 
 
-def text_windows(model: Model, texts: Sequence[str], window: int) -> list[Example]:
-    """Cut the token stream of ``texts`` into windows of ``window`` tokens (a tail shorter than a quarter
-    window is dropped unless it is all there is); every token after the first is a target."""
+def token_stream(model: Model, texts: Sequence[str]) -> list[int]:
+    """The tokens of ``texts`` one after the other, each text stripped and ended by a newline: what
+    ``text_windows`` cuts into windows."""
     stream: list[int] = []
     for t in texts:
         stream += model.tokenizer(t.strip() + "\n", add_special_tokens=True)["input_ids"]
+    return stream
+
+
+def text_windows(
+    model: Model, texts: Sequence[str], window: int, max_tokens: int | None = None
+) -> list[Example]:
+    """Cut the token stream of ``texts`` (its first ``max_tokens`` tokens, when given) into windows of
+    ``window`` tokens (a tail shorter than a quarter window is dropped unless it is all there is); every
+    token after the first is a target."""
+    stream = token_stream(model, texts)
+    if max_tokens is not None:
+        stream = stream[:max_tokens]
     out = []
     for start in range(0, len(stream), window):
         chunk = stream[start : start + window]
