@@ -25,13 +25,11 @@ import torch
 from analyses.lora import attach_lora, block_linears, covers_every_block_linear, has_lora, remove_lora
 from analyses.training import activation_checkpointing, micro_batches, train
 from probes.errors import VestigeError
+from probes.memory import ACTIVATION_FRACTION
 from probes.model import Model, check_resident
 from probes.stash import Stash
 
 PARAMS = ("all", "norms", "biases", "layer:K", "lora")
-# a micro-batch's training activations stay within this fraction of one model's parameter bytes: a step's
-# batch is cut into micro-batches whose gradients add up to the batch's (``analyses.training``)
-ACTIVATION_FRACTION = 0.1
 
 
 class RelearnError(VestigeError):

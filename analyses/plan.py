@@ -59,7 +59,7 @@ import torch
 
 from probes.data import DATA_DIR
 from probes.errors import ModelLoadError, VestigeError
-from probes.memory import host_memory, training_activation_bytes
+from probes.memory import ACTIVATION_FRACTION, host_memory, training_activation_bytes
 from probes.results import Result
 
 GiB = 2**30
@@ -561,8 +561,6 @@ def _lean_parameters(sh: _Shape, params: str) -> int:
 def _micro_batched(sh: _Shape, b: int, s: int, B: int) -> int:
     """``finetune.finetuned``'s activations: its step's batch, checkpointed, in micro-batches of at most
     ``ACTIVATION_FRACTION`` of the weights, at least one sequence."""
-    from analyses.finetune import ACTIVATION_FRACTION
-
     whole = _training(sh, b, s, B, checkpointed=True)
     one = _training(sh, 1, s, B, checkpointed=True)
     return min(whole, max(int(ACTIVATION_FRACTION * sh.n_params * B), one))
@@ -664,7 +662,13 @@ def plan(
         ),
         ("concept_vectors", 2 * W, 0, inf, "2PB + inference(b, s)"),
         ("logit_lens", 2 * W, 0, inf, "2PB + inference(b, s)"),
-        ("heads", 2 * W, 0, inf, "2PB + inference(b, s)"),
+        (
+            "heads",
+            2 * W,
+            0,
+            max(inf, int(ACTIVATION_FRACTION * W)),
+            "2PB + max(inference(b, s), attribution patching's gradient pass: at most 0.1 PB)",
+        ),
         ("probes", 2 * W, 0, inf, "2PB + inference(b, s)"),
         ("ches", 2 * W, 0, inf, "2PB + inference(b, s)"),
         ("interventions", 2 * W, 0, inf, "2PB + inference(b, s) (the search edits the base in place)"),

@@ -196,18 +196,38 @@ def release_free_memory() -> bool:
     return True
 
 
-def training_activation_bytes(shape: Any, b: int, s: int, B: int, *, checkpointed: bool = False) -> int:
+# the activations one pass with gradients holds stay within this fraction of one model's parameter bytes:
+# fine-tuning's micro-batches (``analyses.finetune``) and attribution patching's batches
+# (``probes.memory_heads``) are cut to it
+ACTIVATION_FRACTION = 0.1
+
+
+def training_activation_bytes(
+    shape: Any, b: int, s: int, B: int, *, checkpointed: bool = False, logits: bool = True
+) -> int:
     """What autograd keeps for ``b`` sequences of ``s`` tokens at ``B`` bytes per number: ``b s [L ((12 d
     + 4 f) B + a s (4 + B)) + V (B + 8)]`` (per token and layer the norm inputs, projections, rotary q/k,
     grouped-query attention's repeated k/v, the MLP's gate, up and product; the attention probabilities;
     the logits with their float32 log-softmax and gradient; ``analyses.plan`` explains and calibrates
     it). With activation checkpointing (``analyses.training.activation_checkpointing``) each block keeps
     only its input and one block's intermediates exist at a time: ``b s [L d B + (12 d + 4 f) B + a s (4 +
-    B) + V (B + 8)]``. ``shape`` has ``n_layers``, ``d_model``, ``d_mlp``, ``n_heads`` and ``d_vocab`` (a
-    ``probes.model.ModelConfig`` or a planned config's shape)."""
+    B) + V (B + 8)]``. ``logits=False``: a pass that unembeds only its last position (``logits_to_keep=1``),
+    without the ``V (B + 8)`` per token. ``shape`` has ``n_layers``, ``d_model``, ``d_mlp``, ``n_heads``
+    and ``d_vocab`` (a ``probes.model.ModelConfig`` or a planned config's shape)."""
     per_layer = (12 * shape.d_model + 4 * shape.d_mlp) * B + shape.n_heads * s * (4 + B)
     layers = shape.n_layers * shape.d_model * B + per_layer if checkpointed else shape.n_layers * per_layer
-    return b * s * (layers + shape.d_vocab * (B + 8))
+    return b * s * (layers + (shape.d_vocab * (B + 8) if logits else 0))
+
+
+def grad_pass_tokens(model: Any, seq_len: int = 32, fraction: float = ACTIVATION_FRACTION) -> int:
+    """The tokens (padding included) one forward pass may hold when it keeps gradients through every layer
+    and unembeds only its last position (attribution patching): the most whose saved activations
+    (``training_activation_bytes(..., logits=False)`` for sequences of ``seq_len`` tokens) stay within
+    ``fraction`` of ``model``'s parameter bytes; at least 1. SmolLM2-135M in float32: 33 tokens at 1.6 MB
+    each (measured: autograd saves 0.9 MB a token, the RSS grows 1.3-1.4 MB), against 538 MB of weights."""
+    B = torch.finfo(model.dtype).bits // 8
+    per_token = training_activation_bytes(model.cfg, 1, seq_len, B, logits=False) / seq_len
+    return max(1, int(fraction * parameter_bytes(model.hf) / per_token))
 
 
 def host_memory() -> tuple[int, int, str]:

@@ -109,6 +109,38 @@ def _tokens(conflicts: Sequence[Conflict], device) -> tuple[torch.Tensor, torch.
     return mem, ctx
 
 
+def grad_batches(
+    lengths: Sequence[int], batch_size: int, max_tokens: int, rows_per_item: int = 1
+) -> list[list[int]]:
+    """Consecutive runs of item indices for passes that keep gradients (attribution patching): at most
+    ``batch_size`` items each, and at most ``max_tokens`` tokens once left-padded (items x
+    ``rows_per_item`` rows x the run's longest ``lengths``), so that what autograd saves stays bounded
+    whatever the prompts' length; an item longer than the budget runs alone."""
+    runs: list[list[int]] = []
+    run: list[int] = []
+    longest = 0
+    for i, n in enumerate(lengths):
+        wider = max(longest, n)
+        if run and (len(run) == batch_size or (len(run) + 1) * rows_per_item * wider > max_tokens):
+            runs.append(run)
+            run, wider = [], n
+        run.append(i)
+        longest = wider
+    if run:
+        runs.append(run)
+    return runs
+
+
+def _prompt_lengths(model: Model, prompts: Sequence[str]) -> list[int]:
+    return [len(ids) for ids in model.token_ids(list(prompts))]
+
+
+def _grad_budget(model: Model, max_tokens: int | None) -> int:
+    from probes.memory import grad_pass_tokens
+
+    return grad_pass_tokens(model) if max_tokens is None else max_tokens
+
+
 def metric(
     logits: Float[torch.Tensor, "batch pos d_vocab"],
     memory: Int[torch.Tensor, " batch"],
@@ -198,10 +230,15 @@ def _check_baseline(baseline: str) -> None:
         raise ValueError(f"unknown patching baseline {baseline!r}; use one of {BASELINES}")
 
 
-def _zero_attribution(model: Model, conflicts: Sequence[Conflict], batch_size: int) -> HeadEffects:
+def _zero_attribution(
+    model: Model, conflicts: Sequence[Conflict], batch_size: int, max_tokens: int | None
+) -> HeadEffects:
+    lengths = _prompt_lengths(model, [c.clean_prompt for c in conflicts])
+    runs = grad_batches(lengths, batch_size, _grad_budget(model, max_tokens))
+
     def batches():
-        for s in range(0, len(conflicts), batch_size):
-            chunk = conflicts[s : s + batch_size]
+        for run in runs:
+            chunk = [conflicts[i] for i in run]
             ids, mask = _batch(model, [c.clean_prompt for c in chunk])
             mem, ctx = _tokens(chunk, ids.device)
             yield ids, mask, lambda logits, mem=mem, ctx=ctx: metric(logits, mem, ctx)
@@ -253,16 +290,18 @@ def recall_logprob(
 
 
 def recall_attribution(
-    model: Model, items: Sequence[QA], *, batch_size: int = 16
+    model: Model, items: Sequence[QA], *, batch_size: int = 16, max_tokens: int | None = None
 ) -> Float[torch.Tensor, "layers heads"]:
     """Per head, the first-order zero-ablation effect on the log-probability of each item's first answer
     token (mean over items): how much recalling these answers needs the head at all. Heads that every
-    recall needs are not specific to one concept; ``memory`` ranking subtracts this."""
-    from probes.qa import answer_ids
+    recall needs are not specific to one concept; ``memory`` ranking subtracts this. Batches as
+    ``attribution_patching``'s."""
+    every = [answer_ids(model, q.prompt, q.answer) for q in items]
+    runs = grad_batches([len(p) for p, _ in every], batch_size, _grad_budget(model, max_tokens))
 
     def batches():
-        for s in range(0, len(items), batch_size):
-            pairs = [answer_ids(model, q.prompt, q.answer) for q in items[s : s + batch_size]]
+        for run in runs:
+            pairs = [every[i] for i in run]
             ids, mask = model.pad([p for p, _ in pairs], padding_side="left")
             first = torch.tensor([a[0] for _, a in pairs], device=ids.device)
 
@@ -381,20 +420,29 @@ def attribution_patching(
     *,
     baseline: Baseline = "counterfactual",
     batch_size: int = 16,
+    max_tokens: int | None = None,
 ) -> HeadEffects:
     """Attribution patching (Nanda 2023; Syed et al. 2023): ``(z_clean - z_corrupt) . grad_z metric`` at the
     corrupted run, summed over positions and ``d_head``, for all heads from one forward (clean and
     corrupted in one batch) and one backward per batch of conflicts. ``baseline="zero"``: the first-order
-    estimate of the zero-ablation effect, ``z_clean . grad_z metric`` at the clean run."""
+    estimate of the zero-ablation effect, ``z_clean . grad_z metric`` at the clean run.
+
+    The forward keeps every layer's activations for the backward (SmolLM2: ~1.4 MB a token), so a batch
+    holds at most ``batch_size`` conflicts and ``max_tokens`` padded tokens (``grad_batches``; default
+    ``probes.memory.grad_pass_tokens``: a tenth of the weights' bytes); the effects are sums over
+    conflicts, the same whatever the batches."""
     _check_baseline(baseline)
     if baseline == "zero":
-        return _zero_attribution(model, conflicts, batch_size)
+        return _zero_attribution(model, conflicts, batch_size, max_tokens)
     cfg = model.cfg
     effects = torch.zeros(cfg.n_layers, cfg.n_heads)
     clean_total = corrupt_total = 0.0
     names = _z_names(model)
-    for s in range(0, len(conflicts), batch_size):
-        chunk = conflicts[s : s + batch_size]
+    clean = _prompt_lengths(model, [c.clean_prompt for c in conflicts])
+    corrupt = _prompt_lengths(model, [c.corrupt_prompt for c in conflicts])
+    lengths = [max(a, b) for a, b in zip(clean, corrupt, strict=True)]
+    for run in grad_batches(lengths, batch_size, _grad_budget(model, max_tokens), rows_per_item=2):
+        chunk = [conflicts[i] for i in run]
         n = len(chunk)
         ids, mask = _batch(model, [c.clean_prompt for c in chunk] + [c.corrupt_prompt for c in chunk])
         mem, ctx = _tokens(chunk, ids.device)

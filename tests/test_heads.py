@@ -472,3 +472,77 @@ def test_frozen_restores_every_flag_also_on_an_exception(gpt2):
         assert [p.requires_grad for p in params] == flags
     finally:
         params[1].requires_grad_(True)
+
+
+def test_grad_batches_keep_the_token_budget_and_every_item_in_order():
+    """``grad_batches`` against a naive check on seeded lengths: every index once, in order; each run holds
+    at most ``batch_size`` items and, left-padded (rows x the run's longest), at most ``max_tokens`` tokens
+    unless it is one item; no run could have taken the next item."""
+    import random
+
+    rng = random.Random(0)
+    for _ in range(200):
+        lengths = [rng.randint(1, 40) for _ in range(rng.randint(1, 30))]
+        batch, budget, rows = rng.randint(1, 8), rng.randint(1, 120), rng.choice([1, 2])
+        runs = memory_heads.grad_batches(lengths, batch, budget, rows_per_item=rows)
+        assert [i for r in runs for i in r] == list(range(len(lengths)))
+        for r, nxt in zip(runs, runs[1:] + [None], strict=True):
+            padded = len(r) * rows * max(lengths[i] for i in r)
+            assert len(r) <= batch and (padded <= budget or len(r) == 1)
+            if nxt is not None and len(r) < batch:  # it stopped because the next item would not fit
+                assert (len(r) + 1) * rows * max(lengths[i] for i in r + [nxt[0]]) > budget
+
+
+@pytest.mark.parametrize("name", ["gpt2", "smol"])
+def test_attribution_is_the_same_in_bounded_batches(name, request):
+    """Attribution patching (counterfactual and zero) and ``recall_attribution`` in batches cut to a token
+    budget give the effects of one batch: a budget of one token runs each conflict alone, the default
+    budget (``grad_pass_tokens``) as it cuts them, a huge one all at once."""
+    model = request.getfixturevalue(name)
+    cs = memory_heads.build_conflicts(model, QAS, max_items=4)
+    assert len(cs) >= 3
+    for baseline in ("counterfactual", "zero"):
+        whole = memory_heads.attribution_patching(model, cs, baseline=baseline, max_tokens=10**6)
+        for budget in (1, None):
+            cut = memory_heads.attribution_patching(model, cs, baseline=baseline, max_tokens=budget)
+            torch.testing.assert_close(cut.effects, whole.effects, rtol=1e-4, atol=1e-5)
+            assert cut.clean_metric == pytest.approx(whole.clean_metric, rel=1e-5, abs=1e-5)
+    whole = memory_heads.recall_attribution(model, QAS, max_tokens=10**6)
+    torch.testing.assert_close(
+        memory_heads.recall_attribution(model, QAS, max_tokens=1), whole, rtol=1e-4, atol=1e-5
+    )
+
+
+def test_grad_pass_budget_bounds_what_autograd_saves(smol):
+    """``grad_pass_tokens`` on SmolLM2 (float32): 32 tokens, whose pass with gradients to every head output
+    (attribution patching's) saves at most a tenth of the weights' bytes, counted tensor by tensor through
+    autograd's saved-tensor hooks; the estimate per token is within 2x of what is saved (not a bound that
+    would cut batches needlessly small)."""
+    from probes.memory import (
+        ACTIVATION_FRACTION,
+        grad_pass_tokens,
+        parameter_bytes,
+        training_activation_bytes,
+    )
+
+    budget = grad_pass_tokens(smol)
+    assert budget == 32
+    names = memory_heads._z_names(smol)
+    saved: dict[int, int] = {}
+
+    def pack(t):
+        saved.setdefault(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+        return t
+
+    ids = torch.randint(100, 5000, (2, budget // 2), generator=torch.Generator().manual_seed(0))
+    acts: dict[str, torch.Tensor] = {}
+    weights = {p.untyped_storage().data_ptr() for p in smol.hf.parameters()}
+    with torch.enable_grad(), smol.frozen(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        logits = hooks.run_with_hooks(
+            smol, ids, memory_heads._keepers(names, acts), grad=True, logits_to_keep=1
+        )
+    got = sum(n for p, n in saved.items() if p not in weights)  # the frozen weights are saved by reference
+    assert 0 < got <= ACTIVATION_FRACTION * parameter_bytes(smol.hf)
+    estimate = training_activation_bytes(smol.cfg, 2, budget // 2, 4, logits=False)
+    assert got <= estimate <= 2 * got, (got, estimate)
+    assert logits.shape[1] == 1
