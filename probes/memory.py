@@ -223,7 +223,7 @@ def grad_pass_tokens(model: Any, seq_len: int = 32, fraction: float = ACTIVATION
     """The tokens (padding included) one forward pass may hold when it keeps gradients through every layer
     and unembeds only its last position (attribution patching): the most whose saved activations
     (``training_activation_bytes(..., logits=False)`` for sequences of ``seq_len`` tokens) stay within
-    ``fraction`` of ``model``'s parameter bytes; at least 1. SmolLM2-135M in float32: 33 tokens at 1.6 MB
+    ``fraction`` of ``model``'s parameter bytes; at least 1. SmolLM2-135M in float32: 32 tokens at 1.6 MB
     each (measured: autograd saves 0.9 MB a token, the RSS grows 1.3-1.4 MB), against 538 MB of weights."""
     B = torch.finfo(model.dtype).bits // 8
     per_token = training_activation_bytes(model.cfg, 1, seq_len, B, logits=False) / seq_len

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from probes import hooks
 from probes.data import QA
 from probes.heads import Head, all_heads, by_layer, mask_hooks, top_heads
+from probes.memory import grad_pass_tokens
 from probes.model import Model
 from probes.qa import answer_ids
 from probes.results import Result
@@ -136,8 +137,6 @@ def _prompt_lengths(model: Model, prompts: Sequence[str]) -> list[int]:
 
 
 def _grad_budget(model: Model, max_tokens: int | None) -> int:
-    from probes.memory import grad_pass_tokens
-
     return grad_pass_tokens(model) if max_tokens is None else max_tokens
 
 
