@@ -267,7 +267,14 @@ def read_config(spec: str | os.PathLike | dict, *, trust_remote_code: bool = Fal
     HuggingFace cache (or on the hub when it is reachable)."""
     from transformers import AutoConfig, GPT2Config
 
-    from probes.model import GPT2_SPECS, SEEDED_GPT2_SPECS, SMOLLM2_SPECS, _looks_like_path
+    from probes.model import (
+        GPT2_SPECS,
+        SEEDED_GPT2_SPECS,
+        SMOLLM2_SPECS,
+        _looks_like_path,
+        config_cache_first,
+        hub_offline,
+    )
 
     if isinstance(spec, dict):
         return str(spec.get("_name_or_path", "config")), _config_from_dict(spec, "the config given")
@@ -300,11 +307,9 @@ def read_config(spec: str | os.PathLike | dict, *, trust_remote_code: bool = Fal
             "check the path, or plan a bundled config: " + ", ".join(bundled_models()),
         )
     if text.count("/") == 1:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false")
-        try:
-            return text, AutoConfig.from_pretrained(
-                text, local_files_only=offline, trust_remote_code=trust_remote_code
-            )
+        offline = hub_offline()
+        try:  # the local cache first; the hub only where it lacks the config and the user is online
+            return text, config_cache_first(text, trust_remote_code=trust_remote_code, hub=not offline)[0]
         except (OSError, ValueError) as e:
             raise ModelLoadError(
                 f"no config for {text!r}: it is not in the local HuggingFace cache"

@@ -972,6 +972,30 @@ def _dequantize_once(path: Path, cached: Path) -> None:
         Model(hf, tok, name=path.name).save(cached)
 
 
+def hub_offline() -> bool:
+    """Whether the user keeps HuggingFace offline (``HF_HUB_OFFLINE`` set to anything but 0 / false)."""
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false")
+
+
+def config_cache_first(source: str, *, trust_remote_code: bool, hub: bool) -> tuple[Any, bool]:
+    """``(config, local_only)``: ``source``'s config from a local directory or the local HuggingFace cache,
+    and only where it is in neither and ``hub`` allows, from the hub (``local_only`` False then, for the
+    weights' call to follow the same way). Raises the last ``OSError`` when no attempt finds it."""
+    from transformers import AutoConfig
+
+    attempts = (True, False) if hub else (True,)
+    for local_only in attempts:
+        try:
+            config = AutoConfig.from_pretrained(
+                source, local_files_only=local_only, trust_remote_code=trust_remote_code
+            )
+            return config, local_only
+        except OSError:
+            if local_only is attempts[-1]:
+                raise
+    raise AssertionError("unreachable")
+
+
 def _load_pretrained(
     source: str,
     dtype: torch.dtype | str,
@@ -980,24 +1004,15 @@ def _load_pretrained(
     trust_remote_code: bool,
     hub_name: str | None = None,
 ) -> tuple[Any, Any]:
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoTokenizer
 
     is_dir = os.path.isdir(source)
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false")
     if is_dir:
         _check_local_dir(Path(source), allow_pickle)
     # The local cache first; the hub only for a hub name, and only when the user is not offline.
-    attempts = [True] if (is_dir or not hub_name or offline) else [True, False]
+    hub = not is_dir and bool(hub_name) and not hub_offline()
     try:
-        for local_only in attempts:
-            try:
-                config = AutoConfig.from_pretrained(
-                    source, local_files_only=local_only, trust_remote_code=trust_remote_code
-                )
-                break
-            except OSError:
-                if local_only is attempts[-1]:
-                    raise
+        config, local_only = config_cache_first(source, trust_remote_code=trust_remote_code, hub=hub)
     except OSError as e:
         if hub_name and not is_dir:
             raise ModelLoadError(

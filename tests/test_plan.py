@@ -218,3 +218,38 @@ def test_configs_that_are_not_causal_lms_are_refused(tmp_path):
         plan(str(tmp_path / "empty"), devices=[CPU])
     with pytest.raises(VestigeError, match="not one vestige loads"):
         plan("llama-3-8b", "int8", devices=[CPU])
+
+
+def test_a_hub_id_is_read_from_the_local_cache_first_and_from_the_hub_only_online(monkeypatch):
+    """``read_config("org/name")`` asks the local HuggingFace cache first and never the hub when the cache
+    has it, online or not; a config missing from the cache comes from the hub only online; offline the
+    error says it is not in the cache. The HF call is replaced by a fake cache and hub (no network)."""
+    import transformers
+    from transformers import LlamaConfig
+
+    cached = {"org/cached": LlamaConfig(num_hidden_layers=2)}
+    hub = {"org/cached": LlamaConfig(num_hidden_layers=2), "org/remote": LlamaConfig(num_hidden_layers=3)}
+    calls: list[tuple[str, bool]] = []
+
+    def from_pretrained(name, *, local_files_only=False, trust_remote_code=False, **kw):
+        calls.append((name, local_files_only))
+        found = (cached if local_files_only else hub).get(name)
+        if found is None:
+            raise OSError(f"{name} not found ({'cache' if local_files_only else 'hub'})")
+        return found
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", from_pretrained)
+    for offline in ("0", "1"):
+        monkeypatch.setenv("HF_HUB_OFFLINE", offline)
+        calls.clear()
+        assert read_config("org/cached")[1].num_hidden_layers == 2
+        assert calls == [("org/cached", True)]  # the cache answered: the hub is never asked
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    calls.clear()
+    assert read_config("org/remote")[1].num_hidden_layers == 3
+    assert calls == [("org/remote", True), ("org/remote", False)]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    calls.clear()
+    with pytest.raises(ModelLoadError, match="not in the local HuggingFace cache"):
+        read_config("org/remote")
+    assert calls == [("org/remote", True)]
