@@ -29,6 +29,7 @@ from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 
 from probes import hooks
+from probes.batching import token_batches
 from probes.data import QA
 from probes.heads import Head, all_heads, by_layer, mask_hooks, top_heads
 from probes.memory import grad_pass_tokens
@@ -108,28 +109,6 @@ def _tokens(conflicts: Sequence[Conflict], device) -> tuple[torch.Tensor, torch.
     mem = torch.tensor([c.memory_token for c in conflicts], device=device)
     ctx = torch.tensor([c.context_token for c in conflicts], device=device)
     return mem, ctx
-
-
-def grad_batches(
-    lengths: Sequence[int], batch_size: int, max_tokens: int, rows_per_item: int = 1
-) -> list[list[int]]:
-    """Consecutive runs of item indices for passes that keep gradients (attribution patching): at most
-    ``batch_size`` items each, and at most ``max_tokens`` tokens once left-padded (items x
-    ``rows_per_item`` rows x the run's longest ``lengths``), so that what autograd saves stays bounded
-    whatever the prompts' length; an item longer than the budget runs alone."""
-    runs: list[list[int]] = []
-    run: list[int] = []
-    longest = 0
-    for i, n in enumerate(lengths):
-        wider = max(longest, n)
-        if run and (len(run) == batch_size or (len(run) + 1) * rows_per_item * wider > max_tokens):
-            runs.append(run)
-            run, wider = [], n
-        run.append(i)
-        longest = wider
-    if run:
-        runs.append(run)
-    return runs
 
 
 def _prompt_lengths(model: Model, prompts: Sequence[str]) -> list[int]:
@@ -233,7 +212,7 @@ def _zero_attribution(
     model: Model, conflicts: Sequence[Conflict], batch_size: int, max_tokens: int | None
 ) -> HeadEffects:
     lengths = _prompt_lengths(model, [c.clean_prompt for c in conflicts])
-    runs = grad_batches(lengths, batch_size, _grad_budget(model, max_tokens))
+    runs = token_batches(lengths, batch_size, _grad_budget(model, max_tokens))
 
     def batches():
         for run in runs:
@@ -296,7 +275,7 @@ def recall_attribution(
     recall needs are not specific to one concept; ``memory`` ranking subtracts this. Batches as
     ``attribution_patching``'s."""
     every = [answer_ids(model, q.prompt, q.answer) for q in items]
-    runs = grad_batches([len(p) for p, _ in every], batch_size, _grad_budget(model, max_tokens))
+    runs = token_batches([len(p) for p, _ in every], batch_size, _grad_budget(model, max_tokens))
 
     def batches():
         for run in runs:
@@ -427,7 +406,7 @@ def attribution_patching(
     estimate of the zero-ablation effect, ``z_clean . grad_z metric`` at the clean run.
 
     The forward keeps every layer's activations for the backward (SmolLM2: ~1.4 MB a token), so a batch
-    holds at most ``batch_size`` conflicts and ``max_tokens`` padded tokens (``grad_batches``; default
+    holds at most ``batch_size`` conflicts and ``max_tokens`` padded tokens (``probes.batching.token_batches``; default
     ``probes.memory.grad_pass_tokens``: a tenth of the weights' bytes); the effects are sums over
     conflicts, the same whatever the batches."""
     _check_baseline(baseline)
@@ -439,8 +418,8 @@ def attribution_patching(
     names = _z_names(model)
     clean = _prompt_lengths(model, [c.clean_prompt for c in conflicts])
     corrupt = _prompt_lengths(model, [c.corrupt_prompt for c in conflicts])
-    lengths = [max(a, b) for a, b in zip(clean, corrupt, strict=True)]
-    for run in grad_batches(lengths, batch_size, _grad_budget(model, max_tokens), rows_per_item=2):
+    rows = [2 * max(a, b) for a, b in zip(clean, corrupt, strict=True)]  # a clean and a corrupt row each
+    for run in token_batches(rows, batch_size, _grad_budget(model, max_tokens)):
         chunk = [conflicts[i] for i in run]
         n = len(chunk)
         ids, mask = _batch(model, [c.clean_prompt for c in chunk] + [c.corrupt_prompt for c in chunk])

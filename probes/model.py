@@ -983,17 +983,16 @@ def config_cache_first(source: str, *, trust_remote_code: bool, hub: bool) -> tu
     weights' call to follow the same way). Raises the last ``OSError`` when no attempt finds it."""
     from transformers import AutoConfig
 
-    attempts = (True, False) if hub else (True,)
-    for local_only in attempts:
-        try:
-            config = AutoConfig.from_pretrained(
-                source, local_files_only=local_only, trust_remote_code=trust_remote_code
-            )
-            return config, local_only
-        except OSError:
-            if local_only is attempts[-1]:
-                raise
-    raise AssertionError("unreachable")
+    try:
+        return AutoConfig.from_pretrained(
+            source, local_files_only=True, trust_remote_code=trust_remote_code
+        ), True
+    except OSError:
+        if not hub:
+            raise
+    return AutoConfig.from_pretrained(
+        source, local_files_only=False, trust_remote_code=trust_remote_code
+    ), False
 
 
 def _load_pretrained(

@@ -175,6 +175,9 @@ def test_audit_verdict_survives_a_neuron_and_head_permutation_smollm2(smol):
     assert [(c.family, c.call) for c in moved.traces] == [(c.family, c.call) for c in plain.traces]
     pv, mv = plain.extra["trace_values"], moved.extra["trace_values"]
     assert pv["sizes"] == mv["sizes"] and pv["sizes"]["control"] >= 4 and pv["sizes"]["floor"] >= 4
+    # relearning's floor trained on as many tokens of its text as the concept's text has, both times
+    tokens = pv["relearning"]["unlearned"]["tokens"]
+    assert tokens == mv["relearning"]["unlearned"]["tokens"] and tokens["floor"] == tokens["forget"] > 0
     for family in BASIS_FREE:
         if family not in pv:
             continue

@@ -474,17 +474,20 @@ def test_frozen_restores_every_flag_also_on_an_exception(gpt2):
         params[1].requires_grad_(True)
 
 
-def test_grad_batches_keep_the_token_budget_and_every_item_in_order():
-    """``grad_batches`` against a naive check on seeded lengths: every index once, in order; each run holds
-    at most ``batch_size`` items and, left-padded (rows x the run's longest), at most ``max_tokens`` tokens
-    unless it is one item; no run could have taken the next item."""
+def test_conflict_pairs_are_batched_within_the_token_budget_and_in_order():
+    """Attribution patching's batching (``probes.batching.token_batches`` on ``rows`` x each item's longest
+    prompt: a conflict is a clean and a corrupt row) against a naive check on seeded lengths: every index
+    once, in order; each run holds at most ``batch_size`` items and, left-padded (rows x the run's longest),
+    at most ``max_tokens`` tokens unless it is one item; no run could have taken the next item."""
     import random
+
+    from probes.batching import token_batches
 
     rng = random.Random(0)
     for _ in range(200):
         lengths = [rng.randint(1, 40) for _ in range(rng.randint(1, 30))]
         batch, budget, rows = rng.randint(1, 8), rng.randint(1, 120), rng.choice([1, 2])
-        runs = memory_heads.grad_batches(lengths, batch, budget, rows_per_item=rows)
+        runs = [list(r) for r in token_batches([rows * n for n in lengths], batch, budget)]
         assert [i for r in runs for i in r] == list(range(len(lengths)))
         for r, nxt in zip(runs, runs[1:] + [None], strict=True):
             padded = len(r) * rows * max(lengths[i] for i in r)
