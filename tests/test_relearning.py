@@ -192,8 +192,8 @@ def test_benign_relearn_curve_fine_tunes_on_answer_free_text_and_leaves_the_mode
 def test_the_floor_relearns_on_as_many_tokens_as_the_concept(smol, monkeypatch):
     """The text relearning's floor side (the audit's ``relearn_values`` and ``benign_relearn_curve``)
     fine-tunes on the first tokens of the floor's answer-free text, as many as the concept's answer-free
-    text has (Mozart's is 11 SmolLM2 tokens, the bundled floor's 913: forget minus floor compared 11
-    tokens of relearning with 913), on SmolLM2 with LoRA; a floor shorter than the concept's text
+    text has (Mozart's, with the quick audit's 10 held-out answers removed, is 33 SmolLM2 tokens, the
+    bundled floor's 914: forget minus floor compared 33 tokens of relearning with 914), on SmolLM2 with LoRA; a floor shorter than the concept's text
     trains on all of it; the values are real 0/1 answers and the weights come back bit for bit."""
     import analyses.unlearn.batches as B
     from analyses.audit.traces import ItemSets, relearn_values
