@@ -406,6 +406,45 @@ def test_present_is_family_wise_so_a_removed_model_is_rarely_convicted_by_chance
     assert "family-wise" in call.why
 
 
+def test_memory_heads_are_not_comparable_without_a_shared_head_basis():
+    """The base's memory heads are zeroed by (layer, head): in a model of another training run
+    (``heads_comparable`` False) those are other heads, so the family is "not comparable" and leaves the
+    family-wise count, as the activations do without a neuron basis. Heads re-aligned, shared, or not
+    checked (None) are measured."""
+    from analyses.audit.runner import family_calls
+
+    rng = np.random.default_rng(0)
+
+    def logits(mean):
+        return list(rng.normal(mean, 2.0, 40))
+
+    def accuracy(forget):
+        return {
+            "base": {"forget": ALL, "floor": ZERO},
+            "unlearned": {"forget": forget, "control": ALL, "floor": ZERO},
+        }
+
+    values = {
+        "behaviour": accuracy(ZERO),
+        "logit_lens": accuracy([1.0] * 12 + [0.0] * 28),
+        "memory_heads": {
+            "base": {"forget": logits(8), "floor": logits(0)},
+            "unlearned": {"forget": logits(3), "control": logits(8), "floor": logits(0)},
+        },
+    }
+    calls = {}
+    for heads in (True, None, False):
+        got = family_calls(values, {"comparable": False, "heads_comparable": heads}, AuditConfig())
+        calls[heads] = {c.family: c for c in got}
+    for heads in (True, None):
+        assert calls[heads]["memory_heads"].call == "present"
+        assert "98.33% family-wise" in calls[heads]["logit_lens"].why  # 3 families vote: 1 - 0.05 / 3
+    assert calls[False]["memory_heads"].call == "not comparable"
+    assert "attention-head basis" in calls[False]["memory_heads"].why
+    assert "97.50% family-wise" in calls[False]["logit_lens"].why  # 2 families vote
+    assert calls[False]["activations"].call == "not comparable"  # no neuron basis either
+
+
 def test_an_item_form_without_its_data_is_refused_before_any_stage(gpt2, tmp_path):
     """``--attacks reverse`` on a concept whose items have no ``reverse`` stops before any stage runs,
     naming the concept and the fix; the floor is checked the same way."""

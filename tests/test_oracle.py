@@ -117,6 +117,12 @@ def test_audit_tells_the_retrain_oracle_from_suppression(tmp_path):
     assert table.at["forget accuracy", "relearned"] > 0.5 * full["forget accuracy"]
     oracle_calls = {c.family: c.call for c in r.audits["oracle"].traces}
     assert oracle_calls["concept_vectors"] == "not comparable"  # another training run: no shared basis
+    # nor a head basis: the base's memory heads, zeroed by (layer, head), are other heads in the oracle
+    assert r.audits["oracle"].concept_vectors["basis"]["heads_comparable"] is False
+    assert oracle_calls["memory_heads"] == "not comparable"
+    for m in ("ga", "npo"):  # unlearned from the full model: its heads, measured
+        assert r.audits[m].concept_vectors["basis"]["heads_comparable"] is True
+        assert {c.family: c.call for c in r.audits[m].traces}["memory_heads"] != "not comparable"
     assert "present" not in oracle_calls.values()
     for m in ("ga", "npo"):
         assert table.at["forget accuracy", m] <= 0.5 * full["forget accuracy"]
@@ -153,6 +159,7 @@ def test_audit_tells_the_retrain_oracle_from_suppression(tmp_path):
         assert "above" in {vs.at["behaviour", m], vs.at["fact_relearning", m]}, vs[m].to_dict()
         assert "below" not in set(vs[m]), vs[m].to_dict()
         assert vs.at["concept_vectors", m] == "not comparable"  # the oracle is another training run
+        assert vs.at["memory_heads", m] == "not comparable"
     for m in ("relearned", "no_op"):
         assert vs.at["behaviour", m] == vs.at["quantization", m] == "above"
     assert (tmp_path / "oracle" / "oracle.json").exists()

@@ -11,26 +11,32 @@ from analyses.audit.retain import RETAIN_CALLS, compare_with_retain, retain_fram
 from analyses.audit.rule import FAMILIES
 from probes.stats import bootstrap_mean
 
+# ``probes.alignment.AlignmentInfo.to_dict()`` of a fine-tuned copy, and of another training run
+SHARED_BASIS = {"comparable": True, "heads_comparable": True}
+ANOTHER_RUN = {"comparable": False, "heads_comparable": False}
+
 
 def _values(forget, *, base_forget=None, base_floor=None, families=("behaviour", "logit_lens")):
     """A ``traces`` stage with the same per-item values in the named families; the base's (for the signal)
-    in ``behaviour`` and ``logit_lens``."""
+    in ``behaviour``, ``logit_lens`` and ``memory_heads``."""
     base = {"forget": base_forget or [1.0] * len(forget), "floor": base_floor or [0.0] * len(forget)}
     out = {}
     for f in families:
         out[f] = {"unlearned": {"forget": list(forget), "control": [1.0], "floor": [0.0]}}
-        if f in ("behaviour", "logit_lens"):
+        if f in ("behaviour", "logit_lens", "memory_heads"):
             out[f]["base"] = base
     return out
 
 
 def _calls(mine, theirs, **kw):
-    calls = compare_with_retain(mine, theirs, comparable=True, retain_comparable=True, **kw)
+    calls = compare_with_retain(mine, theirs, basis=SHARED_BASIS, retain_basis=SHARED_BASIS, **kw)
     return {c.family: c for c in calls}
 
 
 def test_one_call_per_family_and_known_calls():
-    calls = compare_with_retain(_values([1, 0]), _values([0, 0]), comparable=True, retain_comparable=True)
+    calls = compare_with_retain(
+        _values([1, 0]), _values([0, 0]), basis=SHARED_BASIS, retain_basis=SHARED_BASIS
+    )
     assert [c.family for c in calls] == list(FAMILIES)
     assert {c.call for c in calls} <= set(RETAIN_CALLS)
     assert len(retain_frame(calls)) == len(FAMILIES)
@@ -85,10 +91,19 @@ def test_guards_not_informative_not_comparable_not_measured():
     one = _calls(_values([1.0] * 10, base_forget=[1.0] + [0.0] * 9), _values([0.0] * 10))["behaviour"]
     assert one.call == "not informative" and "holds 0" in one.why
     # a retain model from another training run: the weight-space families do not compare
-    vals = _values([1.0] * 4, families=("behaviour", "activations"))
-    calls = compare_with_retain(vals, vals, comparable=True, retain_comparable=False)
-    by = {c.family: c.call for c in calls}
-    assert by["activations"] == "not comparable" and by["concept_vectors"] == "not comparable"
+    vals = _values([1.0] * 4, families=("behaviour", "activations", "memory_heads"))
+    for basis, retain_basis in ((SHARED_BASIS, ANOTHER_RUN), (ANOTHER_RUN, SHARED_BASIS)):
+        by = {c.family: c for c in compare_with_retain(vals, vals, basis=basis, retain_basis=retain_basis)}
+        assert {f: by[f].call for f in ("activations", "concept_vectors", "memory_heads")} == dict.fromkeys(
+            ("activations", "concept_vectors", "memory_heads"), "not comparable"
+        )
+        assert "attention-head basis" in by["memory_heads"].why and "neuron basis" in by["activations"].why
+        assert by["behaviour"].call == "reached"  # the per-item behaviour compares across runs
+    # heads re-aligned or shared, neurons not (or heads not checked: None): the heads still compare
+    for heads in (True, None):
+        basis = {"comparable": False, "heads_comparable": heads}
+        by = {c.family: c.call for c in compare_with_retain(vals, vals, basis=basis, retain_basis=basis)}
+        assert by["memory_heads"] == "reached" and by["activations"] == "not comparable"
     # a family measured in one audit only, or on other items
     assert _calls(_values([1.0] * 4), _values([1.0] * 4, families=("behaviour",)))["logit_lens"].call == (
         "not measured"

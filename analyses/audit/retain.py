@@ -30,7 +30,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analyses.audit.rule import ATTACK_FAMILIES, FAMILIES, GONE_MARGIN, fmt_interval
+from analyses.audit.rule import (
+    ATTACK_FAMILIES,
+    FAMILIES,
+    GONE_MARGIN,
+    NOT_COMPARABLE,
+    fmt_interval,
+    index_comparable,
+)
 from probes.results import Result
 from probes.stats import Interval, bootstrap_difference, bootstrap_mean
 
@@ -89,27 +96,25 @@ def compare_with_retain(
     values: Mapping[str, Any],
     retain_values: Mapping[str, Any],
     *,
-    comparable: bool,
-    retain_comparable: bool,
+    basis: Mapping[str, Any],
+    retain_basis: Mapping[str, Any],
     margin: float = GONE_MARGIN,
     n_boot: int = 2000,
     seed: int = 0,
 ) -> list[RetainCall]:
     """One ``RetainCall`` per family of ``FAMILIES``. ``values`` / ``retain_values``: the ``traces`` stage
     of the audit of the unlearned model and of the retain model against the same base on the same items
-    (``AuditResult.extra["trace_values"]``); ``comparable`` / ``retain_comparable``: whether each shares the
-    base's neuron basis (the weight-space families compare only then)."""
+    (``AuditResult.extra["trace_values"]``); ``basis`` / ``retain_basis``: how each lines up with the base
+    (``probes.alignment.AlignmentInfo.to_dict()``, the audits' ``concept_vectors["basis"]``): the families
+    read at the base's neuron or head indices compare only where both share the base's basis."""
     calls = []
     for family in FAMILIES:
         mine, theirs = values.get(family), retain_values.get(family)
-        if family in ("activations", "concept_vectors") and not (comparable and retain_comparable):
-            calls.append(
-                RetainCall(
-                    family,
-                    "not comparable",
-                    "the retain model or the unlearned one shares no neuron basis with the base",
-                )
-            )
+        # the vectors' cosines are per-index weights, as the activations
+        by_index = "activations" if family == "concept_vectors" else family
+        if not (index_comparable(by_index, basis) and index_comparable(by_index, retain_basis)):
+            why = f"the retain model or the unlearned one shares {NOT_COMPARABLE[by_index]} with the base"
+            calls.append(RetainCall(family, "not comparable", why))
             continue
         if family == "concept_vectors":
             # a cosine with the base's vectors, not a reading of the concept on items: the main audit calls it

@@ -38,6 +38,28 @@ GONE_MARGIN = 0.5
 VECTOR_TOLERANCE = 0.01
 
 
+def index_comparable(family: str, basis: Mapping[str, Any]) -> bool:
+    """Whether ``family``'s per-item values, read at the base's indices, mean the same thing in the unlearned
+    model (``basis``: ``probes.alignment.AlignmentInfo.to_dict()``). The located neurons' activations need
+    a shared neuron basis and the base's memory heads, zeroed by (layer, head), a shared head basis: in
+    another training run those indices name other neurons and heads, so forget minus floor there measures
+    whatever they happen to do. Heads not checked (an architecture outside the alignment's layouts,
+    ``heads_comparable`` None) are measured as before."""
+    if family == "activations":
+        return bool(basis["comparable"])
+    if family == "memory_heads":
+        return basis.get("heads_comparable") is not False
+    return True
+
+
+# what the models do not share when a family is "not comparable" (after "the models share")
+NOT_COMPARABLE = {
+    "activations": "no neuron basis",
+    "memory_heads": "no attention-head basis (the base's memory heads, zeroed by layer and head, are other "
+    "heads in another training run)",
+}
+
+
 def fmt_interval(i: Interval | None) -> str:
     """A table cell: ``mean [lo, hi]``, or empty when not measured."""
     return str(i) if i is not None else ""

@@ -23,9 +23,11 @@ from analyses.audit.retain import RetainCall, compare_with_retain
 from analyses.audit.rule import (
     ATTACK_FAMILIES,
     FAMILIES,
+    NOT_COMPARABLE,
     TraceCall,
     call_family,
     call_vectors,
+    index_comparable,
     nothing_to_forget,
     verdict,
 )
@@ -329,8 +331,8 @@ def audit(
             compare_with_retain(
                 trace_values,
                 reference.extra["trace_values"],
-                comparable=bool(basis.comparable),
-                retain_comparable=bool(reference.concept_vectors["basis"]["comparable"]),
+                basis=basis.to_dict(),
+                retain_basis=reference.concept_vectors["basis"],
                 margin=cfg.gone_margin,
                 n_boot=n_boot,
                 seed=cfg.seed,
@@ -577,9 +579,7 @@ def family_calls(values: dict[str, Any], basis: dict[str, Any], cfg: AuditConfig
     m = sum(
         1
         for f in FAMILIES
-        if values.get(f) is not None
-        and f != "concept_vectors"
-        and (f != "activations" or basis["comparable"])
+        if values.get(f) is not None and f != "concept_vectors" and index_comparable(f, basis)
     )
     present_level = 1.0 - 0.05 / max(m, 1) if cfg.family_wise else 0.95
     calls = []
@@ -595,8 +595,8 @@ def family_calls(values: dict[str, Any], basis: dict[str, Any], cfg: AuditConfig
                     **kw,
                 )
             )
-        elif family == "activations" and not basis["comparable"]:
-            calls.append(TraceCall(family, "not comparable", "the models share no neuron basis"))
+        elif not index_comparable(family, basis):
+            calls.append(TraceCall(family, "not comparable", f"the models share {NOT_COMPARABLE[family]}"))
         elif v is None:
             why = {
                 "relearning": "relearning is off (relearn_steps=0)",
